@@ -1,0 +1,80 @@
+"""Audio in: any file or buffer becomes 16 kHz mono float32 in [-1, 1].
+
+16 kHz because webrtcvad and LibriSpeech both live there. soundfile reads, soxr resamples.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """Input audio that cannot be used, with a message that says why."""
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """(n,) or (n, channels) -> (n,) float32 by averaging channels."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    elif x.ndim != 1:
+        raise AudioError(f"audio must be 1-D or (frames, channels), got shape {x.shape}")
+    return x.astype(np.float32, copy=False)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample mono float32 audio with soxr (high quality)."""
+    if sr_in <= 0:
+        raise AudioError(f"sample rate must be positive, got {sr_in}")
+    if sr_in == sr_out:
+        return np.asarray(x, dtype=np.float32)
+    import soxr
+
+    return soxr.resample(np.asarray(x, dtype=np.float32), sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def to_16k_mono(x: np.ndarray, sr: int) -> np.ndarray:
+    """Any (n,) or (n, channels) array at any rate -> 16 kHz mono float32, finite, clipped to [-1, 1]."""
+    y = resample(to_mono(x), int(sr), SAMPLE_RATE)
+    if y.size and not np.all(np.isfinite(y)):
+        raise AudioError("audio contains NaN or infinite samples")
+    return np.clip(y, -1.0, 1.0, out=y)
+
+
+def load_audio(path: str | Path, *, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read any file soundfile can (flac, wav, ogg, ...) as mono float32 at ``sr``.
+
+    Raises AudioError for a missing, corrupt, unsupported or empty file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"{path}: cannot decode audio ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: file holds no audio samples")
+    y = to_mono(data)
+    if sr == SAMPLE_RATE:
+        y = to_16k_mono(y, file_sr)
+    else:
+        y = resample(y, file_sr, sr)
+    return y
+
+
+def pcm16_to_float(buf: bytes) -> np.ndarray:
+    """Little-endian signed 16-bit PCM bytes -> float32 in [-1, 1). A trailing odd byte is an error."""
+    if len(buf) % 2:
+        raise AudioError(f"s16le PCM needs an even number of bytes, got {len(buf)}")
+    return np.frombuffer(buf, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(x: np.ndarray) -> bytes:
+    """float32 in [-1, 1] -> little-endian s16 PCM bytes (webrtcvad's input)."""
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
