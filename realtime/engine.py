@@ -1,0 +1,225 @@
+"""The live engine: audio chunks in, one estimate per hop out.
+
+    source -> VAD gate -> speech buffer -> window -> features -> ONNX ensemble -> smoother -> event
+
+Use it from Python::
+
+    from realtime.engine import Engine
+    from realtime.sources import FileSource
+    engine = Engine()                      # loads the bundle in models/
+    for event in engine.run(FileSource("talk.flac")):
+        print(event["t"], event["label"], event["p_female"])
+
+or push chunks yourself (``engine.push(chunk)`` returns the events that chunk completed).
+
+Decisions (measured with ``python -m realtime bench`` and tests/test_engine.py):
+
+* The VAD runs on 20 ms frames, so a hop of 0.25 or 0.5 s is a whole number of frames.
+* Windows are cut from a **speech-only buffer**: frames the VAD calls non-speech are dropped
+  before windowing, so a window holds 2 s of voice even when the talker pauses, and stray noise
+  between phrases never reaches the models.
+* The first estimate comes once ``first_window_s`` (default 1.0 s) of speech is buffered; that
+  shorter window is wrap-padded to 2 s exactly as training pads short clips (``fit_window``).
+* A window is classified only in a hop that brought at least ``min_new_speech_s`` of new speech;
+  after ``reset_after_silence_s`` without speech the buffer and the smoother reset, since the next
+  voice may be someone else.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .bundle import Bundle
+from .features import FeatureExtractor, fit_window
+from .smoother import Smoother
+from .vad import VadGate
+
+VAD_FRAME_MS = 20
+
+
+@dataclass
+class EngineConfig:
+    """Every knob of the live engine, with the defaults the benchmark and tests measured."""
+
+    hop_s: float = 0.5
+    vad_aggressiveness: int = 2
+    first_window_s: float = 1.0
+    min_new_speech_s: float = 0.1
+    speech_fraction: float = 0.2  # share of a hop's frames that must be speech for it to count as speech
+    reset_after_silence_s: float = 1.5
+    forget_s: float = 2.0
+    hysteresis: float = 0.1
+
+    def __post_init__(self):
+        frame_s = VAD_FRAME_MS / 1000
+        frames = self.hop_s / frame_s
+        if self.hop_s <= 0 or abs(frames - round(frames)) > 1e-6:
+            raise ValueError(f"hop must be a positive multiple of {VAD_FRAME_MS} ms, got {self.hop_s} s")
+        if not 0.5 <= self.first_window_s <= 2.0:
+            raise ValueError(f"first_window_s must be between 0.5 and 2.0 s, got {self.first_window_s}")
+
+
+class SpeechBuffer:
+    """The most recent ``capacity`` samples of speech, in fixed memory."""
+
+    def __init__(self, capacity: int):
+        self._buf = np.zeros(capacity, dtype=np.float32)
+        self.size = 0
+
+    def append(self, x: np.ndarray) -> None:
+        n, cap = len(x), len(self._buf)
+        if n >= cap:
+            self._buf[:] = x[-cap:]
+            self.size = cap
+            return
+        keep = min(self.size, cap - n)
+        if keep:
+            self._buf[cap - n - keep: cap - n] = self._buf[cap - keep:]
+        self._buf[cap - n:] = x
+        self.size = keep + n
+
+    def latest(self) -> np.ndarray:
+        return self._buf[len(self._buf) - self.size:]
+
+    def clear(self) -> None:
+        self.size = 0
+
+
+@dataclass
+class _HopState:
+    frames: int = 0
+    speech_frames: int = 0
+    stages: dict = field(default_factory=dict)
+
+
+class Engine:
+    """Stateful per-stream classifier. One Engine per stream; the Bundle (ONNX sessions) can be shared."""
+
+    def __init__(self, bundle: Bundle | None = None, config: EngineConfig | None = None):
+        self.bundle = bundle if bundle is not None else Bundle.load()
+        self.config = cfg = config or EngineConfig()
+        self.extractor = FeatureExtractor(self.bundle.definition)
+        self.window_samples = self.bundle.definition.window_samples
+        th = self.bundle.thresholds
+        self.vad = VadGate(cfg.vad_aggressiveness, frame_ms=VAD_FRAME_MS, sample_rate=SAMPLE_RATE)
+        self.smoother = Smoother(cfg.forget_s, cfg.hop_s, threshold_female=th["female"], threshold_male=th["male"],
+                                 hysteresis=min(cfg.hysteresis, th["male"] - 1e-3, 1 - th["female"] - 1e-3),
+                                 reset_after_silence_s=cfg.reset_after_silence_s)
+        self.frame_samples = SAMPLE_RATE * VAD_FRAME_MS // 1000
+        self.hop_frames = round(cfg.hop_s * 1000 / VAD_FRAME_MS)
+        self.first_samples = int(cfg.first_window_s * SAMPLE_RATE)
+        self.min_new = int(cfg.min_new_speech_s * SAMPLE_RATE)
+        self.speech = SpeechBuffer(self.window_samples)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: next push starts at t = 0 with an empty buffer and smoother."""
+        self.vad.reset()
+        self.smoother.reset()
+        self.speech.clear()
+        self._pending = np.zeros(0, dtype=np.float32)  # samples not yet in a complete VAD frame
+        self._frames_done = 0
+        self._new_speech = 0
+        self.speech_samples = 0  # all speech seen since reset, for reporting
+        self._hop = _HopState()
+
+    @property
+    def t(self) -> float:
+        """Stream time in seconds of the audio consumed so far (whole VAD frames)."""
+        return self._frames_done * self.frame_samples / SAMPLE_RATE
+
+    def push(self, chunk: np.ndarray) -> list[dict]:
+        """Feed 16 kHz mono float32 audio of any length; return the events of the hops it completed."""
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.ndim != 1:
+            raise ValueError(f"Engine.push needs 1-D mono 16 kHz audio, got shape {chunk.shape}")
+        t0 = time.perf_counter()
+        decisions = self.vad.process(chunk)
+        vad_ms_per_frame = (time.perf_counter() - t0) * 1000 / max(len(decisions), 1)
+        audio = np.concatenate((self._pending, chunk)) if self._pending.size else chunk
+        n = len(decisions) * self.frame_samples
+        frames, self._pending = audio[:n], audio[n:].copy()
+        events = []
+        fs = self.frame_samples
+        i = 0
+        while i < len(decisions):
+            take = min(self.hop_frames - self._hop.frames, len(decisions) - i)
+            sel = decisions[i: i + take]
+            if sel.any():
+                voiced = frames[i * fs:(i + take) * fs].reshape(take, fs)[sel].ravel()
+                self.speech.append(voiced)
+                self._new_speech += voiced.size
+                self.speech_samples += voiced.size
+            self._hop.frames += take
+            self._hop.speech_frames += int(sel.sum())
+            self._hop.stages["vad"] = self._hop.stages.get("vad", 0.0) + vad_ms_per_frame * take
+            self._frames_done += take
+            i += take
+            if self._hop.frames == self.hop_frames:
+                events.append(self._end_hop())
+        return events
+
+    def _end_hop(self) -> dict:
+        cfg, hop = self.config, self._hop
+        stages = hop.stages
+        speech = hop.speech_frames >= cfg.speech_fraction * hop.frames
+        window_p = None
+        if speech and self.speech.size >= self.first_samples and self._new_speech >= self.min_new:
+            t0 = time.perf_counter()
+            window = fit_window(self.speech.latest(), self.window_samples)
+            stats, mfcc = self.extractor.extract(window)
+            t1 = time.perf_counter()
+            window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
+            stages["features"] = (t1 - t0) * 1000
+            stages.update(model_ms)
+            self._new_speech = 0
+        t0 = time.perf_counter()
+        est = self.smoother.update(window_p, speech, cfg.hop_s)
+        if est.label == "no speech":
+            self.speech.clear()  # a long pause: the next voice may be someone else
+            self._new_speech = 0
+        stages["smoother"] = (time.perf_counter() - t0) * 1000
+        self._hop = _HopState()
+        return {
+            "t": round(self.t, 3),
+            "label": est.label,
+            "p_female": None if est.p_female is None else round(float(est.p_female), 4),
+            "window_p_female": None if window_p is None else round(float(window_p), 4),
+            "speech": bool(speech),
+            "confidence": round(float(est.confidence), 4),
+            "compute_ms": round(sum(stages.values()), 3),
+            "stages_ms": {k: round(v, 3) for k, v in stages.items()},
+        }
+
+    def run(self, source: Iterable[np.ndarray] | object) -> Iterator[dict]:
+        """Events for a whole source: anything with ``chunks()`` (a realtime.sources.Source) or an iterable of chunks.
+
+        Events carry ``overruns`` when the source counts them (the microphone's ring buffer).
+        """
+        chunks = source.chunks() if hasattr(source, "chunks") else source
+        for chunk in chunks:
+            for event in self.push(chunk):
+                overruns = getattr(source, "overruns", None)
+                if overruns is not None:
+                    event["overruns"] = int(overruns)
+                yield event
+
+
+def summarise(events: list[dict], engine: Engine) -> dict:
+    """One verdict for a whole recording: the mean log-odds of its classified windows, as evaluation
+    scores utterances. ``label`` is female, male or unknown (no speech, or p in the uncertain band);
+    ``decision`` says which of female / male / uncertain / no speech it was."""
+    ps = np.array([e["window_p_female"] for e in events if e["window_p_female"] is not None], dtype=np.float64)
+    speech_s = round(engine.speech_samples / SAMPLE_RATE, 2)
+    if ps.size == 0:
+        return {"label": "unknown", "decision": "no speech", "p_female": None, "windows": 0, "speech_seconds": speech_s}
+    ps = np.clip(ps, 1e-4, 1 - 1e-4)
+    p = 1.0 / (1.0 + math.exp(-float(np.mean(np.log(ps / (1 - ps))))))
+    decision = engine.bundle.label(p)
+    return {"label": decision if decision in ("female", "male") else "unknown", "decision": decision,
+            "p_female": round(p, 4), "windows": int(ps.size), "speech_seconds": speech_s}
