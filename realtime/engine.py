@@ -35,7 +35,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE
 from .bundle import Bundle
-from .features import FeatureExtractor, fit_window
+from .features import FeatureExtractor, StreamingExtractor, fit_window
 from .smoother import Smoother
 from .vad import VadGate
 
@@ -83,8 +83,13 @@ class SpeechBuffer:
         self._buf[cap - n:] = x
         self.size = keep + n
 
-    def latest(self) -> np.ndarray:
-        return self._buf[len(self._buf) - self.size:]
+    def latest(self, n: int | None = None, *, lag: int = 0) -> np.ndarray:
+        """The ``n`` samples (default: all held) that end ``lag`` samples before the newest one."""
+        cap = len(self._buf)
+        n = self.size - lag if n is None else n
+        if n + lag > self.size:
+            raise ValueError(f"only {self.size} samples held, asked for {n} ending {lag} before the newest")
+        return self._buf[cap - lag - n: cap - lag]
 
     def clear(self) -> None:
         self.size = 0
@@ -104,7 +109,9 @@ class Engine:
         self.bundle = bundle if bundle is not None else Bundle.load()
         self.config = cfg = config or EngineConfig()
         self.extractor = FeatureExtractor(self.bundle.definition)
+        self.streaming = StreamingExtractor(self.extractor)
         self.window_samples = self.bundle.definition.window_samples
+        self.stft_hop = self.bundle.definition.hop_length
         th = self.bundle.thresholds
         self.vad = VadGate(cfg.vad_aggressiveness, frame_ms=VAD_FRAME_MS, sample_rate=SAMPLE_RATE)
         self.smoother = Smoother(cfg.forget_s, cfg.hop_s, threshold_female=th["female"], threshold_male=th["male"],
@@ -114,19 +121,32 @@ class Engine:
         self.hop_frames = round(cfg.hop_s * 1000 / VAD_FRAME_MS)
         self.first_samples = int(cfg.first_window_s * SAMPLE_RATE)
         self.min_new = int(cfg.min_new_speech_s * SAMPLE_RATE)
-        self.speech = SpeechBuffer(self.window_samples)
+        self.speech = SpeechBuffer(self.window_samples + self.stft_hop)
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream: next push starts at t = 0 with an empty buffer and smoother."""
         self.vad.reset()
         self.smoother.reset()
-        self.speech.clear()
+        self._clear_speech()
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet in a complete VAD frame
         self._frames_done = 0
-        self._new_speech = 0
         self.speech_samples = 0  # all speech seen since reset, for reporting
         self._hop = _HopState()
+
+    def _clear_speech(self) -> None:
+        self.speech.clear()
+        self.streaming.reset()
+        self._speech_pos = 0  # samples of speech appended since the buffer was last cleared
+        self._new_speech = 0
+
+    def _window(self) -> tuple[np.ndarray, int | None]:
+        """The newest 2 s of speech, ending on a whole STFT hop of the speech stream so that the
+        streaming extractor can reuse the previous window's frames; shorter speech is wrap-padded."""
+        lag = self._speech_pos % self.stft_hop
+        if self.speech.size - lag >= self.window_samples:
+            return self.speech.latest(self.window_samples, lag=lag), self._speech_pos - lag - self.window_samples
+        return fit_window(self.speech.latest(), self.window_samples), None
 
     @property
     def t(self) -> float:
@@ -154,6 +174,7 @@ class Engine:
                 voiced = frames[i * fs:(i + take) * fs].reshape(take, fs)[sel].ravel()
                 self.speech.append(voiced)
                 self._new_speech += voiced.size
+                self._speech_pos += voiced.size
                 self.speech_samples += voiced.size
             self._hop.frames += take
             self._hop.speech_frames += int(sel.sum())
@@ -171,8 +192,8 @@ class Engine:
         window_p = None
         if speech and self.speech.size >= self.first_samples and self._new_speech >= self.min_new:
             t0 = time.perf_counter()
-            window = fit_window(self.speech.latest(), self.window_samples)
-            stats, mfcc = self.extractor.extract(window)
+            window, start = self._window()
+            stats, mfcc = self.streaming.extract(window, start)
             t1 = time.perf_counter()
             window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
             stages["features"] = (t1 - t0) * 1000
@@ -180,9 +201,8 @@ class Engine:
             self._new_speech = 0
         t0 = time.perf_counter()
         est = self.smoother.update(window_p, speech, cfg.hop_s)
-        if est.label == "no speech":
-            self.speech.clear()  # a long pause: the next voice may be someone else
-            self._new_speech = 0
+        if est.label == "no speech" and self.speech.size:
+            self._clear_speech()  # a long pause: the next voice may be someone else
         stages["smoother"] = (time.perf_counter() - t0) * 1000
         self._hop = _HopState()
         return {

@@ -1,0 +1,38 @@
+"""StreamingExtractor reuses frames across overlapping windows and still equals FeatureExtractor.extract."""
+import numpy as np
+
+from realtime.audio import load_audio
+from realtime.features import DEFAULT, FeatureExtractor, StreamingExtractor
+
+from .data import librispeech_files
+
+
+def test_streaming_equals_full_extraction_on_real_audio():
+    fe = FeatureExtractor()
+    sx = StreamingExtractor(fe)
+    y = load_audio(librispeech_files()[5])
+    hop = DEFAULT.hop_length * 22  # ~0.5 s, a whole number of STFT hops
+    n = DEFAULT.window_samples
+    starts = list(range(0, len(y) - n, hop))
+    assert len(starts) >= 10
+    for start in starts:
+        w = y[start:start + n]
+        s_stream, m_stream = sx.extract(w, start=start)
+        s_full, m_full = fe.extract(w)
+        np.testing.assert_allclose(m_stream, m_full, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(s_stream, s_full, rtol=1e-4, atol=1e-4)
+    # after the first window, at most 22 + 3 edge frames of 87 are new per step
+    assert sx.reused_frames >= (len(starts) - 1) * (87 - 25)
+
+
+def test_unaligned_or_unknown_start_recomputes_everything():
+    fe = FeatureExtractor()
+    sx = StreamingExtractor(fe)
+    y = load_audio(librispeech_files()[6])[: 3 * DEFAULT.window_samples]
+    n = DEFAULT.window_samples
+    sx.extract(y[:n], start=0)
+    s, m = sx.extract(y[1000:1000 + n], start=1000)  # not a multiple of the STFT hop
+    np.testing.assert_allclose(s, fe.extract(y[1000:1000 + n])[0], rtol=1e-5, atol=1e-5)
+    assert sx.reused_frames == 0
+    sx.extract(y[:n], start=None)
+    assert sx.reused_frames == 0
