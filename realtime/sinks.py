@@ -1,0 +1,316 @@
+"""Where live estimates go: JSON lines, CSV, a console display, or a PNG trace.
+
+An event is a plain dict::
+
+    {"t": 1.5,                  # seconds of audio since the stream started (end of the hop)
+     "label": "female",         # 'female' | 'male' | 'uncertain' | 'no speech'
+     "p_female": 0.93,          # smoothed, or None
+     "window_p_female": 0.88,   # this hop's window, or None when no window was classified
+     "speech": True,
+     "compute_ms": 1.7,         # processing time for this hop
+     # optional:
+     "stages_ms": {"vad": 0.1, "features": 1.2, "model": 0.4},
+     "overruns": 0}
+
+Every sink has ``write(event)`` and ``close()`` and is a context manager.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from typing import IO, Any, Callable
+
+__all__ = [
+    "EVENT_KEYS", "Sink", "JsonlSink", "CsvSink", "ConsoleSink", "TracePlotSink", "make_sink",
+    "SINK_FORMATS", "clean_event",
+]
+
+EVENT_KEYS = ("t", "label", "p_female", "window_p_female", "speech", "compute_ms")
+LABEL_STYLES = {"female": "bold magenta", "male": "bold cyan", "uncertain": "bold yellow", "no speech": "dim"}
+
+
+def _round_for(key: str | None, v: float) -> float:
+    # probabilities to 4 decimals; times in s to the ms; milliseconds to the microsecond
+    if key is not None and (key == "t" or key.endswith("_s")):
+        return round(v, 3)
+    if key is not None and (key.endswith("ms") or key in ("stages_ms",)):
+        return round(v, 3)
+    return round(v, 4)
+
+
+def clean_event(value: Any, key: str | None = None) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, floats rounded sensibly."""
+    if isinstance(value, dict):
+        return {str(k): clean_event(v, str(k) if key != "stages_ms" else "stages_ms") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_event(v, key) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar / 0-d array
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return str(value)
+        return clean_event(value, key)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return _round_for(key, value)
+    return str(value)
+
+
+class Sink:
+    """Base class: ``write(event)``, ``close()``, context manager."""
+
+    def write(self, event: dict) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class JsonlSink(Sink):
+    """One JSON object per line (NaN-free; floats rounded), flushed per event."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream if stream is not None else sys.stdout
+
+    def write(self, event: dict) -> None:
+        self.stream.write(json.dumps(clean_event(event), allow_nan=False, separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        try:
+            self.stream.flush()
+        except (ValueError, OSError):
+            pass
+
+
+class CsvSink(Sink):
+    """CSV with the header written once, at the first event.
+
+    Columns: the schema keys, ``overruns``, then one ``ms_<stage>`` column per stage found in the
+    first event's ``stages_ms`` (stages that appear only later are not added; missing -> empty).
+    None/NaN are written as empty cells, booleans as 1/0.
+    """
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream if stream is not None else sys.stdout
+        self._writer: csv.DictWriter | None = None
+        self._stages: list[str] = []
+
+    def write(self, event: dict) -> None:
+        ev = clean_event(event)
+        if self._writer is None:
+            self._stages = list((ev.get("stages_ms") or {}).keys())
+            fields = list(EVENT_KEYS) + ["overruns"] + [f"ms_{s}" for s in self._stages]
+            self._writer = csv.DictWriter(self.stream, fieldnames=fields, extrasaction="ignore",
+                                          lineterminator="\n")
+            self._writer.writeheader()
+        row = {k: ev.get(k) for k in EVENT_KEYS}
+        row["overruns"] = ev.get("overruns")
+        stages = ev.get("stages_ms") or {}
+        for s in self._stages:
+            row[f"ms_{s}"] = stages.get(s)
+        row = {k: ("" if v is None else int(v) if isinstance(v, bool) else v) for k, v in row.items()}
+        self._writer.writerow(row)
+        self.stream.flush()
+
+    def close(self) -> None:
+        try:
+            self.stream.flush()
+        except (ValueError, OSError):
+            pass
+
+
+def gauge_text(p: float | None, width: int = 31) -> str:
+    """Plain-text gauge 'male [-----|----] female' with a marker at p (None: no marker)."""
+    width = max(5, int(width))
+    cells = ["─"] * width
+    if p is not None and math.isfinite(p):
+        i = min(width - 1, max(0, int(round(p * (width - 1)))))
+        cells[i] = "●"
+    cells[width // 2] = "┼" if cells[width // 2] == "─" else cells[width // 2]
+    return "male ◀" + "".join(cells) + "▶ female"
+
+
+def _fmt_p(p) -> str:
+    return "  -  " if p is None or (isinstance(p, float) and not math.isfinite(p)) else f"{p:.3f}"
+
+
+class ConsoleSink(Sink):
+    """Human display. On a terminal: a rich ``Live`` panel with a male<->female gauge of p_female,
+    the label in colour, a speech indicator, per-stage latency and the overrun count.
+
+    Not a terminal (piped / redirected / CI): no cursor tricks and no colour; one plain line per
+    event, or only when the label changes if ``changes_only=True``.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, *, console=None, changes_only: bool = False,
+                 refresh_per_second: float = 10.0):
+        from rich.console import Console
+
+        self.console = console if console is not None else Console(file=stream or sys.stdout, highlight=False)
+        self.changes_only = changes_only
+        self._live = None
+        self._last_label: str | None = None
+        self._n = 0
+        self._overruns = 0
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self._live = Live(self._render(None), console=self.console, refresh_per_second=refresh_per_second,
+                              transient=False)
+            self._live.start()
+
+    @property
+    def is_live(self) -> bool:
+        return self._live is not None
+
+    def _render(self, ev: dict | None):
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table.grid(padding=(0, 2))
+        table.add_column(justify="right", style="bold")
+        table.add_column()
+        if ev is None:
+            table.add_row("status", Text("waiting for audio…", style="dim"))
+            return table
+        label = ev.get("label") or "no speech"
+        p = ev.get("p_female")
+        style = LABEL_STYLES.get(label, "")
+        gauge = Text(gauge_text(p, 41))
+        if p is not None:
+            start = 6  # after "male ◀"
+            idx = start + min(40, max(0, int(round(p * 40))))
+            gauge.stylize(style or "bold", idx, idx + 1)
+        speech = ev.get("speech")
+        table.add_row("voice", Text(label.upper(), style=style))
+        table.add_row("p_female", Text(f"{_fmt_p(p)}   window {_fmt_p(ev.get('window_p_female'))}"))
+        table.add_row("", gauge)
+        table.add_row("speech", Text("● speaking" if speech else "○ silent", style="green" if speech else "dim"))
+        stages = ev.get("stages_ms") or {}
+        lat = "  ".join(f"{k} {v:.2f}" for k, v in stages.items() if isinstance(v, (int, float)))
+        cm = ev.get("compute_ms")
+        total = f"total {cm:.1f} ms" if isinstance(cm, (int, float)) else ""
+        table.add_row("latency", Text(f"{total}   {lat}".strip()))
+        t = ev.get("t")
+        table.add_row("t / overruns", Text(f"{t:.1f} s   overruns {self._overruns}" if isinstance(t, (int, float))
+                                           else f"overruns {self._overruns}",
+                                           style="red" if self._overruns else ""))
+        return table
+
+    def _line(self, ev: dict) -> str:
+        t = ev.get("t")
+        cm = ev.get("compute_ms")
+        parts = [f"t={t:7.2f}s" if isinstance(t, (int, float)) else "t=?",
+                 f"{(ev.get('label') or 'no speech'):<9}",
+                 f"p_female={_fmt_p(ev.get('p_female'))}",
+                 f"window={_fmt_p(ev.get('window_p_female'))}",
+                 "speech" if ev.get("speech") else "silent",
+                 f"{cm:.1f}ms" if isinstance(cm, (int, float)) else ""]
+        if self._overruns:
+            parts.append(f"overruns={self._overruns}")
+        return " ".join(p for p in parts if p)
+
+    def write(self, event: dict) -> None:
+        ev = clean_event(event)
+        self._n += 1
+        if isinstance(ev.get("overruns"), int):
+            self._overruns = ev["overruns"]
+        if self._live is not None:
+            self._live.update(self._render(ev))
+        else:
+            label = ev.get("label")
+            if not self.changes_only or label != self._last_label:
+                self.console.print(self._line(ev), markup=False, highlight=False, soft_wrap=True)
+        self._last_label = ev.get("label")
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+class TracePlotSink(Sink):
+    """Collects events; at ``close()`` writes a PNG of p_female and window_p_female over time with
+    speech shaded. matplotlib is imported only then (it is in the ``train`` extra, not core)."""
+
+    def __init__(self, png_path, *, title: str | None = None):
+        from pathlib import Path
+
+        self.png_path = Path(png_path)
+        self.title = title
+        self.events: list[dict] = []
+        self._closed = False
+
+    def write(self, event: dict) -> None:
+        self.events.append(clean_event(event))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            raise ImportError(
+                "TracePlotSink needs matplotlib, which is not a core dependency: "
+                "pip install 'voicegender[train]' (or pip install matplotlib)") from exc
+        ev = self.events
+        t = [e.get("t") if e.get("t") is not None else i for i, e in enumerate(ev)]
+        nan = float("nan")
+        p = [nan if e.get("p_female") is None else e["p_female"] for e in ev]
+        wp = [nan if e.get("window_p_female") is None else e["window_p_female"] for e in ev]
+        fig = Figure(figsize=(10, 3.2), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        # speech shading: one span per run of speech events
+        start = None
+        for i, e in enumerate(ev):
+            if e.get("speech") and start is None:
+                start = t[i - 1] if i > 0 else t[i]
+            if not e.get("speech") and start is not None:
+                ax.axvspan(start, t[i - 1] if i > 0 else t[i], color="0.88", lw=0)
+                start = None
+        if start is not None and ev:
+            ax.axvspan(start, t[-1], color="0.88", lw=0, label="speech")
+        ax.plot(t, wp, ".", color="tab:orange", ms=4, label="window p_female")
+        ax.plot(t, p, "-", color="tab:purple", lw=1.8, label="smoothed p_female")
+        ax.axhline(0.5, color="0.5", lw=0.8, ls="--")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("p_female")
+        ax.set_title(self.title or f"{len(ev)} events")
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        self.png_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.png_path)
+
+
+SINK_FORMATS: dict[str, Callable[[IO[str] | None], Sink]] = {
+    "console": lambda stream: ConsoleSink(stream),
+    "jsonl": lambda stream: JsonlSink(stream),
+    "csv": lambda stream: CsvSink(stream),
+}
+
+
+def make_sink(fmt: str, stream: IO[str] | None = None) -> Sink:
+    """'console' | 'jsonl' | 'csv' -> a sink writing to ``stream`` (default stdout)."""
+    try:
+        factory = SINK_FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(SINK_FORMATS)}") from None
+    return factory(stream)

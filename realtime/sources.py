@@ -1,0 +1,512 @@
+"""Audio sources: a file, raw PCM on stdin, or a microphone, all giving 16 kHz mono float32 chunks.
+
+Every source has ``name``, ``sample_rate`` (always 16000: what comes out, whatever goes in),
+``chunks()`` (a generator of 1-D float32 arrays in [-1, 1] of any length), ``close()``, and is a
+context manager. Resampling is streaming (``soxr.ResampleStream``), so memory does not grow with
+the input and a live source stays live.
+
+``parse_source(spec)`` maps a command-line spec to a source through the ``SOURCE_SCHEMES``
+registry; adding a scheme is one entry (or ``register_source_scheme``)::
+
+    file:PATH | PATH (an existing file) | mic | mic:DEVICE (index or name substring) | stdin | -
+
+sounddevice (PortAudio) is imported only by the microphone code, so files and stdin work on a
+machine without libportaudio.
+"""
+from __future__ import annotations
+
+import abc
+import re
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioError
+from .ringbuffer import RingBuffer
+
+__all__ = [
+    "Source", "FileSource", "StdinSource", "MicSource", "list_devices", "rescan_devices",
+    "parse_source", "register_source_scheme", "SOURCE_SCHEMES", "NO_MIC_MESSAGE",
+]
+
+NO_MIC_MESSAGE = "no microphone found; see --list-devices"
+_RESAMPLE_QUALITY = "HQ"  # same as realtime.audio.resample
+
+
+class _StreamResampler:
+    """Mono float32 streaming resampler to 16 kHz (a pass-through when the rate already is)."""
+
+    def __init__(self, in_rate: float):
+        self.in_rate = float(in_rate)
+        if self.in_rate <= 0:
+            raise AudioError(f"sample rate must be positive, got {in_rate}")
+        if self.in_rate == SAMPLE_RATE:
+            self._rs = None
+        else:
+            import soxr
+
+            self._rs = soxr.ResampleStream(self.in_rate, SAMPLE_RATE, 1, dtype="float32", quality=_RESAMPLE_QUALITY)
+
+    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._rs is not None:
+            x = self._rs.resample_chunk(x, last=last)
+        else:
+            x = x.copy() if not x.flags.owndata else x
+        return np.clip(x, -1.0, 1.0, out=x)
+
+
+def _mono(block: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,) float32 by averaging channels (as realtime.audio.to_mono)."""
+    if block.ndim == 2:
+        block = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+    return block.astype(np.float32, copy=False)
+
+
+class Source(abc.ABC):
+    """A stream of 16 kHz mono float32 chunks."""
+
+    name: str = "source"
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate of what ``chunks()`` yields: always 16000."""
+        return SAMPLE_RATE
+
+    @abc.abstractmethod
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Yield 1-D float32 arrays in [-1, 1] at 16 kHz, any length (never empty)."""
+
+    def close(self) -> None:
+        """Stop the source; a running ``chunks()`` ends soon after. Idempotent."""
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_closed", False)
+
+    def read_all(self) -> np.ndarray:
+        """Consume ``chunks()`` and return everything as one array (for files and tests)."""
+        parts = list(self.chunks())
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.chunks()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# ---------------------------------------------------------------------------------------- file
+class FileSource(Source):
+    """Any file soundfile can read (flac, wav, ogg, ...; any rate and channel count).
+
+    Reads ``chunk_seconds`` blocks, averages channels, resamples streaming to 16 kHz. With
+    ``realtime=True`` each chunk is released only when its audio would have finished playing
+    (wall-clock pacing, like a microphone). A missing, unreadable or empty file raises
+    :class:`AudioError` here, at construction; a decode error mid-file raises it from ``chunks()``.
+    """
+
+    def __init__(self, path: str | Path, realtime: bool = False, chunk_seconds: float = 0.1):
+        import soundfile as sf
+
+        self.path = Path(path)
+        self.name = f"file:{self.path}"
+        self.realtime = bool(realtime)
+        if not chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        self.chunk_seconds = float(chunk_seconds)
+        self._closed = False
+        if not self.path.is_file():
+            raise AudioError(f"{self.path}: no such audio file")
+        try:
+            info = sf.info(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise AudioError(f"{self.path}: cannot decode audio ({exc})") from exc
+        if info.frames == 0 or info.samplerate <= 0:
+            raise AudioError(f"{self.path}: file holds no audio samples")
+        self.file_sample_rate = int(info.samplerate)
+        self.channels = int(info.channels)
+        self.frames = int(info.frames)
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio in the file."""
+        return self.frames / self.file_sample_rate
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        import soundfile as sf
+
+        block = max(1, int(round(self.chunk_seconds * self.file_sample_rate)))
+        resample = _StreamResampler(self.file_sample_rate)
+        emitted = 0
+        t0 = None
+        try:
+            f = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise AudioError(f"{self.path}: cannot decode audio ({exc})") from exc
+        with f:
+            while not self._closed:
+                try:
+                    data = f.read(block, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+                    raise AudioError(f"{self.path}: decode error mid-file ({exc})") from exc
+                last = data.shape[0] == 0
+                x = _mono(data)
+                if x.size and not np.all(np.isfinite(x)):
+                    raise AudioError(f"{self.path}: audio contains NaN or infinite samples")
+                y = resample(x, last=last)
+                if y.size:
+                    if self.realtime:
+                        if t0 is None:
+                            t0 = time.monotonic()
+                        wait = t0 + (emitted + y.size) / SAMPLE_RATE - time.monotonic()
+                        if wait > 0:
+                            time.sleep(wait)
+                    emitted += y.size
+                    yield y
+                if last:
+                    break
+
+
+# ---------------------------------------------------------------------------------------- stdin
+_PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
+
+
+class StdinSource(Source):
+    """Raw interleaved PCM from a binary stream (default ``sys.stdin.buffer``).
+
+    ``fmt`` is 's16le' (signed 16-bit little-endian) or 'f32le' (float32 little-endian);
+    ``rate`` and ``channels`` describe the input. Channels are averaged and the result resampled
+    streaming to 16 kHz. Reads use ``read1`` when the stream has it, so a pipe delivers audio as it
+    arrives instead of waiting for full blocks. Bytes that do not make a whole sample frame at end
+    of stream are dropped with a ``RuntimeWarning``.
+    """
+
+    def __init__(self, rate: int = SAMPLE_RATE, channels: int = 1, fmt: str = "s16le",
+                 stream: IO[bytes] | None = None, chunk_seconds: float = 0.1):
+        if fmt not in _PCM_FORMATS:
+            raise ValueError(f"fmt must be one of {', '.join(_PCM_FORMATS)}, got {fmt!r}")
+        if int(rate) <= 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        if int(channels) < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        if not chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        self.rate = int(rate)
+        self.channels = int(channels)
+        self.fmt = fmt
+        self.stream = stream
+        self.chunk_seconds = float(chunk_seconds)
+        self.name = "stdin" if stream is None else f"stream:{getattr(stream, 'name', type(stream).__name__)}"
+        self._closed = False
+        self.dropped_bytes = 0
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        stream = self.stream if self.stream is not None else sys.stdin.buffer
+        dtype, scale = _PCM_FORMATS[self.fmt]
+        frame_bytes = np.dtype(dtype).itemsize * self.channels
+        want = max(1, int(round(self.chunk_seconds * self.rate))) * frame_bytes
+        read = getattr(stream, "read1", None) or stream.read
+        resample = _StreamResampler(self.rate)
+        pending = bytearray()
+        while not self._closed:
+            buf = read(want)
+            if not buf:
+                break
+            pending += buf
+            usable = len(pending) // frame_bytes * frame_bytes
+            if usable == 0:
+                continue
+            y = resample(self._decode(bytes(pending[:usable]), dtype, scale))
+            del pending[:usable]
+            if y.size:
+                yield y
+        if pending:
+            self.dropped_bytes = len(pending)
+            warnings.warn(
+                f"{self.name}: dropped {len(pending)} trailing byte(s) at end of stream "
+                f"(not a whole {self.fmt} frame of {frame_bytes} bytes)", RuntimeWarning, stacklevel=2)
+        tail = resample(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+
+    def _decode(self, raw: bytes, dtype: str, scale: float) -> np.ndarray:
+        x = np.frombuffer(raw, dtype=dtype).astype(np.float32)
+        if scale != 1.0:
+            x /= scale
+        elif not np.all(np.isfinite(x)):
+            raise AudioError(f"{self.name}: f32le input contains NaN or infinite samples")
+        if self.channels > 1:
+            x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        return x
+
+
+# ---------------------------------------------------------------------------------------- microphone
+def _sd():
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # libportaudio missing
+        raise AudioError(f"sounddevice cannot load PortAudio ({exc}); install libportaudio2") from exc
+    return sd
+
+
+def rescan_devices() -> None:
+    """Make PortAudio re-enumerate devices (it lists them once, when sounddevice is imported).
+
+    Needed after an audio server (e.g. PulseAudio) starts or stops in a running process. Must not
+    be called while a stream is open.
+    """
+    sd = _sd()
+    sd._terminate()
+    sd._initialize()
+
+
+def list_devices(rescan: bool = False) -> list[dict[str, Any]]:
+    """Input devices as dicts: index, name, hostapi, max_input_channels, default_samplerate, default."""
+    sd = _sd()
+    if rescan:
+        rescan_devices()
+    try:
+        devices = sd.query_devices()
+        hostapis = sd.query_hostapis()
+    except sd.PortAudioError as exc:
+        raise AudioError(f"cannot list audio devices ({exc})") from exc
+    try:
+        default_in = sd.default.device[0]
+        default_in = int(default_in) if default_in is not None else -1
+    except (TypeError, ValueError, IndexError):
+        default_in = -1
+    out = []
+    for d in devices:
+        if d["max_input_channels"] > 0:
+            out.append({
+                "index": int(d["index"]),
+                "name": d["name"],
+                "hostapi": hostapis[d["hostapi"]]["name"],
+                "max_input_channels": int(d["max_input_channels"]),
+                "default_samplerate": float(d["default_samplerate"]),
+                "default": int(d["index"]) == default_in,
+            })
+    return out
+
+
+def _resolve_device(device: int | str | None) -> dict[str, Any]:
+    inputs = list_devices()
+    if not inputs:
+        raise AudioError(NO_MIC_MESSAGE)
+    if isinstance(device, str) and device.strip().lstrip("-").isdigit():
+        device = int(device)
+    if device is None:
+        for d in inputs:
+            if d["default"]:
+                return d
+        return inputs[0]
+    if isinstance(device, int):
+        for d in inputs:
+            if d["index"] == device:
+                return d
+        raise AudioError(f"no input device with index {device}; input devices: "
+                         + ", ".join(f"{d['index']}: {d['name']}" for d in inputs) + " (see --list-devices)")
+    needle = str(device).strip().lower()
+    exact = [d for d in inputs if d["name"].lower() == needle]
+    if exact:
+        return exact[0]
+    sub = [d for d in inputs if needle in d["name"].lower()]
+    if sub:
+        return sub[0]
+    raise AudioError(f"no input device matching {device!r}; input devices: "
+                     + ", ".join(f"{d['index']}: {d['name']}" for d in inputs) + " (see --list-devices)")
+
+
+class MicSource(Source):
+    """A live microphone through sounddevice (PortAudio).
+
+    ``device``: None (the default input), an index, or a name (exact, else case-insensitive
+    substring, first match wins). The stream opens at 16 kHz when the device accepts it
+    (``sd.check_input_settings``), else at the device's default rate, and ``chunks()`` resamples.
+    The PortAudio callback only copies channel 0 into ``ring`` (a :class:`RingBuffer`, by default
+    ``ring_seconds`` long at the device rate) and returns; ``chunks()`` waits on the ring's
+    condition variable (no polling), resamples, and yields. If the reader falls behind by more
+    than the ring, the oldest audio is dropped and counted in ``overruns``.
+
+    ``latency`` goes to PortAudio ("high" is sounddevice's own default; through ALSA's pulse
+    plugin both "low" and "high" reported 0.1 s). Measured through a PulseAudio null-sink monitor:
+    the first capture stream a process opens delivers its first block only after ~2.05 s; later
+    streams after ~0.10 s (one block).
+    """
+
+    def __init__(self, device: int | str | None = None, chunk_seconds: float = 0.05,
+                 ring: RingBuffer | None = None, *, ring_seconds: float = 5.0, latency: str | float = "high"):
+        if not chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        self.chunk_seconds = float(chunk_seconds)
+        self.latency = latency
+        self._closed = False
+        self._lock = threading.Lock()
+        self._stream = None
+        self.status_count = 0  # callbacks that reported a PortAudio status (e.g. input overflow)
+        self.last_status = None
+        sd = _sd()
+        try:
+            info = _resolve_device(device)
+        except sd.PortAudioError as exc:
+            raise AudioError(f"{NO_MIC_MESSAGE} ({exc})") from exc
+        self.device_index: int = info["index"]
+        self.device_name: str = info["name"]
+        self.name = f"mic:{self.device_name}"
+        try:
+            sd.check_input_settings(device=self.device_index, samplerate=SAMPLE_RATE, channels=1, dtype="float32")
+            rate = float(SAMPLE_RATE)
+        except Exception:  # PortAudioError or ValueError: rate/format not supported
+            rate = float(info["default_samplerate"])
+        self.device_sample_rate = rate
+        self._ring = ring if ring is not None else RingBuffer(int(round(ring_seconds * rate)), dtype=np.float32)
+
+    @property
+    def ring(self) -> RingBuffer:
+        return self._ring
+
+    @property
+    def overruns(self) -> int:
+        return self._ring.overruns
+
+    @property
+    def dropped_samples(self) -> int:
+        return self._ring.dropped_samples
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        # Audio thread: copy and return. Nothing else belongs here.
+        if status:
+            self.status_count += 1
+            self.last_status = status
+        self._ring.write(indata[:, 0])
+
+    def start(self) -> None:
+        """Open and start the input stream (``chunks()`` does this itself if needed)."""
+        sd = _sd()
+        with self._lock:
+            if self._closed:
+                raise AudioError(f"{self.name}: source is closed")
+            if self._stream is not None:
+                return
+            try:
+                stream = sd.InputStream(
+                    device=self.device_index, samplerate=self.device_sample_rate, channels=1,
+                    dtype="float32", blocksize=max(1, int(round(self.chunk_seconds * self.device_sample_rate))),
+                    latency=self.latency, callback=self._callback)
+                stream.start()
+            except sd.PortAudioError as exc:
+                raise AudioError(f"{NO_MIC_MESSAGE} (cannot open {self.device_name!r}: {exc})") from exc
+            self._stream = stream
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        self.start()
+        resample = _StreamResampler(self.device_sample_rate)
+        try:
+            while True:
+                x = self._ring.read(timeout=1.0)
+                if x.size:
+                    y = resample(x)
+                    if y.size:
+                        yield y
+                    continue
+                if self._ring.closed or self._closed:
+                    break
+                stream = self._stream
+                if stream is not None and not stream.active:
+                    raise AudioError(f"{self.name}: the input stream stopped (device unplugged?)")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ring.close()
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+            finally:
+                stream.close()
+
+
+# ---------------------------------------------------------------------------------------- specs
+SourceFactory = Callable[[str, dict], Source]
+
+
+def _file_factory(arg: str, opts: dict) -> Source:
+    if not arg:
+        raise ValueError("file: needs a path, e.g. file:speech.flac")
+    return FileSource(arg, realtime=opts.get("realtime", False), chunk_seconds=opts.get("chunk_seconds", 0.1))
+
+
+def _mic_factory(arg: str, opts: dict) -> Source:
+    device: int | str | None = arg or opts.get("device")
+    if isinstance(device, str) and device.strip().lstrip("-").isdigit():
+        device = int(device)
+    return MicSource(device, chunk_seconds=opts.get("chunk_seconds", 0.05))
+
+
+def _stdin_factory(arg: str, opts: dict) -> Source:
+    fmt = arg or opts.get("fmt", "s16le")
+    return StdinSource(rate=opts.get("rate", SAMPLE_RATE), channels=opts.get("channels", 1), fmt=fmt,
+                       stream=opts.get("stream"), chunk_seconds=opts.get("chunk_seconds", 0.1))
+
+
+def _socket_factory(arg: str, opts: dict) -> Source:
+    raise ValueError("use `python -m realtime client` for sockets")
+
+
+#: scheme -> factory(argument after "scheme:", options). Add a scheme with one entry here.
+SOURCE_SCHEMES: dict[str, SourceFactory] = {
+    "file": _file_factory,
+    "mic": _mic_factory,
+    "stdin": _stdin_factory,
+    "tcp": _socket_factory,
+    "ws": _socket_factory,
+    "wss": _socket_factory,
+}
+
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):(.*)$", re.S)
+
+
+def register_source_scheme(scheme: str, factory: SourceFactory) -> None:
+    """Add or replace a scheme, e.g. ``register_source_scheme('tcp', make_tcp_source)``."""
+    SOURCE_SCHEMES[scheme.lower()] = factory
+
+
+def parse_source(spec: str, rate: int = SAMPLE_RATE, **options) -> Source:
+    """Map a spec to a Source.
+
+    ``file:PATH``, a bare existing path, ``mic``, ``mic:DEVICE`` (index or name substring),
+    ``stdin`` / ``-`` (raw PCM at ``rate``; ``stdin:f32le`` for float input). A registered scheme
+    wins over a file of the same name (use ``file:mic`` for a file called "mic"). Extra
+    ``options`` (realtime, chunk_seconds, channels, fmt, stream, device) go to the factory.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise ValueError("empty source spec; expected file:PATH, PATH, mic, mic:DEVICE or stdin")
+    opts = dict(options, rate=rate)
+    if spec == "-":
+        return SOURCE_SCHEMES["stdin"]("", opts)
+    if spec.lower() in SOURCE_SCHEMES:
+        return SOURCE_SCHEMES[spec.lower()]("", opts)
+    m = _SCHEME_RE.match(spec)
+    if m and m.group(1).lower() in SOURCE_SCHEMES:
+        return SOURCE_SCHEMES[m.group(1).lower()](m.group(2), opts)
+    if Path(spec).is_file():
+        return SOURCE_SCHEMES["file"](spec, opts)
+    raise AudioError(f"{spec!r} is not an existing file nor a known source; expected one of "
+                     f"file:PATH, PATH, mic, mic:DEVICE, stdin ({', '.join(sorted(SOURCE_SCHEMES))})")

@@ -1,0 +1,140 @@
+import csv
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from realtime.sinks import (EVENT_KEYS, ConsoleSink, CsvSink, JsonlSink, TracePlotSink, clean_event,
+                            gauge_text, make_sink)
+
+
+def _events(n=30):
+    out = []
+    for i in range(n):
+        speech = 5 <= i < 25
+        out.append({
+            "t": 0.5 * (i + 1) + 1e-9,
+            "label": ("female" if i < 15 else "male") if speech else "no speech",
+            "p_female": (0.9 - 0.03 * i) if speech else None,
+            "window_p_female": np.float32(0.9 - 0.03 * i) if speech else float("nan"),
+            "speech": speech,
+            "compute_ms": 1.23456789,
+            "stages_ms": {"vad": 0.0123456, "features": 1.1, "model": np.float64(0.12345678)},
+            "overruns": i // 10,
+        })
+    return out
+
+
+def test_clean_event_is_json_safe_and_rounded():
+    ev = clean_event(_events()[0] | {"p_female": 0.123456789, "window_p_female": np.float32(np.inf)})
+    assert ev["p_female"] == 0.1235 and ev["window_p_female"] is None
+    assert ev["t"] == 0.5 and ev["compute_ms"] == 1.235
+    assert ev["stages_ms"]["model"] == 0.123 and isinstance(ev["stages_ms"]["model"], float)
+    json.dumps(ev, allow_nan=False)
+
+
+def test_jsonl_sink_schema():
+    buf = io.StringIO()
+    with JsonlSink(buf) as sink:
+        for ev in _events():
+            sink.write(ev)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 30
+    for line in lines:
+        assert "NaN" not in line and "Infinity" not in line
+        obj = json.loads(line)
+        assert set(EVENT_KEYS) <= set(obj)
+        assert obj["label"] in {"female", "male", "uncertain", "no speech"}
+        assert isinstance(obj["speech"], bool)
+        assert obj["p_female"] is None or 0 <= obj["p_female"] <= 1
+    assert json.loads(lines[0])["window_p_female"] is None
+
+
+def test_csv_sink_header_once_and_parses():
+    buf = io.StringIO()
+    sink = CsvSink(buf)
+    for ev in _events():
+        sink.write(ev)
+    sink.close()
+    text = buf.getvalue()
+    assert text.count("t,label,p_female") == 1
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 30
+    assert list(rows[0])[: len(EVENT_KEYS)] == list(EVENT_KEYS)
+    assert {"overruns", "ms_vad", "ms_features", "ms_model"} <= set(rows[0])
+    assert rows[0]["p_female"] == "" and rows[0]["speech"] == "0"
+    assert rows[10]["speech"] == "1" and float(rows[10]["p_female"]) == pytest.approx(0.6)
+    assert rows[-1]["overruns"] == "2"
+
+
+def test_console_sink_plain_when_not_a_tty():
+    from rich.console import Console
+
+    buf = io.StringIO()
+    sink = ConsoleSink(console=Console(file=buf, force_terminal=False, width=120))
+    assert not sink.is_live
+    for ev in _events():
+        sink.write(ev)
+    sink.close()
+    out = buf.getvalue()
+    assert "\x1b[" not in out  # no escape codes in a pipe
+    lines = out.splitlines()
+    assert len(lines) == 30
+    assert "female" in lines[6] and "speech" in lines[6] and "p_female=" in lines[6]
+    assert "overruns=2" in lines[-1]
+    # changes_only: one line per label change
+    buf = io.StringIO()
+    sink = ConsoleSink(console=Console(file=buf, force_terminal=False), changes_only=True)
+    for ev in _events():
+        sink.write(ev)
+    assert len(buf.getvalue().splitlines()) == 4  # no speech, female, male, no speech
+
+
+def test_console_sink_live_on_a_terminal():
+    from rich.console import Console
+
+    buf = io.StringIO()
+    sink = ConsoleSink(console=Console(file=buf, force_terminal=True, width=100, color_system="truecolor"))
+    assert sink.is_live
+    for ev in _events():
+        sink.write(ev)
+    sink.close()
+    out = buf.getvalue()
+    # the final frame (Live redraws in place) shows the last event
+    assert "NO SPEECH" in out and "overruns 2" in out and "features" in out and "◀" in out
+
+
+def test_gauge_marks_position():
+    assert gauge_text(0.0, 11).startswith("male ◀●")
+    assert gauge_text(1.0, 11).endswith("●▶ female")
+    assert "●" not in gauge_text(None, 11)
+
+
+def test_trace_plot_sink_writes_png(tmp_path):
+    png = tmp_path / "sub" / "trace.png"
+    with TracePlotSink(png, title="test") as sink:
+        for ev in _events():
+            sink.write(ev)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_trace_plot_sink_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` fail
+    sink = TracePlotSink(tmp_path / "x.png")
+    sink.write(_events()[0])
+    with pytest.raises(ImportError, match=r"voicegender\[train\]"):
+        sink.close()
+
+
+def test_make_sink():
+    buf = io.StringIO()
+    assert isinstance(make_sink("jsonl", buf), JsonlSink)
+    assert isinstance(make_sink("csv", buf), CsvSink)
+    assert isinstance(make_sink("console", buf), ConsoleSink)
+    with pytest.raises(ValueError, match="console, jsonl, csv"):
+        make_sink("xml", buf)

@@ -1,0 +1,320 @@
+import io
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+import realtime.sources as sources
+from realtime.audio import AudioError, load_audio
+from realtime.ringbuffer import RingBuffer
+from realtime.sources import (SOURCE_SCHEMES, FileSource, MicSource, StdinSource, parse_source,
+                              register_source_scheme)
+
+LIBRI = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+
+
+@pytest.fixture(scope="module")
+def flac():
+    files = sorted((LIBRI / "train-clean-100").glob("*/*/*.flac"))
+    assert files, f"no LibriSpeech flacs under {LIBRI}"
+    return files[0]
+
+
+@pytest.fixture(scope="module")
+def original(flac):
+    return load_audio(flac)
+
+
+def _corr(a, b):
+    n = min(len(a), len(b))
+    return float(np.corrcoef(a[:n], b[:n])[0, 1])
+
+
+def test_file_source_equals_load_audio(flac, original):
+    src = FileSource(flac, chunk_seconds=0.1)
+    assert src.sample_rate == 16000 and src.file_sample_rate == 16000 and src.name.startswith("file:")
+    chunks = list(src.chunks())
+    assert all(c.dtype == np.float32 and c.ndim == 1 and c.size for c in chunks)
+    assert max(c.size for c in chunks) == 1600
+    y = np.concatenate(chunks)
+    assert y.shape == original.shape
+    np.testing.assert_allclose(y, original, atol=1e-6)
+    assert src.duration == pytest.approx(len(original) / 16000)
+
+
+# 16k -> 44.1k -> 16k keeps all but the top of the band (soxr HQ passband ~91 %): corr ~0.998;
+# 8 kHz throws away 4-8 kHz: corr 0.96 for this reader (0.994 for another)
+@pytest.mark.parametrize("rate, channels, min_corr", [(44100, 2, 0.995), (8000, 1, 0.9)])
+def test_file_source_resamples_any_rate_and_channels(tmp_path, original, rate, channels, min_corr):
+    x = soxr.resample(original, 16000, rate)
+    if channels == 2:
+        x = np.stack([x, 0.5 * x], axis=1)
+    path = tmp_path / f"x{rate}.wav"
+    sf.write(path, x, rate, subtype="PCM_16")
+    src = FileSource(path, chunk_seconds=0.05)
+    y = src.read_all()
+    assert src.file_sample_rate == rate and src.channels == channels
+    expected_len = round(sf.info(path).frames * 16000 / rate)
+    assert abs(len(y) - expected_len) <= 2
+    assert abs(len(y) - len(original)) <= 2
+    assert _corr(y, original) > min_corr
+    # streaming equals one-shot resampling of the whole file
+    np.testing.assert_allclose(y, load_audio(path)[: len(y)], atol=1e-4)
+
+
+def test_file_source_realtime_paces_by_wall_clock(tmp_path, original):
+    path = tmp_path / "half.wav"
+    sf.write(path, original[:8000], 16000)  # 0.5 s
+    t0 = time.monotonic()
+    y = FileSource(path, realtime=True, chunk_seconds=0.1).read_all()
+    elapsed = time.monotonic() - t0
+    assert len(y) == 8000
+    assert 0.45 < elapsed < 1.5
+
+
+def test_file_source_errors(tmp_path):
+    with pytest.raises(AudioError, match="no such audio file"):
+        FileSource(tmp_path / "missing.flac")
+    bad = tmp_path / "corrupt.flac"
+    bad.write_bytes(b"fLaC" + bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)))
+    with pytest.raises(AudioError, match="cannot decode"):
+        FileSource(bad)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    with pytest.raises(AudioError, match="no audio"):
+        FileSource(empty)
+    assert issubclass(AudioError, ValueError)
+
+
+def test_close_stops_a_running_file_source(flac):
+    src = FileSource(flac, chunk_seconds=0.1)
+    got = 0
+    for i, _ in enumerate(src.chunks()):
+        got += 1
+        if i == 2:
+            src.close()
+    assert got == 3
+
+
+def _pcm16(x):
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_stdin_source_matches_file_source(flac, original):
+    y = StdinSource(stream=io.BytesIO(_pcm16(original))).read_all()
+    ref = FileSource(flac).read_all()
+    assert y.shape == ref.shape
+    assert np.abs(y - ref).max() <= 2.0 / 32768  # quantisation only
+
+
+def test_stdin_source_resamples_interleaved_stereo(tmp_path, original):
+    x = soxr.resample(original, 16000, 44100)
+    stereo = np.stack([x, x], axis=1)
+    path = tmp_path / "s.wav"
+    sf.write(path, stereo, 44100, subtype="PCM_16")
+    raw = sf.read(path, dtype="int16")[0].astype("<i2").tobytes()
+    y = StdinSource(rate=44100, channels=2, stream=io.BytesIO(raw)).read_all()
+    ref = FileSource(path).read_all()
+    assert abs(len(y) - len(ref)) <= 1
+    n = min(len(y), len(ref))
+    assert np.abs(y[:n] - ref[:n]).max() < 1e-4
+
+
+def test_stdin_source_f32le(original):
+    y = StdinSource(fmt="f32le", stream=io.BytesIO(original.astype("<f4").tobytes())).read_all()
+    np.testing.assert_array_equal(y, original)
+
+
+class _Trickle(io.RawIOBase):
+    """A pipe that hands out a few bytes per read, splitting samples across reads."""
+
+    def __init__(self, data, step=3):
+        self._data, self._pos, self._step = data, 0, step
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        k = min(self._step, n if n >= 0 else self._step)
+        out = self._data[self._pos:self._pos + k]
+        self._pos += len(out)
+        return out
+
+
+def test_stdin_source_partial_reads_and_odd_trailing_byte(original):
+    data = _pcm16(original[:16000])
+    with pytest.warns(RuntimeWarning, match="dropped 1 trailing byte"):
+        y = StdinSource(stream=_Trickle(data + b"\x01", step=777)).read_all()
+    np.testing.assert_array_equal(y, np.frombuffer(data, "<i2").astype(np.float32) / 32768)
+    # an even byte count raises no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StdinSource(stream=io.BytesIO(data)).read_all()
+
+
+def test_stdin_source_rejects_bad_settings():
+    with pytest.raises(ValueError, match="s16le, f32le"):
+        StdinSource(fmt="u8")
+    with pytest.raises(ValueError):
+        StdinSource(rate=0)
+
+
+def test_parse_source(flac, tmp_path):
+    src = parse_source(f"file:{flac}")
+    assert isinstance(src, FileSource) and src.path == flac
+    assert isinstance(parse_source(str(flac)), FileSource)
+    assert isinstance(parse_source(str(flac), realtime=True), FileSource)
+    assert parse_source(str(flac), realtime=True).realtime
+    s = parse_source("stdin", rate=8000, stream=io.BytesIO(b""))
+    assert isinstance(s, StdinSource) and s.rate == 8000
+    assert isinstance(parse_source("-"), StdinSource)
+    assert parse_source("stdin:f32le").fmt == "f32le"
+    for spec in ("tcp://localhost:9000", "ws://localhost:8765", "wss://x"):
+        with pytest.raises(ValueError, match="python -m realtime client"):
+            parse_source(spec)
+    with pytest.raises(ValueError, match="not an existing file nor a known source"):
+        parse_source(str(tmp_path / "nope.wav"))
+    with pytest.raises(ValueError):
+        parse_source("")
+
+
+def test_adding_a_scheme_is_one_registry_entry(flac):
+    register_source_scheme("demo", lambda arg, opts: FileSource(arg))
+    try:
+        assert isinstance(parse_source(f"demo:{flac}"), FileSource)
+    finally:
+        del SOURCE_SCHEMES["demo"]
+
+
+# ---------------------------------------------------------------- microphone without hardware
+def _fake_devices(monkeypatch, devices):
+    monkeypatch.setattr(sources, "list_devices", lambda rescan=False: devices)
+
+
+_DEV = [{"index": 3, "name": "USB Mic (hw:1,0)", "hostapi": "ALSA", "max_input_channels": 2,
+         "default_samplerate": 44100.0, "default": False},
+        {"index": 5, "name": "default", "hostapi": "ALSA", "max_input_channels": 32,
+         "default_samplerate": 48000.0, "default": True}]
+
+
+def test_mic_no_device_is_a_clear_error(monkeypatch):
+    _fake_devices(monkeypatch, [])
+    with pytest.raises(AudioError, match="no microphone found; see --list-devices"):
+        MicSource()
+    with pytest.raises(AudioError, match="no microphone found"):
+        parse_source("mic")
+
+
+def test_mic_device_selection(monkeypatch):
+    import sounddevice as sd
+
+    _fake_devices(monkeypatch, _DEV)
+    monkeypatch.setattr(sd, "check_input_settings", lambda **kw: None)
+    assert MicSource().device_index == 5  # the default input
+    assert MicSource(3).device_name.startswith("USB")
+    assert MicSource("usb").device_index == 3  # case-insensitive substring
+    assert MicSource("default").device_index == 5
+    assert parse_source("mic:3").device_index == 3
+    with pytest.raises(AudioError, match="no input device with index 7"):
+        MicSource(7)
+    with pytest.raises(AudioError, match="no input device matching"):
+        MicSource("bluetooth")
+
+
+def test_mic_open_failure_becomes_audio_error(monkeypatch):
+    import sounddevice as sd
+
+    _fake_devices(monkeypatch, _DEV)
+    monkeypatch.setattr(sd, "check_input_settings", lambda **kw: None)
+
+    def broken(**kw):
+        raise sd.PortAudioError("Error querying device -1")
+
+    monkeypatch.setattr(sd, "InputStream", broken)
+    with pytest.raises(AudioError, match="no microphone found; see --list-devices"):
+        list(MicSource().chunks())
+
+
+class _FakeStream:
+    """Calls the callback from its own thread with 44.1 kHz blocks, like PortAudio would."""
+
+    instances = []
+
+    def __init__(self, device, samplerate, channels, dtype, blocksize, latency, callback):
+        self.rate, self.block, self.callback = samplerate, blocksize, callback
+        self.signal = None
+        self.active = False
+        self.callback_seconds = []
+        _FakeStream.instances.append(self)
+
+    def start(self):
+        self.active = True
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        x = self.signal
+        for i in range(0, len(x), self.block):
+            if not self.active:
+                return
+            block = x[i:i + self.block, None].astype(np.float32)
+            t0 = time.perf_counter()
+            self.callback(block, len(block), None, None)
+            self.callback_seconds.append(time.perf_counter() - t0)
+            time.sleep(0.001)
+        self.active = False
+
+    def stop(self):
+        self.active = False
+
+    def close(self):
+        pass
+
+
+def test_mic_resamples_outside_the_callback(monkeypatch, original):
+    import sounddevice as sd
+
+    _fake_devices(monkeypatch, _DEV)
+
+    def no_16k(**kw):
+        raise sd.PortAudioError("Invalid sample rate")
+
+    monkeypatch.setattr(sd, "check_input_settings", no_16k)
+    sig = soxr.resample(original[:32000], 16000, 44100)  # 2 s at the device rate
+
+    def make(**kw):
+        s = _FakeStream(**kw)
+        s.signal = sig
+        return s
+
+    monkeypatch.setattr(sd, "InputStream", make)
+    mic = MicSource("usb", chunk_seconds=0.05)
+    assert mic.device_sample_rate == 44100.0 and mic.sample_rate == 16000
+    got, n = [], 0
+    for c in mic.chunks():
+        got.append(c)
+        n += len(c)
+        if n >= 30000:
+            mic.close()
+    y = np.concatenate(got)
+    assert _corr(y, original[:32000]) > 0.995  # 16k -> 44.1k -> 16k round trip: 0.998
+    stream = _FakeStream.instances[-1]
+    assert mic.overruns == 0 and mic.ring.total_written >= 30000 * 44100 // 16000
+    assert np.median(stream.callback_seconds) < 1e-3  # the callback only copies
+
+
+def test_mic_uses_a_given_ring(monkeypatch):
+    import sounddevice as sd
+
+    _fake_devices(monkeypatch, _DEV)
+    monkeypatch.setattr(sd, "check_input_settings", lambda **kw: None)
+    ring = RingBuffer(1234)
+    mic = MicSource(3, ring=ring)
+    assert mic.ring is ring and mic.device_sample_rate == 16000
+    mic._callback(np.ones((10, 1), np.float32), 10, None, None)
+    assert ring.available == 10
