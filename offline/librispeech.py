@@ -188,6 +188,8 @@ def load_manifest(csv_path: str | Path, *, strict: bool = False) -> list[Utteran
 def load_corpus(path: str | Path, *, subsets: list[str] | None = None, strict: bool = False) -> list[Utterance]:
     """A LibriSpeech directory or a ``.csv`` manifest -> utterances."""
     path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or directory")
     if path.is_dir():
         return load_librispeech(path, subsets, strict=strict)
     if path.suffix.lower() == ".csv":

@@ -1,0 +1,147 @@
+"""Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain.
+
+Never used on the live path. All outputs are finite float32 in [-1, 1].
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from realtime.audio import SAMPLE_RATE
+
+COLORS = ("white", "pink", "brown")
+MAX_SEMITONES = 1.0  # beyond about one semitone a shift starts to move voices across the gender boundary
+
+
+def _finite_clip(x: np.ndarray) -> np.ndarray:
+    y = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(y, -1.0, 1.0, out=y)
+
+
+def colored_noise(n: int, color: str = "white", rng: np.random.Generator | None = None, *,
+                  sr: int = SAMPLE_RATE, f_low: float = 20.0) -> np.ndarray:
+    """``n`` samples of noise with power spectrum flat (white), 1/f (pink) or 1/f^2 (brown).
+
+    Pink and brown are white noise shaped in the frequency domain, with content below ``f_low`` Hz removed
+    (inaudible drift that would otherwise hold most of their power and fake a high noise level).
+    """
+    if color not in COLORS:
+        raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+    rng = np.random.default_rng() if rng is None else rng
+    white = rng.standard_normal(n)
+    if color == "white" or n < 2:
+        return white
+    spectrum = np.fft.rfft(white)
+    f = np.fft.rfftfreq(n, d=1.0 / sr)
+    keep = f >= max(f_low, f[1])
+    # amplitude 1/sqrt(f) -> power 1/f (pink); amplitude 1/f -> power 1/f^2 (brown)
+    spectrum[keep] /= np.sqrt(f[keep]) if color == "pink" else f[keep]
+    spectrum[~keep] = 0.0
+    return np.fft.irfft(spectrum, n)
+
+
+def add_noise(x: np.ndarray, snr_db: float, color: str = "white", rng: np.random.Generator | None = None, *,
+              sr: int = SAMPLE_RATE) -> np.ndarray:
+    """``x`` plus noise scaled so that 10*log10(sum(x^2) / sum(noise^2)) == ``snr_db`` over the whole clip.
+
+    Pass ``rng`` for reproducible noise (a fresh unseeded generator otherwise).
+    If the mix would clip, the whole mix is scaled down by its peak, which keeps the SNR exact. A silent
+    clip is returned unchanged (no SNR can be defined).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    p_signal = float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
+    if p_signal <= 0.0:
+        return x.copy()
+    noise = colored_noise(x.shape[0], color, rng, sr=sr)
+    noise *= np.sqrt(p_signal / (np.mean(noise ** 2) * 10.0 ** (snr_db / 10.0)))
+    y = x.astype(np.float64) + noise
+    peak = float(np.max(np.abs(y)))
+    if peak > 1.0:
+        y /= peak
+    return _finite_clip(y)
+
+
+def pitch_shift(x: np.ndarray, semitones: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Shift pitch by ``semitones`` (|semitones| <= 1) keeping duration; phase vocoder + soxr resampling."""
+    if not abs(semitones) <= MAX_SEMITONES:
+        raise ValueError(f"pitch shift is limited to +-{MAX_SEMITONES} semitone, got {semitones}")
+    x = np.asarray(x, dtype=np.float32)
+    if semitones == 0 or x.size == 0:
+        return x.copy()
+    import librosa
+
+    # The STFT keywords go to both stft and istft, so pad_mode (istft has none) stays at stft's default,
+    # 'constant' since librosa 0.10.
+    y = librosa.effects.pitch_shift(x, sr=sr, n_steps=float(semitones), bins_per_octave=12, res_type="soxr_hq",
+                                    scale=False, n_fft=1024, hop_length=256, win_length=1024, window="hann",
+                                    center=True)
+    return _finite_clip(y)
+
+
+def gain(x: np.ndarray, db: float) -> np.ndarray:
+    """Multiply by ``10 ** (db / 20)`` and clip to [-1, 1]."""
+    return _finite_clip(np.asarray(x, dtype=np.float32) * np.float32(10.0 ** (db / 20.0)))
+
+
+@dataclass(frozen=True)
+class Augmenter:
+    """Random pitch shift (prob ``p_pitch``), gain, then coloured noise (prob ``p_noise``) at an SNR from
+    ``snr_range``. Calling with the same ``rng`` state gives the same output; ``rng_for`` derives a
+    generator from (seed, key, copy) so results do not depend on processing order."""
+
+    seed: int = 0
+    snr_range: tuple[float, float] = (5.0, 30.0)
+    colors: tuple[str, ...] = COLORS
+    max_semitones: float = MAX_SEMITONES
+    gain_db_range: tuple[float, float] = (-6.0, 6.0)
+    p_noise: float = 0.8
+    p_pitch: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_semitones <= MAX_SEMITONES:
+            raise ValueError(f"max_semitones must be in [0, {MAX_SEMITONES}], got {self.max_semitones}")
+        bad = [c for c in self.colors if c not in COLORS]
+        if bad or not self.colors:
+            raise ValueError(f"colors must be a non-empty subset of {COLORS}, got {self.colors}")
+        for name in ("p_noise", "p_pitch"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("snr_range", "gain_db_range"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} must be (low, high), got {(lo, hi)}")
+        object.__setattr__(self, "colors", tuple(self.colors))
+        object.__setattr__(self, "snr_range", tuple(map(float, self.snr_range)))
+        object.__setattr__(self, "gain_db_range", tuple(map(float, self.gain_db_range)))
+
+    def to_dict(self) -> dict:
+        """Plain-JSON configuration (used in cache keys)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def rng_for(self, key: str, copy: int = 0, extra_seed: int = 0) -> np.random.Generator:
+        """Generator determined by (seed, extra_seed, key, copy) only."""
+        return np.random.default_rng([self.seed, extra_seed, zlib.crc32(key.encode("utf-8")), copy])
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None, *, sr: int = SAMPLE_RATE
+                 ) -> np.ndarray:
+        """One random augmentation of ``x``. Without ``rng``, one is seeded from ``seed``."""
+        rng = np.random.default_rng(self.seed) if rng is None else rng
+        # Draw every random number up front so each choice is independent of the others being taken.
+        do_pitch, do_noise = rng.random() < self.p_pitch, rng.random() < self.p_noise
+        semitones = rng.uniform(-self.max_semitones, self.max_semitones)
+        db = rng.uniform(*self.gain_db_range)
+        snr = rng.uniform(*self.snr_range)
+        color = self.colors[int(rng.integers(len(self.colors)))]
+        y = np.asarray(x, dtype=np.float32)
+        if do_pitch and semitones != 0.0:
+            y = pitch_shift(y, semitones, sr)
+        peak = float(np.max(np.abs(y))) if y.size else 0.0
+        if peak > 0.0:  # never let the gain itself clip: cap it at the clip's headroom
+            db = min(db, -20.0 * np.log10(peak))
+        y = gain(y, db)
+        if do_noise:
+            y = add_noise(y, snr, color, rng, sr=sr)
+        return _finite_clip(y)

@@ -1,0 +1,122 @@
+"""Training augmentation on real audio: exact SNR, coloured spectra, determinism, bounded pitch shift."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from offline.augment import Augmenter, add_noise, colored_noise, gain, pitch_shift
+from offline.librispeech import load_librispeech
+from realtime.audio import load_audio
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def female() -> np.ndarray:
+    """6 s of a real female reader (103, Karen Savage)."""
+    u = next(u for u in load_librispeech(DATA / "train-clean-100") if u.reader == "103")
+    assert u.gender == "F"
+    return load_audio(u.path)[: 6 * SR]
+
+
+def _snr(x, y):
+    x64 = x.astype(np.float64)
+    return 10 * np.log10(np.sum(x64**2) / np.sum((y.astype(np.float64) - x64) ** 2))
+
+
+@pytest.mark.parametrize("color", ["white", "pink", "brown"])
+@pytest.mark.parametrize("snr_db", [20.0, 10.0, 5.0])
+def test_snr_is_exact(female, color, snr_db):
+    y = add_noise(female, snr_db, color, np.random.default_rng(0))
+    assert y.dtype == np.float32 and y.shape == female.shape and np.abs(y).max() <= 1.0
+    assert abs(_snr(female, y) - snr_db) < 0.1
+
+
+def test_snr_exact_when_mix_would_clip(female):
+    loud = female / np.abs(female).max()
+    y = add_noise(loud, 0.0, "pink", np.random.default_rng(0))
+    assert np.abs(y).max() == pytest.approx(1.0, abs=1e-6)  # the mix was scaled down, not clipped
+    noise = colored_noise(loud.size, "pink", np.random.default_rng(0))  # the same draw add_noise made
+    (g, c), *_ = np.linalg.lstsq(np.stack([loud, noise], axis=1).astype(np.float64), y, rcond=None)
+    assert g < 1.0
+    assert 10 * np.log10(g**2 * np.sum(loud.astype(np.float64) ** 2) / (c**2 * np.sum(noise**2))) \
+        == pytest.approx(0.0, abs=0.1)
+
+
+@pytest.mark.parametrize("color, slope", [("white", 0.0), ("pink", -1.0), ("brown", -2.0)])
+def test_noise_colours_have_their_spectral_slope(color, slope):
+    n = colored_noise(8 * SR, color, np.random.default_rng(1))
+    f, p = scipy.signal.welch(n, fs=SR, nperseg=4096)
+    band = (f >= 100) & (f <= 6000)
+    fitted = np.polyfit(np.log10(f[band]), np.log10(p[band]), 1)[0]
+    assert fitted == pytest.approx(slope, abs=0.15)
+
+
+def test_silence_is_left_alone():
+    z = np.zeros(1000, np.float32)
+    np.testing.assert_array_equal(add_noise(z, 10.0, "pink", np.random.default_rng(0)), z)
+
+
+def test_gain(female):
+    np.testing.assert_allclose(gain(female, -6.0), female * 10 ** (-6 / 20), rtol=1e-6)
+    loud = gain(female, 40.0)
+    assert np.abs(loud).max() == 1.0 and np.isfinite(loud).all()
+
+
+def test_pitch_shift_limits(female):
+    for bad in (1.5, -1.01, float("nan")):
+        with pytest.raises(ValueError):
+            pitch_shift(female, bad)
+    with pytest.raises(ValueError):
+        Augmenter(max_semitones=2.0)
+    np.testing.assert_array_equal(pitch_shift(female, 0.0), female)
+
+
+def _f0_voiced(x, voiced=None):
+    import librosa
+
+    f0 = librosa.yin(x, fmin=80, fmax=500, sr=SR, frame_length=1024, hop_length=256, trough_threshold=0.1,
+                     center=True, pad_mode="constant")
+    if voiced is None:
+        rms = librosa.feature.rms(y=x, frame_length=1024, hop_length=256, center=True, pad_mode="constant")[0]
+        voiced = (rms > np.median(rms)) & (f0 > 120) & (f0 < 400)
+    return f0, voiced
+
+
+def test_pitch_shift_moves_female_f0_by_a_semitone(female):
+    y = pitch_shift(female, 1.0)
+    assert y.shape == female.shape and np.isfinite(y).all() and np.abs(y).max() <= 1.0
+    f0, voiced = _f0_voiced(female)
+    assert voiced.sum() > 50
+    f0_up, _ = _f0_voiced(y, voiced)
+    # durations are kept, so frames line up: the per-frame ratio is robust to YIN's octave slips
+    assert 1.04 < np.median(f0_up[voiced] / f0[voiced]) < 1.08  # 2 ** (1 / 12) = 1.0595
+    assert 1.02 < np.median(f0_up[voiced]) / np.median(f0[voiced]) < 1.10
+    f0_down, _ = _f0_voiced(pitch_shift(female, -1.0), voiced)
+    assert 0.925 < np.median(f0_down[voiced] / f0[voiced]) < 0.965  # 2 ** (-1 / 12) = 0.9439
+
+
+def test_augmenter_deterministic_by_seed(female):
+    x = female[: 3 * SR]
+    aug = Augmenter(seed=3, p_noise=1.0, p_pitch=1.0)
+    a = aug(x, aug.rng_for("utt-1", 0))
+    np.testing.assert_array_equal(a, aug(x, aug.rng_for("utt-1", 0)))
+    assert not np.array_equal(a, aug(x, aug.rng_for("utt-1", 1)))
+    assert not np.array_equal(a, aug(x, aug.rng_for("utt-2", 0)))
+    other = Augmenter(seed=4, p_noise=1.0, p_pitch=1.0)
+    assert not np.array_equal(a, other(x, other.rng_for("utt-1", 0)))
+    np.testing.assert_array_equal(aug(x), aug(x))  # no rng: seeded from `seed`
+    assert a.dtype == np.float32 and np.isfinite(a).all() and np.abs(a).max() <= 1.0
+    assert aug.to_dict()["colors"] == ["white", "pink", "brown"]
+
+
+def test_augmenter_output_bounded_on_loud_input(female):
+    loud = np.clip(female * 50, -1, 1)
+    aug = Augmenter(seed=0, snr_range=(5, 5), gain_db_range=(6, 6), p_noise=1.0, p_pitch=1.0)
+    for copy in range(3):
+        y = aug(loud[: 2 * SR], aug.rng_for("loud", copy))
+        assert np.isfinite(y).all() and np.abs(y).max() <= 1.0

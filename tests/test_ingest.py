@@ -1,0 +1,174 @@
+"""Corpus ingestion on the real LibriSpeech sample, plus the failure modes on small temp corpora."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from offline.librispeech import (DatasetError, Utterance, load_corpus, load_librispeech, load_manifest,
+                                 read_speakers)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+SUBSET = DATA / "train-clean-100"
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[Utterance]:
+    return load_librispeech(DATA)
+
+
+def _flac(reader: str) -> Path:
+    return next((SUBSET / reader).glob("*/*.flac"))
+
+
+def _layout(root: Path, readers: list[str], speakers: list[str] | None) -> Path:
+    """A LibriSpeech-layout copy (symlinks) of one utterance per reader; SPEAKERS.TXT lists ``speakers``."""
+    for reader in readers:
+        src = _flac(reader)
+        dst = root / "train-clean-100" / reader / src.parent.name / src.name
+        dst.parent.mkdir(parents=True)
+        dst.symlink_to(src)
+    if speakers is not None:
+        lines = ["; comment line", ";ID  |SEX| SUBSET | MINUTES | NAME"]
+        lines += [line for line in (DATA / "SPEAKERS.TXT").read_text().splitlines()
+                  if line.split("|")[0].strip() in speakers]
+        (root / "SPEAKERS.TXT").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_real_corpus_counts(corpus):
+    assert len(corpus) == 251
+    genders = {u.reader: u.gender for u in corpus}
+    assert len(genders) == 251
+    assert Counter(genders.values()) == {"F": 125, "M": 126}
+    assert [u.path for u in corpus] == sorted(u.path for u in corpus)
+
+
+def test_labels_match_speakers_txt(corpus):
+    by_reader = {u.reader: u for u in corpus}
+    for reader, gender in {"19": "F", "26": "M", "27": "M", "32": "F", "103": "F"}.items():
+        assert by_reader[reader].gender == gender
+        assert by_reader[reader].label == (1 if gender == "F" else 0)
+    speakers = read_speakers(DATA)
+    assert speakers["19"] == ("F", "train-clean-100", "Kara Shallenberg")
+    assert all(speakers[u.reader][0] == u.gender for u in corpus)
+
+
+def test_utterance_fields(corpus):
+    u = next(u for u in corpus if u.reader == "19")
+    assert u.subset == "train-clean-100" and u.chapter == "198" and u.utt_id == "19-198-0000"
+    assert u.path.is_file()
+    assert u.duration == pytest.approx(sf.info(str(u.path)).duration)
+    assert all(u.utt_id.startswith(f"{u.reader}-{u.chapter}-") for u in corpus)
+
+
+def test_subset_folder_and_subsets_argument():
+    assert len(load_librispeech(SUBSET)) == 251
+    assert len(load_librispeech(DATA, ["train-clean-100"])) == 251
+    with pytest.raises(DatasetError, match="dev-clean"):
+        load_librispeech(DATA, ["dev-clean"])
+
+
+def test_missing_speakers_txt(tmp_path):
+    root = _layout(tmp_path, ["19"], speakers=None)
+    with pytest.raises(DatasetError, match="SPEAKERS.TXT"):
+        load_librispeech(root)
+
+
+def test_unlisted_reader_warns_or_fails(tmp_path):
+    root = _layout(tmp_path, ["19", "26"], speakers=["19"])
+    with pytest.warns(UserWarning, match="not listed in SPEAKERS.TXT") as record:
+        utts = load_librispeech(root)
+    assert [u.reader for u in utts] == ["19"]
+    assert "26" in str(record[0].message)
+    with pytest.raises(DatasetError, match="26"):
+        load_librispeech(root, strict=True)
+
+
+def test_corrupt_flac_warns_or_fails(tmp_path):
+    root = _layout(tmp_path, ["19", "26"], speakers=["19", "26"])
+    bad = root / "train-clean-100" / "26" / "999" / "26-999-0000.flac"
+    bad.parent.mkdir()
+    bad.write_bytes(b"fLaC this is not really flac" * 10)
+    with pytest.warns(UserWarning, match="unreadable") as record:
+        utts = load_librispeech(root)
+    assert len(utts) == 2 and bad not in [u.path for u in utts]
+    assert str(bad) in str(record[0].message)
+    with pytest.raises(DatasetError, match="26-999-0000.flac"):
+        load_librispeech(root, strict=True)
+
+
+def test_csv_manifest(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "a.flac").symlink_to(_flac("19"))
+    rows = [("audio/a.flac", "spk1", "female"), (str(_flac("26")), "spk2", "MALE"), (str(_flac("32")), "spk3", "f")]
+    manifest = tmp_path / "list.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "speaker", "gender", "extra"])
+        w.writerows([(*r, "x") for r in rows])
+    utts = load_manifest(manifest)
+    assert [(u.reader, u.gender) for u in utts] == [("spk1", "F"), ("spk2", "M"), ("spk3", "F")]
+    assert utts[0].path == audio / "a.flac" and utts[0].duration > 1.0
+    assert [u.utt_id for u in load_corpus(manifest)] == [u.utt_id for u in utts]
+
+
+def test_csv_manifest_errors(tmp_path):
+    bad_gender = tmp_path / "g.csv"
+    bad_gender.write_text(f"path,speaker,gender\n{_flac('19')},s,x\n")
+    with pytest.raises(DatasetError, match="g.csv:2"):
+        load_manifest(bad_gender)
+    no_column = tmp_path / "c.csv"
+    no_column.write_text(f"path,gender\n{_flac('19')},F\n")
+    with pytest.raises(DatasetError, match="speaker"):
+        load_manifest(no_column)
+    missing = tmp_path / "m.csv"
+    missing.write_text(f"path,speaker,gender\n{_flac('19')},s,F\nnope.flac,t,M\n")
+    with pytest.warns(UserWarning, match="nope.flac"):
+        assert len(load_manifest(missing)) == 1
+    with pytest.raises(DatasetError, match="nope.flac"):
+        load_manifest(missing, strict=True)
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(DatasetError, match="expected a LibriSpeech directory"):
+        load_corpus(tmp_path / "x.txt")
+    with pytest.raises(DatasetError, match="no such file"):
+        load_corpus(tmp_path / "absent")
+
+
+def test_cli_features_on_manifest(tmp_path, capsys):
+    from offline.cli import main
+
+    manifest = tmp_path / "two.csv"
+    manifest.write_text(f"path,speaker,gender\n{_flac('19')},a,F\n{_flac('26')},b,M\n")
+    argv = ["features", "--data", str(manifest), "--jobs", "1", "--cache", str(tmp_path / "c"), "--json",
+            "--no-progress"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["utterances"] == 2 and out["readers_female"] == 1 and out["readers_male"] == 1
+    assert out["windows"] > 2 and out["n_stats"] > 0 and out["mfcc_shape"] == [40, 87]
+    assert not out["cache_hit"] and Path(out["cache_path"]).is_file()
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["cache_hit"]
+    assert main(["features", "--data", str(tmp_path / "none.csv"), "--no-progress"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_loads_command_modules_that_exist(tmp_path, monkeypatch, capsys):
+    import offline.cli as cli
+
+    (tmp_path / "fake_cmd.py").write_text(
+        "def add_parser(sub):\n"
+        "    p = sub.add_parser('hello', help='say hello')\n"
+        "    p.set_defaults(func=lambda args: print('hello') or 0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("fake_cmd", "offline.not_there", "no_such_pkg.train"))
+    assert cli.main(["hello"]) == 0
+    assert capsys.readouterr().out.strip() == "hello"
+    with pytest.raises(SystemExit):
+        cli.main(["features", "--help"])
+    assert "--data" in capsys.readouterr().out
