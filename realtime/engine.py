@@ -130,6 +130,7 @@ class Engine:
         self.smoother.reset()
         self._clear_speech()
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet in a complete VAD frame
+        self.last_window: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._frames_done = 0
         self.speech_samples = 0  # all speech seen since reset, for reporting
         self._hop = _HopState()
@@ -185,8 +186,15 @@ class Engine:
                 events.append(self._end_hop())
         return events
 
+    def flush(self) -> list[dict]:
+        """End of stream: emit the last, partial hop (if any audio is left in it), so short clips still get a verdict."""
+        if self._hop.frames == 0:
+            return []
+        return [self._end_hop()]
+
     def _end_hop(self) -> dict:
         cfg, hop = self.config, self._hop
+        dt = hop.frames * self.frame_samples / SAMPLE_RATE
         stages = hop.stages
         speech = hop.speech_frames >= cfg.speech_fraction * hop.frames
         window_p = None
@@ -195,12 +203,13 @@ class Engine:
             window, start = self._window()
             stats, mfcc = self.streaming.extract(window, start)
             t1 = time.perf_counter()
+            self.last_window = (window, stats, mfcc)  # what was classified, for inspection and tests
             window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
             stages["features"] = (t1 - t0) * 1000
             stages.update(model_ms)
             self._new_speech = 0
         t0 = time.perf_counter()
-        est = self.smoother.update(window_p, speech, cfg.hop_s)
+        est = self.smoother.update(window_p, speech, dt)
         if est.label == "no speech" and self.speech.size:
             self._clear_speech()  # a long pause: the next voice may be someone else
         stages["smoother"] = (time.perf_counter() - t0) * 1000
@@ -218,16 +227,23 @@ class Engine:
 
     def run(self, source: Iterable[np.ndarray] | object) -> Iterator[dict]:
         """Events for a whole source: anything with ``chunks()`` (a realtime.sources.Source) or an iterable of chunks.
+        The stream's end flushes the last partial hop.
 
         Events carry ``overruns`` when the source counts them (the microphone's ring buffer).
         """
         chunks = source.chunks() if hasattr(source, "chunks") else source
         for chunk in chunks:
             for event in self.push(chunk):
-                overruns = getattr(source, "overruns", None)
-                if overruns is not None:
-                    event["overruns"] = int(overruns)
-                yield event
+                yield self._with_overruns(event, source)
+        for event in self.flush():
+            yield self._with_overruns(event, source)
+
+    @staticmethod
+    def _with_overruns(event: dict, source) -> dict:
+        overruns = getattr(source, "overruns", None)
+        if overruns is not None:
+            event["overruns"] = int(overruns)
+        return event
 
 
 def summarise(events: list[dict], engine: Engine) -> dict:
