@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-COMMAND_MODULES = ("offline.train", "offline.evaluate", "offline.bench_features")
+COMMAND_MODULES = ("offline.train", "offline.evaluate", "offline.bench_features", "offline.engine_eval")
 DEFAULT_CACHE = Path(".cache/features")
 
 

@@ -54,6 +54,7 @@ class EngineConfig:
     reset_after_silence_s: float = 1.5
     forget_s: float = 2.0
     hysteresis: float = 0.1
+    speech_only: bool = True  # False: windows hold all audio (pauses too), as training windows do
 
     def __post_init__(self):
         frame_s = VAD_FRAME_MS / 1000
@@ -166,17 +167,18 @@ class Engine:
         n = len(decisions) * self.frame_samples
         frames, self._pending = audio[:n], audio[n:].copy()
         events = []
-        fs = self.frame_samples
+        cfg, fs = self.config, self.frame_samples
         i = 0
         while i < len(decisions):
             take = min(self.hop_frames - self._hop.frames, len(decisions) - i)
             sel = decisions[i: i + take]
-            if sel.any():
-                voiced = frames[i * fs:(i + take) * fs].reshape(take, fs)[sel].ravel()
-                self.speech.append(voiced)
-                self._new_speech += voiced.size
-                self._speech_pos += voiced.size
-                self.speech_samples += voiced.size
+            if sel.any() or not cfg.speech_only:
+                block = frames[i * fs:(i + take) * fs]
+                n_voiced = int(sel.sum()) * fs
+                self.speech.append(block.reshape(take, fs)[sel].ravel() if cfg.speech_only else block)
+                self._speech_pos += n_voiced if cfg.speech_only else block.size
+                self._new_speech += n_voiced
+                self.speech_samples += n_voiced
             self._hop.frames += take
             self._hop.speech_frames += int(sel.sum())
             self._hop.stages["vad"] = self._hop.stages.get("vad", 0.0) + vad_ms_per_frame * take
