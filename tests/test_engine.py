@@ -27,8 +27,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bundle():
-    import os
-    return Bundle.load(os.environ.get("TEST_BUNDLE", "models"))
+    return Bundle.load()
 
 
 @pytest.fixture(scope="module")
