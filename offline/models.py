@@ -1,0 +1,132 @@
+"""Keras models of the ensemble, all functional (tf2onnx 1.17 cannot convert Keras 3 Sequential models).
+
+Both CNNs take the per-coefficient *standardised* MFCC matrix (see ``offline.train``), output one sigmoid
+unit = p(female), and are small enough that one window through both ONNX graphs costs well under 1 ms on
+one thread.
+
+* ``cnn1d``: the original study's 1D CNN on the flattened 40 x 87 matrix (3480 x 1, coefficient-major):
+  four Conv1D (16, 8, 16, 8 filters, kernel 6) each followed by 2x max-pooling, a dense layer, sigmoid.
+* ``cnn2d``: the original study's 2D CNN on 40 x 87 x 1: Conv2D 16 k6 -> pool -> BN, Conv2D 16 k6 -> pool
+  -> BN, Conv2D 8 k3 -> pool -> BN, dropout, dense, sigmoid.
+
+``variant="baseline"`` builds the study's layers as published (dense 256, dropout 0.3 on the 2D CNN only).
+``variant="regularised"`` (the default, chosen on reader-disjoint validation; numbers in the model card)
+keeps every convolution but adds dropout before the dense layers, L2 weight decay, and a smaller dense
+layer, which cuts parameters and memorisation of the few hundred training voices.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+N_MFCC, N_FRAMES = 40, 87
+VARIANTS = {"cnn1d": ("baseline", "regularised", "temporal"), "cnn2d": ("baseline", "regularised", "timepool")}
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def build_cnn1d(input_shape: tuple[int, int] = (N_MFCC, N_FRAMES), *, variant: str = "regularised",
+                seed: int = 0):
+    """1D CNN on the flattened MFCC matrix. Input (batch, n_mfcc, n_frames) float32 -> (batch, 1) p_female.
+
+    The flattening happens inside the model (a Reshape), so every model of the bundle takes the same
+    (N, 40, 87) matrix and the live engine feeds one buffer to both CNNs.
+    """
+    keras = _keras()
+    from keras import layers
+
+    if variant not in VARIANTS["cnn1d"]:
+        raise ValueError(f"variant must be one of {VARIANTS['cnn1d']}, got {variant!r}")
+    keras.utils.set_random_seed(seed)
+    if variant == "temporal":
+        return _cnn1d_temporal(input_shape)
+    reg = keras.regularizers.L2(1e-4) if variant == "regularised" else None
+    n = input_shape[0] * input_shape[1]
+    inp = keras.Input(shape=input_shape, name="mfcc", dtype="float32")
+    x = layers.Reshape((n, 1), name="flatten_3480x1")(inp)
+    for i, filters in enumerate((16, 8, 16, 8)):
+        x = layers.Conv1D(filters, 6, activation="relu", kernel_regularizer=reg, name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling1D(2, name=f"pool{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    if variant == "regularised":
+        x = layers.Dropout(0.4, name="dropout_in")(x)
+        x = layers.Dense(64, activation="relu", kernel_regularizer=reg, name="dense")(x)
+        x = layers.Dropout(0.4, name="dropout_out")(x)
+    else:
+        x = layers.Dense(256, activation="relu", name="dense")(x)
+    out = layers.Dense(1, activation="sigmoid", name="p_female")(x)
+    return keras.Model(inp, out, name="cnn1d")
+
+
+def build_cnn2d(input_shape: tuple[int, int] = (N_MFCC, N_FRAMES), *, variant: str = "regularised",
+                seed: int = 0):
+    """2D CNN on the MFCC matrix. Input (batch, n_mfcc, n_frames) float32 -> (batch, 1) p_female."""
+    keras = _keras()
+    from keras import layers
+
+    if variant not in VARIANTS["cnn2d"]:
+        raise ValueError(f"variant must be one of {VARIANTS['cnn2d']}, got {variant!r}")
+    keras.utils.set_random_seed(seed)
+    reg = keras.regularizers.L2(1e-4) if variant != "baseline" else None
+    inp = keras.Input(shape=input_shape, name="mfcc", dtype="float32")
+    x = layers.Reshape((*input_shape, 1), name="add_channel")(inp)
+    if variant == "timepool":
+        for i, (filters, k) in enumerate(((16, 5), (16, 3), (16, 3))):
+            x = layers.Conv2D(filters, k, padding="same", use_bias=False, kernel_regularizer=reg, name=f"conv{i + 1}")(x)
+            x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+            x = layers.Activation("relu", name=f"relu{i + 1}")(x)
+            x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+        # (5, 10, 16): average over time, keep the frequency (cepstral) axis
+        x = layers.AveragePooling2D((1, int(x.shape[2])), name="time_mean")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dropout(0.3, name="dropout")(x)
+        x = layers.Dense(32, activation="relu", kernel_regularizer=reg, name="dense")(x)
+        x = layers.Dropout(0.3, name="dropout_out")(x)
+        out = layers.Dense(1, activation="sigmoid", name="p_female")(x)
+        return keras.Model(inp, out, name="cnn2d")
+    for i, (filters, k) in enumerate(((16, 6), (16, 6), (8, 3))):
+        x = layers.Conv2D(filters, k, activation="relu", kernel_regularizer=reg, name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.3 if variant == "baseline" else 0.4, name="dropout")(x)
+    x = layers.Dense(256 if variant == "baseline" else 64, activation="relu", kernel_regularizer=reg, name="dense")(x)
+    if variant == "regularised":
+        x = layers.Dropout(0.4, name="dropout_out")(x)
+    out = layers.Dense(1, activation="sigmoid", name="p_female")(x)
+    return keras.Model(inp, out, name="cnn2d")
+
+
+def _cnn1d_temporal(input_shape):
+    """1D convolutions over time with the MFCC coefficients as channels, then mean + max over time.
+
+    Time-shift invariant by construction (a voice is a voice wherever it sits in the window) and
+    ~20k parameters instead of the flattened design's ~440k.
+    """
+    keras = _keras()
+    from keras import layers
+
+    reg = keras.regularizers.L2(1e-4)
+    inp = keras.Input(shape=input_shape, name="mfcc", dtype="float32")
+    x = layers.Permute((2, 1), name="frames_first")(inp)  # (n_frames, n_mfcc)
+    for i, (filters, k) in enumerate(((48, 5), (48, 5), (48, 3))):
+        x = layers.Conv1D(filters, k, padding="same", use_bias=False, kernel_regularizer=reg, name=f"conv{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.Activation("relu", name=f"relu{i + 1}")(x)
+        if i < 2:
+            x = layers.MaxPooling1D(2, name=f"pool{i + 1}")(x)
+    x = layers.Concatenate(name="time_stats")([layers.GlobalAveragePooling1D(name="time_mean")(x),
+                                               layers.GlobalMaxPooling1D(name="time_max")(x)])
+    x = layers.Dropout(0.3, name="dropout")(x)
+    x = layers.Dense(32, activation="relu", kernel_regularizer=reg, name="dense")(x)
+    x = layers.Dropout(0.3, name="dropout_out")(x)
+    out = layers.Dense(1, activation="sigmoid", name="p_female")(x)
+    return keras.Model(inp, out, name="cnn1d")
+
+
+BUILDERS = {"cnn1d": build_cnn1d, "cnn2d": build_cnn2d}

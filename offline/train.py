@@ -1,0 +1,690 @@
+"""Train the three models and their calibrated ensemble; ``python -m offline train`` ships the bundle.
+
+Protocol of ``fit_all`` (one call = one trained ensemble):
+
+1. The training READERS are split, gender-balanced, into *fit* readers (80 %) and *calibration* readers
+   (20 %, ``TrainConfig.calib_fraction``). No window of a calibration reader is used to fit a model.
+2. Augmentation: when the utterances are given (``train_utterances``), every utterance is also decoded
+   ``aug_copies`` times through ``offline.augment.Augmenter`` (coloured noise white/pink/brown at 5-30 dB
+   SNR, pitch shift up to +-1 semitone, gain +-6 dB) and its windows' features are computed exactly as
+   the live engine computes them. These features are cached per utterance (``cache_dir``), so the five
+   folds of a cross-validation, and later runs, reuse them. On top of that the CNNs see, on the fly, a
+   random smooth *channel* (a microphone / room equalisation of up to about +-6 dB, added to the MFCC
+   as the DCT of a random log-mel curve: convolution is addition in the cepstrum) and random time
+   masks.
+3. Input normalisation: per-MFCC-coefficient mean and std over the fit readers' clean windows. XGBoost
+   takes the raw stats (trees need no scaling).
+4. XGBoost on the stats vector, early-stopped on the calibration readers' log-loss; gain importances
+   kept (per stat name) for the bundle.
+5. Both CNNs: Adam, binary cross-entropy, ``ReduceLROnPlateau`` on the calibration loss, EarlyStopping
+   with ``restore_best_weights`` and a ModelCheckpoint of the best epoch.
+6. Ensemble = logistic regression on the three models' logits, fitted on the calibration readers'
+   windows (clean and augmented): its weights combine the models and its bias/scale is the Platt
+   calibration. ``p_female = sigmoid(w . logits + b)``.
+7. Thresholds: ``label = female if p >= t_f, male if p <= t_m, else uncertain`` with ``t_f = 1 - t_m =
+   0.5 + delta``. ``delta`` is the smallest value in 0.10, 0.15, ..., 0.40 for which the calibration
+   windows outside the band are at least ``TrainConfig.confident_accuracy`` (98 %) correct; so
+   'uncertain' is the low-confidence band in which the calibrated ensemble is wrong too often.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from realtime.features import DEFAULT, FeatureDefinition
+
+from .augment import Augmenter
+from .dataset import WindowSet, cache_file, extract_corpus
+
+MODEL_NAMES = ("xgb", "cnn1d", "cnn2d")
+P_CLIP = 1e-6  # component probabilities are clipped to [P_CLIP, 1 - P_CLIP] before their logit
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+def _default_xgb_params() -> dict:
+    return {"objective": "binary:logistic", "eval_metric": "logloss", "eta": 0.05, "max_depth": 4,
+            "min_child_weight": 5.0, "subsample": 0.8, "colsample_bytree": 0.5, "lambda": 2.0,
+            "tree_method": "hist", "max_bin": 256}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (stored in bundle.json)."""
+
+    seed: int = 0
+    calib_fraction: float = 0.2           # share of training readers (per gender) held out for calibration
+    # augmentation
+    aug_copies: int = 2                    # augmented copies of every training utterance (0: none)
+    aug_snr_range: tuple[float, float] = (5.0, 30.0)
+    aug_p_noise: float = 0.8
+    aug_p_pitch: float = 0.5
+    aug_max_semitones: float = 1.0
+    aug_gain_db: tuple[float, float] = (-6.0, 6.0)
+    channel_db: float = 6.0                # on-the-fly random channel EQ for the CNNs (0: off)
+    time_masks: int = 1                    # on-the-fly time masks per window for the CNNs (0: off)
+    warp: float = 0.0                      # on-the-fly frequency warping 1 +- warp for the CNNs (0: off)
+    mix_p: float = 0.0                     # on-the-fly same-class mixing probability for the CNNs (0: off)
+    time_mask_frames: int = 10
+    # CNNs
+    cnn1d_variant: str = "regularised"
+    cnn2d_variant: str = "regularised"
+    epochs: int = 24
+    batch_size: int = 64
+    patience: int = 5
+    lr: float = 1e-3
+    lr_schedule: str = "plateau"           # 'plateau' (ReduceLROnPlateau) or 'cosine'
+    monitor: str = "val_auc"               # early stopping / checkpoint / plateau criterion on calibration readers
+    lr_factor: float = 0.5
+    lr_patience: int = 2
+    min_lr: float = 1e-5
+    # XGBoost
+    xgb_params: dict = field(default_factory=_default_xgb_params)
+    xgb_rounds: int = 1500
+    xgb_early_stopping: int = 60
+    # ensemble
+    ensemble_intercept: bool = False       # a fitted bias learnt the calibration readers' quirks: -1.2 pts at 10 dB
+    ensemble_C: float = 1.0
+    confident_accuracy: float = 0.98
+    refit: bool = False                    # finally retrain the models on fit + calibration readers
+    # plumbing
+    jobs: int = 2
+    cache_dir: str | None = ".cache/features"
+    threads: int = 2                       # TensorFlow / XGBoost threads
+
+    @classmethod
+    def quick(cls, **overrides) -> "TrainConfig":
+        """A tiny run for tests and CI: one augmented copy, two epochs, few trees."""
+        base = dict(aug_copies=1, epochs=2, patience=1, xgb_rounds=60, xgb_early_stopping=10, batch_size=64)
+        base.update(overrides)
+        return cls(**base)
+
+    def augmenter(self) -> Augmenter:
+        return Augmenter(seed=self.seed, snr_range=tuple(self.aug_snr_range), p_noise=self.aug_p_noise,
+                         p_pitch=self.aug_p_pitch, max_semitones=self.aug_max_semitones,
+                         gain_db_range=tuple(self.aug_gain_db))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# --- small helpers -----------------------------------------------------------------------------------
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), P_CLIP, 1.0 - P_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def keras_forward(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """``model(x)`` in inference mode, batch by batch (eager: no tf.function retracing per new model)."""
+    outs = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
+
+
+def reader_gender_map(ws: WindowSet) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r, y in zip(ws.reader, ws.y):
+        g = "F" if y == 1 else "M"
+        if out.setdefault(str(r), g) != g:
+            raise ValueError(f"reader {r} has windows of both genders")
+    return out
+
+
+def data_summary(ws: WindowSet, utterances=None) -> dict:
+    """Readers per gender, windows and hours of audio (from the utterances when given, else estimated)."""
+    genders = reader_gender_map(ws)
+    if utterances is not None:
+        used = set(map(str, np.unique(ws.utt)))
+        hours = sum(u.duration for u in utterances if u.utt_id in used) / 3600.0
+    else:  # last window start + window length per utterance
+        hours = 0.0
+        for u in np.unique(ws.utt):
+            hours += float(ws.start[ws.utt == u].max()) + DEFAULT.window_seconds
+        hours /= 3600.0
+    return {"readers": {"F": sum(g == "F" for g in genders.values()), "M": sum(g == "M" for g in genders.values())},
+            "utterances": int(np.unique(ws.utt).size), "windows": len(ws),
+            "windows_female": int((ws.y == 1).sum()), "windows_male": int((ws.y == 0).sum()),
+            "hours": round(hours, 4)}
+
+
+def balanced_accuracy(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> float:
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(p) >= threshold
+    return float(0.5 * ((pred[y]).mean() + (~pred[~y]).mean()))
+
+
+def augmented_windows(utterances, augmenter: Augmenter, copies: int, *, seed: int = 0,
+                      definition: FeatureDefinition = DEFAULT, cache_dir=Path(".cache/features"), jobs: int = 2,
+                      progress: bool = True) -> WindowSet:
+    """``copies`` augmented versions of every utterance's windows, cached per utterance.
+
+    ``extract_corpus`` draws each utterance's augmentation from (augmenter seed, ``seed``, utt_id, copy)
+    alone, so an utterance's augmented features do not depend on which other utterances are extracted
+    with it; caching them one file per utterance lets every fold of a cross-validation reuse them.
+    """
+    utterances = list(utterances)
+    if cache_dir is None:
+        return extract_corpus(utterances, definition=definition, augment=augmenter, copies=copies, seed=seed,
+                              cache_dir=None, jobs=jobs, progress=progress)
+    per_utt = Path(cache_dir) / "per-utterance"
+    paths = [cache_file([u], definition=definition, cache_dir=per_utt, window_s=definition.window_seconds,
+                        hop_s=0.5, augment=augmenter, copies=copies, seed=seed) for u in utterances]
+    missing = [u for u, p in zip(utterances, paths) if not p.is_file()]
+    if missing:
+        ws = extract_corpus(missing, definition=definition, augment=augmenter, copies=copies, seed=seed,
+                            cache_dir=None, jobs=jobs, progress=progress)
+        for u in missing:
+            part = ws.subset(ws.utt == u.utt_id)
+            p = paths[utterances.index(u)]
+            part.save(p)
+    parts = [WindowSet.load(p) for p in paths]
+    parts = [p for p in parts if len(p)] or parts[:1]
+    return WindowSet.concat(parts)
+
+
+# --- on-the-fly MFCC augmentation for the CNNs -------------------------------------------------------
+
+class MfccAugment:
+    """On-the-fly augmentation of standardised MFCC batches for the CNNs (fresh draws every epoch).
+
+    * channel: a linear channel (microphone, room, codec EQ) multiplies the power spectrum, i.e. adds a
+      curve ``g`` (dB) to every log-mel frame, i.e. adds ``DCT(g)`` to every MFCC frame. ``g`` is a random
+      smooth curve over the mel bands (low-order cosines) peaking at up to ``channel_db`` dB.
+    * warp: vocal-tract-length-style frequency warping of the (cepstrally smoothed) log-mel spectrum by a
+      factor in ``1 +- warp``; new "voices" without crossing the gender gap (formants differ by ~15-20 %
+      between the groups, so the default 4 % stays well inside one group).
+    * mix: with probability ``mix_p`` a window is blended (weight ``U(0.6, 1)`` on itself) with a window of
+      the SAME class from another position of the batch: a virtual speaker with an unchanged label.
+    * time masks: a few consecutive frames set to the coefficient mean (0 after standardisation).
+
+    The 40 MFCCs are the first rows of an orthonormal DCT of the 64 log-mel bands, so
+    ``mfcc -> dct.T @ mfcc -> (edit) -> dct @`` round-trips exactly for unedited windows.
+    """
+
+    def __init__(self, definition: FeatureDefinition, mean: np.ndarray, std: np.ndarray, *, channel_db: float = 6.0,
+                 warp: float = 0.0, mix_p: float = 0.0, time_masks: int = 1, mask_frames: int = 10):
+        from realtime.features import FeatureExtractor, _hz_to_mel, _mel_to_hz
+
+        fe = FeatureExtractor(definition)
+        self.dct = fe._dct.astype(np.float32)  # (n_mfcc, n_mels)
+        n_mels = self.dct.shape[1]
+        t = (np.arange(n_mels) + 0.5) / n_mels
+        self.basis = np.stack([np.cos(np.pi * k * t) for k in range(1, 5)]).astype(np.float32)  # (4, n_mels)
+        self.mean = mean.astype(np.float32)[:, None]
+        self.std = std.astype(np.float32)[:, None]
+        self.channel_db, self.warp, self.mix_p = channel_db, warp, mix_p
+        self.time_masks, self.mask_frames = time_masks, mask_frames
+        # warp matrices W_a (n_mels, n_mels) for a grid of factors: band b takes the value of frequency f_b / a
+        self.alphas = np.linspace(1.0 - warp, 1.0 + warp, 17) if warp > 0 else np.ones(1)
+        mel_pts = np.linspace(_hz_to_mel(definition.fmin), _hz_to_mel(definition.fmax), n_mels + 2)
+        centers_hz = _mel_to_hz(mel_pts[1:-1])
+        centers_mel = mel_pts[1:-1]
+        mats = []
+        for a in self.alphas:
+            src = np.clip(_hz_to_mel(centers_hz / a), centers_mel[0], centers_mel[-1])
+            pos = np.interp(src, centers_mel, np.arange(n_mels))
+            lo = np.floor(pos).astype(int)
+            hi = np.minimum(lo + 1, n_mels - 1)
+            frac = pos - lo
+            W = np.zeros((n_mels, n_mels))
+            W[np.arange(n_mels), lo] += 1 - frac
+            W[np.arange(n_mels), hi] += frac
+            mats.append(self.dct @ W @ self.dct.T)  # (n_mfcc, n_mfcc): warp in the MFCC domain
+        self.warp_mats = np.stack(mats).astype(np.float32)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n = x.shape[0]
+        raw = x * self.std + self.mean  # (n, n_mfcc, T) raw MFCC
+        if self.warp > 0:
+            k = rng.integers(0, len(self.alphas), n)
+            raw = np.einsum("nij,njt->nit", self.warp_mats[k], raw)
+        if self.channel_db > 0:
+            coef = rng.normal(0.0, 1.0, (n, self.basis.shape[0])).astype(np.float32)
+            coef /= np.arange(1, self.basis.shape[0] + 1, dtype=np.float32)  # smoother: less high-order EQ
+            curve = coef @ self.basis  # (n, n_mels)
+            peak = np.abs(curve).max(axis=1, keepdims=True) + 1e-6
+            curve *= rng.uniform(0.0, self.channel_db, (n, 1)).astype(np.float32) / peak
+            raw += (curve @ self.dct.T)[:, :, None]
+        out = ((raw - self.mean) / self.std).astype(np.float32)
+        if self.mix_p > 0:
+            src = out.copy()
+            for cls in (0, 1):
+                idx = np.flatnonzero(y == cls)
+                if idx.size < 2:
+                    continue
+                partner = rng.permutation(idx)
+                pick = rng.random(idx.size) < self.mix_p
+                lam = rng.uniform(0.6, 1.0, idx.size).astype(np.float32)[:, None, None]
+                sel, par, lam = idx[pick], partner[pick], lam[pick]
+                out[sel] = lam * src[sel] + (1.0 - lam) * src[par]
+        T = out.shape[2]
+        for _ in range(self.time_masks):
+            w = rng.integers(0, self.mask_frames + 1, n)
+            s0 = rng.integers(0, T, n)
+            for i in np.flatnonzero(w):
+                out[i, :, s0[i]:s0[i] + w[i]] = 0.0
+        return out
+
+
+def _make_sequence(x: np.ndarray, y: np.ndarray, batch_size: int, augment: MfccAugment | None, seed: int):
+    import keras
+
+    class _Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(y))
+
+        def __len__(self):
+            return int(np.ceil(len(y) / batch_size))
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
+            xb, yb = x[idx], y[idx]
+            if augment is not None:
+                xb = augment(xb, yb, self.rng)
+            return xb, yb
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(y))
+
+    return _Batches()
+
+
+# --- the trained ensemble ----------------------------------------------------------------------------
+
+@dataclass
+class TrainedModels:
+    """The three fitted models with everything needed to predict exactly as the exported bundle does."""
+
+    xgb: object                       # xgboost.Booster
+    cnn1d: object                     # keras.Model, sigmoid output
+    cnn2d: object
+    mfcc_mean: np.ndarray             # (n_mfcc,) float32
+    mfcc_std: np.ndarray              # (n_mfcc,) float32
+    weights: np.ndarray               # (3,) ensemble weights on the logits, in MODEL_NAMES order
+    bias: float
+    thresholds: dict                  # {'female': t_f, 'male': t_m}
+    definition: FeatureDefinition
+    stat_names: list
+    config: TrainConfig
+    xgb_importance: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    check_windows: WindowSet | None = None   # real calibration windows for export checks
+    _logit_models: dict = field(default_factory=dict, repr=False)
+    calibration_logits: dict | None = field(default=None, repr=False)
+    calibration_y: np.ndarray | None = field(default=None, repr=False)
+
+    def normalise_mfcc(self, mfcc: np.ndarray) -> np.ndarray:
+        return ((np.asarray(mfcc, dtype=np.float32) - self.mfcc_mean[:, None]) / self.mfcc_std[:, None]).astype(np.float32)
+
+    def logit_model(self, name: str):
+        """The CNN ``name`` with its sigmoid removed (what the ONNX file holds)."""
+        if name not in self._logit_models:
+            from .export import logit_model
+
+            self._logit_models[name] = logit_model(getattr(self, name))
+        return self._logit_models[name]
+
+    def component_logits(self, ws: WindowSet, *, batch_size: int = 512) -> dict[str, np.ndarray]:
+        """{'xgb', 'cnn1d', 'cnn2d'}: the logit each model feeds the ensemble (N,) float64."""
+        import xgboost as xgb
+
+        p_xgb = self.xgb.predict(xgb.DMatrix(np.asarray(ws.stats, dtype=np.float32)))
+        out = {"xgb": logit(p_xgb)}
+        x = self.normalise_mfcc(ws.mfcc)
+        for name in ("cnn1d", "cnn2d"):
+            out[name] = keras_forward(self.logit_model(name), x, batch_size).astype(np.float64).reshape(-1)
+        return out
+
+    def predict_components(self, ws: WindowSet) -> dict[str, np.ndarray]:
+        """{'xgb', 'cnn1d', 'cnn2d'}: p_female (N,) of each model."""
+        return {n: sigmoid(z) for n, z in self.component_logits(ws).items()}
+
+    def combine(self, logits: dict[str, np.ndarray]) -> np.ndarray:
+        """Calibrated ensemble p_female from the components' logits."""
+        z = sum(w * logits[n] for w, n in zip(self.weights, MODEL_NAMES)) + self.bias
+        return sigmoid(z)
+
+    def predict(self, ws: WindowSet) -> np.ndarray:
+        """Calibrated ensemble p_female (N,)."""
+        return self.combine(self.component_logits(ws))
+
+    def label(self, p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p)
+        return np.where(p >= self.thresholds["female"], "female", np.where(p <= self.thresholds["male"], "male", "uncertain"))
+
+    def export(self, out_dir, *, metrics: dict | None = None, data_summary: dict | None = None) -> Path:
+        """Write xgb.onnx, cnn1d.onnx, cnn2d.onnx and bundle.json into ``out_dir`` (see offline.export)."""
+        from .export import export_bundle
+
+        return export_bundle(self, out_dir, metrics=metrics, data_summary=data_summary)
+
+
+# --- fitting -----------------------------------------------------------------------------------------
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def split_calibration(ws: WindowSet, fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """Gender-balanced (fit readers, calibration readers)."""
+    from .splits import holdout_readers
+
+    return holdout_readers(reader_gender_map(ws), fraction, seed=seed)
+
+
+def _fit_xgb(fit: WindowSet, cal: WindowSet, config: TrainConfig, stat_names: list, progress: bool):
+    import xgboost as xgb
+
+    params = dict(config.xgb_params, seed=config.seed, nthread=config.threads)
+    dfit = xgb.DMatrix(fit.stats, label=fit.y.astype(np.float32))
+    dcal = xgb.DMatrix(cal.stats, label=cal.y.astype(np.float32))
+    evals_result: dict = {}
+    booster = xgb.train(params, dfit, num_boost_round=config.xgb_rounds, evals=[(dfit, "fit"), (dcal, "cal")],
+                        early_stopping_rounds=config.xgb_early_stopping, evals_result=evals_result,
+                        verbose_eval=100 if progress else False)
+    best = booster.best_iteration
+    booster = booster[: best + 1]  # keep only the trees up to the best round (the ONNX graph gets exactly these)
+    gain = booster.get_score(importance_type="gain")
+    total = sum(gain.values()) or 1.0
+    importance = {stat_names[int(k[1:])]: round(v / total, 6) for k, v in gain.items()}
+    importance = dict(sorted(importance.items(), key=lambda kv: -kv[1]))
+    hist = {"best_iteration": int(best), "rounds": int(best + 1),
+            "cal_logloss": float(evals_result["cal"]["logloss"][best])}
+    return booster, importance, hist
+
+
+def _refit_xgb(data: WindowSet, rounds: int, config: TrainConfig):
+    import xgboost as xgb
+
+    params = dict(config.xgb_params, seed=config.seed, nthread=config.threads)
+    return xgb.train(params, xgb.DMatrix(data.stats, label=data.y.astype(np.float32)), num_boost_round=rounds)
+
+
+def _refit_cnn(name: str, x, y, lr_per_epoch: list, config: TrainConfig, augment: MfccAugment | None,
+               progress: bool):
+    """A fresh CNN trained on ``x`` for exactly ``len(lr_per_epoch)`` epochs, replaying that learning-rate path."""
+    import keras
+
+    from .models import BUILDERS
+
+    model = BUILDERS[name](x.shape[1:], variant=getattr(config, f"{name}_variant"), seed=config.seed)
+    model.compile(optimizer=keras.optimizers.Adam(lr_per_epoch[0]), loss="binary_crossentropy")
+    sched = keras.callbacks.LearningRateScheduler(lambda epoch, lr: float(lr_per_epoch[min(epoch, len(lr_per_epoch) - 1)]))
+    data = _make_sequence(x, y.astype(np.float32), config.batch_size, augment, config.seed + 1)
+    _log(progress, f"[train] {name}: refit on all {len(y)} training windows for {len(lr_per_epoch)} epoch(s)")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        model.fit(data, epochs=len(lr_per_epoch), callbacks=[sched], verbose=2 if progress else 0)
+    return model
+
+
+def _fit_cnn(name: str, xfit, yfit, xcal, ycal, config: TrainConfig, augment: MfccAugment | None, progress: bool,
+             workdir: Path):
+    import keras
+
+    from .models import BUILDERS
+
+    model = BUILDERS[name](xfit.shape[1:], variant=getattr(config, f"{name}_variant"), seed=config.seed)
+    steps = int(np.ceil(len(yfit) / config.batch_size))
+    if config.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps * config.epochs,
+                                                    alpha=config.min_lr / config.lr)
+    elif config.lr_schedule == "plateau":
+        lr = config.lr
+    else:
+        raise ValueError(f"lr_schedule must be 'plateau' or 'cosine', got {config.lr_schedule!r}")
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
+                  metrics=[keras.metrics.BinaryAccuracy(name="acc"), keras.metrics.AUC(name="auc")])
+    mode = "min" if config.monitor.endswith("loss") else "max"
+    ckpt = workdir / f"{name}.best.weights.h5"
+    callbacks = [keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience,
+                                               restore_best_weights=True),
+                 keras.callbacks.ModelCheckpoint(str(ckpt), monitor=config.monitor, mode=mode, save_best_only=True,
+                                                 save_weights_only=True)]
+    if config.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, mode=mode, factor=config.lr_factor,
+                                                           patience=config.lr_patience, min_lr=config.min_lr))
+    _log(progress, f"[train] {name}: {model.count_params():,} parameters, {len(yfit)} fit windows, "
+                   f"{len(ycal)} calibration windows")
+    data = _make_sequence(xfit, yfit.astype(np.float32), config.batch_size, augment, config.seed)
+    with warnings.catch_warnings():  # Keras 3.15 + NumPy 2 internals, harmless
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        h = model.fit(data, validation_data=(xcal, ycal.astype(np.float32)), epochs=config.epochs,
+                      callbacks=callbacks, verbose=2 if progress else 0)
+    if ckpt.is_file():  # EarlyStopping restores only when it triggers; the checkpoint is the best epoch
+        model.load_weights(str(ckpt))
+    crit = np.asarray(h.history[config.monitor])
+    best = int(np.argmin(crit) if mode == "min" else np.argmax(crit))
+    lrs = [float(v) for v in h.history.get("learning_rate", [config.lr] * len(crit))][: best + 1]
+    return model, {"epochs_run": len(crit), "best_epoch": best + 1, "monitor": config.monitor, "lr_per_epoch": lrs,
+                   "val_loss": float(h.history["val_loss"][best]), "val_acc": float(h.history["val_acc"][best]),
+                   "val_auc": float(h.history["val_auc"][best]), "params": int(model.count_params())}
+
+
+def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float) -> dict:
+    """Symmetric uncertain band 0.5 +- delta: the smallest delta whose confident windows reach ``target`` accuracy."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p)
+    chosen = 0.40
+    for delta in np.arange(0.10, 0.401, 0.05):
+        conf = np.abs(p - 0.5) >= delta
+        if conf.sum() == 0:
+            break
+        acc = float(((p[conf] >= 0.5) == y[conf]).mean())
+        if acc >= target:
+            chosen = float(delta)
+            break
+    chosen = round(chosen, 2)
+    return {"female": round(0.5 + chosen, 2), "male": round(0.5 - chosen, 2)}
+
+
+def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bool = True,
+            train_utterances=None, augmented: WindowSet | None = None) -> TrainedModels:
+    """Fit XGBoost, both CNNs and the calibrated ensemble on ``train`` (see the module docstring).
+
+    ``train_utterances`` (the utterances ``train`` came from) enables audio-domain augmentation; without
+    them only the on-the-fly MFCC augmentation is used. ``augmented``: already computed augmented windows
+    (rows of readers outside ``train`` are ignored) instead of computing them from ``train_utterances``.
+    """
+    import keras
+    import tensorflow as tf
+    from sklearn.linear_model import LogisticRegression
+
+    config = config or TrainConfig()
+    t_start = time.perf_counter()
+    try:  # only possible before TensorFlow's runtime starts; later calls keep the first setting
+        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+    except RuntimeError:
+        pass
+    if len(train) == 0:
+        raise ValueError("fit_all needs a non-empty WindowSet")
+    definition = FeatureDefinition.from_dict(train.meta["definition"]) if "definition" in train.meta else DEFAULT
+    if definition.hash != DEFAULT.hash:
+        raise ValueError(f"training windows were computed with feature definition {definition.hash}, "
+                         f"this code computes {DEFAULT.hash}; re-extract the features")
+    from realtime.features import FeatureExtractor
+
+    stat_names = list(train.meta.get("stat_names") or FeatureExtractor(definition).stat_names)
+    fit_readers, cal_readers = split_calibration(train, config.calib_fraction, config.seed)
+    _log(progress, f"[train] {len(fit_readers)} fit readers, {len(cal_readers)} calibration readers")
+
+    fit = train.subset(np.isin(train.reader, sorted(fit_readers)))
+    cal = train.subset(np.isin(train.reader, sorted(cal_readers)))
+    fit_clean, n_cal_clean = fit, len(cal)
+    if (augmented is not None or train_utterances is not None) and config.aug_copies > 0:
+        t0 = time.perf_counter()
+        if augmented is not None:
+            aug = augmented
+        else:
+            used = set(map(str, np.unique(train.utt)))
+            utts = [u for u in train_utterances if u.utt_id in used]
+            aug = augmented_windows(utts, config.augmenter(), config.aug_copies, seed=config.seed,
+                                    definition=definition, cache_dir=config.cache_dir, jobs=config.jobs,
+                                    progress=progress)
+        aug_fit = aug.subset(np.isin(aug.reader, sorted(fit_readers)))
+        aug_cal = aug.subset(np.isin(aug.reader, sorted(cal_readers)))
+        fit = WindowSet.concat([fit, aug_fit])
+        cal = WindowSet.concat([cal, aug_cal])
+        _log(progress, f"[train] augmented windows: {len(aug_fit)} fit + {len(aug_cal)} calibration "
+                       f"({time.perf_counter() - t0:.1f} s)")
+    timings = {}
+
+    # normalisation from the fit readers' clean windows
+    mfcc_mean = fit_clean.mfcc.mean(axis=(0, 2)).astype(np.float32)
+    mfcc_std = (fit_clean.mfcc.std(axis=(0, 2)) + 1e-6).astype(np.float32)
+
+    t0 = time.perf_counter()
+    _log(progress, "[train] XGBoost on stats")
+    booster, importance, xgb_hist = _fit_xgb(fit, cal, config, stat_names, progress)
+    timings["xgb_s"] = round(time.perf_counter() - t0, 1)
+    _log(progress, f"[train] XGBoost: {xgb_hist['rounds']} trees, calibration log-loss {xgb_hist['cal_logloss']:.4f} "
+                   f"({timings['xgb_s']} s)")
+
+    keras.utils.set_random_seed(config.seed)
+    norm = lambda m: ((m - mfcc_mean[:, None]) / mfcc_std[:, None]).astype(np.float32)  # noqa: E731
+    xfit, xcal = norm(fit.mfcc), norm(cal.mfcc)
+    augment = None
+    if config.channel_db > 0 or config.time_masks > 0 or config.warp > 0 or config.mix_p > 0:
+        augment = MfccAugment(definition, mfcc_mean, mfcc_std, channel_db=config.channel_db, warp=config.warp,
+                              mix_p=config.mix_p, time_masks=config.time_masks, mask_frames=config.time_mask_frames)
+    history = {"xgb": xgb_hist}
+    models = {}
+    with tempfile.TemporaryDirectory(prefix="voicegender-train-") as tmp:
+        for name in ("cnn1d", "cnn2d"):
+            t0 = time.perf_counter()
+            models[name], history[name] = _fit_cnn(name, xfit, fit.y, xcal, cal.y, config, augment, progress, Path(tmp))
+            timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+            _log(progress, f"[train] {name}: best epoch {history[name]['best_epoch']}, calibration loss "
+                           f"{history[name]['val_loss']:.4f}, accuracy {history[name]['val_acc']:.4f} ({timings[f'{name}_s']} s)")
+
+    trained = TrainedModels(xgb=booster, cnn1d=models["cnn1d"], cnn2d=models["cnn2d"], mfcc_mean=mfcc_mean,
+                            mfcc_std=mfcc_std, weights=np.ones(3) / 3, bias=0.0,
+                            thresholds={"female": 0.6, "male": 0.4}, definition=definition, stat_names=stat_names,
+                            config=config, xgb_importance=importance, history=history)
+    # ensemble weights + Platt calibration on the calibration readers
+    logits = trained.component_logits(cal)
+    comps = {n: sigmoid(z) for n, z in logits.items()}
+    Z = np.stack([logits[n] for n in MODEL_NAMES], axis=1)
+    lr = LogisticRegression(C=config.ensemble_C, fit_intercept=config.ensemble_intercept, max_iter=1000)
+    lr.fit(Z, cal.y)
+    trained.weights = lr.coef_[0].astype(np.float64)
+    trained.bias = float(lr.intercept_[0]) if config.ensemble_intercept else 0.0
+    p_cal = trained.combine(logits)
+    trained.calibration_logits, trained.calibration_y = logits, cal.y.copy()
+    trained.thresholds = choose_thresholds(cal.y, p_cal, config.confident_accuracy)
+    clean_cal = np.arange(len(cal)) < n_cal_clean
+    trained.validation = {
+        "calibration_readers": len(cal_readers),
+        "calibration_windows": len(cal),
+        "balanced_accuracy_clean": {n: balanced_accuracy(cal.y[clean_cal], comps[n][clean_cal]) for n in MODEL_NAMES}
+        | {"ensemble": balanced_accuracy(cal.y[clean_cal], p_cal[clean_cal])},
+        "balanced_accuracy_all": {n: balanced_accuracy(cal.y, comps[n]) for n in MODEL_NAMES}
+        | {"ensemble": balanced_accuracy(cal.y, p_cal)},
+        "uncertain_fraction": float(((p_cal > trained.thresholds["male"]) & (p_cal < trained.thresholds["female"])).mean()),
+    }
+    if config.refit:
+        # the weights, thresholds and stopping points were chosen on held-out readers; now give the models
+        # the calibration readers too (25 % more voices), same trees / epochs / learning-rate path
+        t0 = time.perf_counter()
+        everything = WindowSet.concat([fit, cal])
+        trained.xgb = _refit_xgb(everything, xgb_hist["rounds"], config)
+        xall = np.concatenate([xfit, xcal])
+        for name in ("cnn1d", "cnn2d"):
+            setattr(trained, name, _refit_cnn(name, xall, everything.y, history[name]["lr_per_epoch"], config, augment,
+                                              progress))
+        trained._logit_models.clear()
+        timings["refit_s"] = round(time.perf_counter() - t0, 1)
+        _log(progress, f"[train] refit on fit + calibration readers ({timings['refit_s']} s)")
+    rng = np.random.default_rng(config.seed)
+    trained.check_windows = cal.subset(np.sort(rng.choice(len(cal), size=min(len(cal), 256), replace=False)))
+    timings["total_s"] = round(time.perf_counter() - t_start, 1)
+    trained.history["timings"] = timings
+    trained.data = {"fit_readers": len(fit_readers), "calibration_readers": len(cal_readers),
+                    "fit_windows": len(fit), "calibration_windows": len(cal),
+                    "train_readers": sorted(fit_readers | cal_readers),
+                    "calibration_reader_ids": sorted(cal_readers)}
+    _log(progress, f"[train] ensemble weights {np.round(trained.weights, 3).tolist()} bias {trained.bias:.3f}; "
+                   f"thresholds {trained.thresholds}; calibration balanced accuracy (clean) "
+                   f"{trained.validation['balanced_accuracy_clean']}; total {timings['total_s']} s")
+    return trained
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """``python -m offline train --data DIR_OR_CSV --out models/ [--quick] [--seed N] [--jobs N] [--json]``."""
+    from .cli import add_corpus_arguments
+
+    p = subparsers.add_parser(
+        "train", help="train the three models on all readers and export the ONNX bundle",
+        description="Extract features (cached), fit XGBoost + 1D CNN + 2D CNN and the calibrated ensemble on "
+                    "every reader of the corpus (20%% of the readers are held out inside for early stopping, "
+                    "ensemble weights, calibration and thresholds), export the ONNX bundle and print a summary.")
+    add_corpus_arguments(p)
+    p.add_argument("--out", type=Path, default=Path("models"), metavar="DIR",
+                   help="output folder of the bundle (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="tiny configuration for smoke tests (2 epochs, few trees)")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, augmentation and models (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .librispeech import load_corpus
+
+    if int(round(args.window * DEFAULT.sr)) != DEFAULT.window_samples or args.hop != 0.5:
+        print(f"error: train uses {DEFAULT.window_seconds} s windows with a 0.5 s hop", file=sys.stderr)
+        return 2
+    progress = not (args.json or args.no_progress)
+    cache_dir = None if args.no_cache else str(args.cache)
+    make = TrainConfig.quick if args.quick else TrainConfig
+    config = make(seed=args.seed, jobs=args.jobs, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    utterances = load_corpus(args.data, subsets=args.subsets, strict=args.strict)
+    ws = extract_corpus(utterances, jobs=args.jobs, cache_dir=cache_dir, progress=progress, strict=args.strict)
+    t_feat = time.perf_counter() - t0
+    trained = fit_all(ws, config=config, progress=progress, train_utterances=utterances)
+    summary_data = data_summary(ws, utterances)
+    summary_data["source"] = Path(args.data).name
+    out = trained.export(args.out, data_summary=summary_data)
+    summary = {"out": str(out), "data": summary_data, "features_s": round(t_feat, 1),
+               "timings": trained.history["timings"], "total_s": round(time.perf_counter() - t0, 1),
+               "weights": dict(zip(MODEL_NAMES, np.round(trained.weights, 4).tolist())),
+               "bias": round(trained.bias, 4), "thresholds": trained.thresholds, "validation": trained.validation}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"bundle written to {out}")
+        print(f"data: {summary_data['readers']['F']} F / {summary_data['readers']['M']} M readers, "
+              f"{summary_data['windows']} windows, {summary_data['hours']:.2f} h")
+        print(f"time: features {summary['features_s']} s, training {trained.history['timings']['total_s']} s, "
+              f"total {summary['total_s']} s")
+        print(f"ensemble weights {summary['weights']} bias {summary['bias']}, thresholds {trained.thresholds}")
+        for k, v in trained.validation["balanced_accuracy_clean"].items():
+            print(f"  calibration readers, clean windows: balanced accuracy {k:8s} {v:.4f}")
+    return 0
