@@ -28,7 +28,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="time between estimates, a multiple of 0.02 s (default: %(default)s)")
     g.add_argument("--vad", type=int, default=2, choices=(0, 1, 2, 3), metavar="0-3",
                    help="webrtcvad aggressiveness: 3 rejects the most non-speech (default: %(default)s)")
-    g.add_argument("--first-window", type=float, default=1.0, metavar="SECONDS",
+    g.add_argument("--first-window", type=float, default=0.75, metavar="SECONDS",
                    help="speech needed before the first estimate; shorter windows are wrap-padded to 2 s "
                         "(default: %(default)s)")
     g.add_argument("--reset-after", type=float, default=1.5, metavar="SECONDS",

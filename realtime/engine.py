@@ -12,17 +12,22 @@ Use it from Python::
 
 or push chunks yourself (``engine.push(chunk)`` returns the events that chunk completed).
 
-Decisions (measured with ``python -m realtime bench`` and tests/test_engine.py):
+Decisions, measured with ``python -m offline engine-eval`` on 51 readers held out from training
+(fold 0 of the reader-disjoint split; numbers in the README):
 
 * The VAD runs on 20 ms frames, so a hop of 0.25 or 0.5 s is a whole number of frames.
 * Windows are cut from a **speech-only buffer**: frames the VAD calls non-speech are dropped
-  before windowing, so a window holds 2 s of voice even when the talker pauses, and stray noise
-  between phrases never reaches the models.
-* The first estimate comes once ``first_window_s`` (default 1.0 s) of speech is buffered; that
+  before windowing, so a window holds 2 s of voice even when the talker pauses. Per-window balanced
+  accuracy 97.4 % against 96.8 % for windows of all audio.
+* The first estimate comes once ``first_window_s`` (default 0.75 s) of speech is buffered; that
   shorter window is wrap-padded to 2 s exactly as training pads short clips (``fit_window``).
+  0.75 s puts the first estimate 1.0 s after speech onset (median) and right 94 % of the time;
+  waiting for 1.0 s makes it 1.5 s and 96 %. Later windows are full length either way.
 * A window is classified only in a hop that brought at least ``min_new_speech_s`` of new speech;
   after ``reset_after_silence_s`` without speech the buffer and the smoother reset, since the next
   voice may be someone else.
+* Consecutive windows end on whole STFT hops of the speech stream, so ``StreamingExtractor``
+  computes only the frames that are new (about 25 of 87 per 0.5 s hop).
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ class EngineConfig:
 
     hop_s: float = 0.5
     vad_aggressiveness: int = 2
-    first_window_s: float = 1.0
+    first_window_s: float = 0.75
     min_new_speech_s: float = 0.1
     speech_fraction: float = 0.2  # share of a hop's frames that must be speech for it to count as speech
     reset_after_silence_s: float = 1.5
