@@ -1,0 +1,691 @@
+"""``python -m offline evaluate``: how well the classifier does on readers it has never heard.
+
+Two modes:
+
+* **cross-validation** (default, ``--cv K``): readers are dealt into K gender-stratified folds
+  (``offline.splits.reader_folds``); for each fold the three models and the calibrated ensemble are trained
+  (``offline.train.fit_all``) on the other folds' readers only and scored on the fold's readers. Figures are
+  mean ± std over folds (sample std), per 2 s window and per utterance (utterance p = sigmoid of the mean
+  window log-odds, see ``offline.metrics``). Out-of-fold predictions are also pooled for the confusion
+  matrices, ROC curves and per-reader accuracy.
+* **bundle** (``--models DIR``): score a trained bundle (``realtime.bundle.Bundle``) on any LibriSpeech-layout
+  folder or CSV manifest, e.g. another corpus.
+
+``--noise`` adds the same figures with white and pink noise at 20, 10 and 5 dB SNR mixed into the test
+audio (SNR over the whole utterance, deterministic noise per utterance and condition); features are
+re-extracted from the noisy audio and cached like clean ones. Under CV each fold's models are trained once
+and score the clean and every noisy version of that fold's test readers.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as M
+
+MODELS = ("ensemble", "xgb", "cnn1d", "cnn2d")
+COMPONENTS = ("xgb", "cnn1d", "cnn2d")
+LEVELS = ("window", "utterance")
+NOISE_COLORS = ("white", "pink")
+NOISE_SNRS = (20.0, 10.0, 5.0)
+JSON_NAME = "evaluation.json"
+# Targets of the project (ensemble, reader-disjoint): see models/MODEL_CARD.md
+TARGETS = {"window_balanced_accuracy": 0.96, "utterance_balanced_accuracy": 0.99, "recall": 0.95,
+           "window_balanced_accuracy_10db": 0.92}
+
+
+# --- fixed test-time noise ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FixedNoise:
+    """Noise of one colour at one SNR (over the whole clip), as an ``extract_corpus`` augmenter.
+
+    Deterministic: the noise for an utterance depends only on (seed, colour, SNR, utterance id), never on
+    processing order. ``to_dict`` goes into the feature cache key.
+    """
+
+    color: str
+    snr_db: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .augment import COLORS
+
+        if self.color not in COLORS:
+            raise ValueError(f"color must be one of {COLORS}, got {self.color!r}")
+        object.__setattr__(self, "snr_db", float(self.snr_db))
+
+    @property
+    def name(self) -> str:
+        return f"{self.color}_{self.snr_db:g}"
+
+    def to_dict(self) -> dict:
+        return {"kind": "fixed_noise", "version": 1, "color": self.color, "snr_db": self.snr_db, "seed": self.seed}
+
+    def rng_for(self, key: str, copy: int = 0, extra_seed: int = 0) -> np.random.Generator:
+        tag = zlib.crc32(f"{self.color}/{self.snr_db:g}".encode())
+        return np.random.default_rng([self.seed, extra_seed, tag, zlib.crc32(key.encode("utf-8")), copy])
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None, *, sr: int = 16000) -> np.ndarray:
+        from .augment import add_noise
+
+        return add_noise(x, self.snr_db, self.color, rng, sr=sr)
+
+
+def noise_conditions(seed: int = 0) -> list[FixedNoise]:
+    return [FixedNoise(c, s, seed) for c in NOISE_COLORS for s in NOISE_SNRS]
+
+
+# --- scoring helpers -----------------------------------------------------------------------------------
+
+@dataclass
+class Scored:
+    """Predictions for one window set: labels/ids and p_female per model."""
+
+    y: np.ndarray
+    utt: np.ndarray
+    reader: np.ndarray
+    p: dict[str, np.ndarray]
+    fold: np.ndarray | None = None
+
+    @classmethod
+    def concat(cls, items: list["Scored"]) -> "Scored":
+        return cls(y=np.concatenate([s.y for s in items]), utt=np.concatenate([s.utt for s in items]),
+                   reader=np.concatenate([s.reader for s in items]),
+                   p={m: np.concatenate([s.p[m] for s in items]) for m in items[0].p},
+                   fold=None if items[0].fold is None else np.concatenate([s.fold for s in items]))
+
+
+def _metrics_per_model(s: Scored, thresholds=None) -> dict:
+    """{model: {'window': binary_metrics, 'utterance': binary_metrics}}; thresholds apply to the ensemble."""
+    out = {}
+    for m in MODELS:
+        if m not in s.p:
+            continue
+        ev = M.evaluate(s.y, s.p[m], s.utt, thresholds=thresholds if m == "ensemble" else None)
+        out[m] = {lv: ev[lv] for lv in LEVELS}
+    return out
+
+
+def _summaries(per_fold: list[dict]) -> dict:
+    """List over folds of _metrics_per_model -> {model: {level: {metric: mean_std}}}."""
+    return {m: {lv: M.summarize_folds([f[m][lv] for f in per_fold]) for lv in LEVELS}
+            for m in MODELS if all(m in f for f in per_fold)}
+
+
+def _single(metrics_per_model: dict) -> dict:
+    """Bundle mode: the same {metric: {'mean', 'std', 'folds'}} shape from one evaluation (std undefined)."""
+    return _summaries([metrics_per_model])
+
+
+def _pooled(s: Scored, thresholds=None) -> dict:
+    out = _metrics_per_model(s, thresholds)
+    return out
+
+
+def _as_float(p) -> np.ndarray:
+    return np.clip(np.asarray(p, dtype=np.float64).ravel(), 0.0, 1.0)
+
+
+# --- feature extraction --------------------------------------------------------------------------------
+
+def _extract_all(utterances, *, noise: bool, seed: int, extract_kwargs: dict) -> dict:
+    """{'clean': WindowSet, 'white_20': WindowSet, ...} over all utterances (cached by extract_corpus)."""
+    from .dataset import extract_corpus
+
+    sets = {"clean": extract_corpus(utterances, **extract_kwargs)}
+    if noise:
+        for cond in noise_conditions(seed):
+            sets[cond.name] = extract_corpus(utterances, augment=cond, copies=1, seed=0, **extract_kwargs)
+    n_clean = len(sets["clean"])
+    for name, ws in sets.items():
+        if len(ws) != n_clean or not np.array_equal(ws.utt, sets["clean"].utt):
+            raise RuntimeError(f"noisy set {name} does not line up with the clean windows "
+                               f"({len(ws)} vs {n_clean} windows)")
+    return sets
+
+
+# --- cross-validation ----------------------------------------------------------------------------------
+
+def _train_config(quick: bool, **overrides):
+    """The release recipe (``TrainConfig()``) or ``TrainConfig.quick()``, with plumbing overrides (cache, jobs)."""
+    from .train import TrainConfig
+
+    return TrainConfig.quick(**overrides) if quick else TrainConfig(**overrides)
+
+
+def _config_dict(config) -> dict:
+    if hasattr(config, "to_dict"):
+        return M.json_safe(config.to_dict())
+    try:
+        from dataclasses import asdict, is_dataclass
+
+        if is_dataclass(config):
+            return M.json_safe(asdict(config))
+    except Exception:  # pragma: no cover - a config that is not a plain dataclass
+        pass
+    return {"repr": repr(config)}
+
+
+def _thresholds_of(obj) -> dict | None:
+    """Decision thresholds of a trained model or bundle if it has any (attribute or meta)."""
+    for cand in (getattr(obj, "thresholds", None), (getattr(obj, "meta", None) or {}).get("thresholds")):
+        if cand is None:
+            continue
+        try:
+            t = M.parse_thresholds(cand)
+        except (ValueError, TypeError):
+            continue
+        if t is not None:
+            return {"male": t[0], "female": t[1]}
+    return None
+
+
+def _score_trained(models, ws) -> dict[str, np.ndarray]:
+    """p_female of each component and of the ensemble. Runs the models once when ``TrainedModels`` exposes
+    ``component_logits``/``combine`` (what ``predict_components`` and ``predict`` are made of)."""
+    if hasattr(models, "component_logits") and hasattr(models, "combine"):
+        z = models.component_logits(ws)
+        p = {m: _as_float(M.sigmoid(z[m])) for m in COMPONENTS if m in z}
+        p["ensemble"] = _as_float(models.combine(z))
+        return p
+    comps = models.predict_components(ws)
+    p = {m: _as_float(comps[m]) for m in COMPONENTS if m in comps}
+    p["ensemble"] = _as_float(models.predict(ws))
+    return p
+
+
+def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise: bool = False,
+           extract_kwargs: dict | None = None, progress: bool = True, log=print) -> tuple[dict, dict]:
+    """Reader-disjoint k-fold CV. Returns (result dict for JSON, {condition: Scored} out-of-fold predictions)."""
+    from tqdm import tqdm
+
+    from .splits import reader_folds
+    from .train import fit_all
+
+    extract_kwargs = dict(extract_kwargs or {})
+    t0 = time.perf_counter()
+    sets = _extract_all(utterances, noise=noise, seed=seed, extract_kwargs=extract_kwargs)
+    t_features = time.perf_counter() - t0
+    clean = sets["clean"]
+    folds = reader_folds(utterances, k=k, seed=seed)
+    cache = extract_kwargs.get("cache_dir")
+    config = _train_config(quick, seed=seed, jobs=int(extract_kwargs.get("jobs", 2)),
+                           cache_dir=None if cache is None else str(cache))
+
+    per_fold: dict[str, list[dict]] = {name: [] for name in sets}
+    scored: dict[str, list[Scored]] = {name: [] for name in sets}
+    fold_info = []
+    fold_thresholds = []
+    bar = tqdm(total=k, desc="CV folds", unit="fold", disable=not progress, dynamic_ncols=True)
+    try:
+        for i, (train_readers, test_readers) in enumerate(folds):
+            if train_readers & test_readers:  # reader_folds guarantees this; keep the check next to the use
+                raise RuntimeError(f"fold {i}: readers on both sides: {sorted(train_readers & test_readers)}")
+            train_mask = np.isin(clean.reader, sorted(train_readers))
+            test_mask = np.isin(clean.reader, sorted(test_readers))
+            train_ws = clean.subset(train_mask)
+            # the release recipe: clean windows + audio-domain augmented copies of the training utterances only
+            train_utts = [u for u in utterances if u.reader in train_readers]
+            t_fit = time.perf_counter()
+            models = fit_all(train_ws, config=config, progress=progress, train_utterances=train_utts)
+            t_fit = time.perf_counter() - t_fit
+            thresholds = _thresholds_of(models)
+            fold_thresholds.append(thresholds)
+            t_score = time.perf_counter()
+            for name, ws in sets.items():
+                test = ws.subset(test_mask)
+                s = Scored(y=test.y.astype(np.int64), utt=test.utt, reader=test.reader, p=_score_trained(models, test),
+                           fold=np.full(len(test), i))
+                scored[name].append(s)
+                per_fold[name].append(_metrics_per_model(s, thresholds))
+            t_score = time.perf_counter() - t_score
+            fm = per_fold["clean"][-1]["ensemble"]
+            fold_info.append({
+                "fold": i, "train_readers": sorted(train_readers), "test_readers": sorted(test_readers),
+                "train_windows": int(train_mask.sum()), "test_windows": int(test_mask.sum()),
+                "fit_seconds": round(t_fit, 1), "score_seconds": round(t_score, 1), "thresholds": thresholds,
+                "ensemble_window_balanced_accuracy": fm["window"]["balanced_accuracy"],
+                "ensemble_utterance_balanced_accuracy": fm["utterance"]["balanced_accuracy"],
+            })
+            log(f"fold {i + 1}/{k}: fit {t_fit:.0f} s, ensemble balanced accuracy "
+                f"{100 * fm['window']['balanced_accuracy']:.1f}% per window, "
+                f"{100 * fm['utterance']['balanced_accuracy']:.1f}% per utterance")
+            bar.update()
+    finally:
+        bar.close()
+
+    pooled = {name: Scored.concat(items) for name, items in scored.items()}
+    # Each fold has its own thresholds: the 'uncertain' shares are per fold (in "models"); pooled figures
+    # (confusion matrices, ROC) use 0.5 only.
+    thresholds = None
+    if fold_thresholds and all(fold_thresholds):
+        thresholds = {side: float(np.mean([t[side] for t in fold_thresholds])) for side in ("male", "female")}
+        thresholds["per_fold"] = fold_thresholds
+    result = {
+        "mode": "cv",
+        "folds": k,
+        "seed": seed,
+        "config": "quick" if quick else "full",
+        "train_config": _config_dict(config),
+        "thresholds": thresholds,
+        "models": _summaries(per_fold["clean"]),
+        "pooled": _pooled(pooled["clean"]),
+        "per_reader": M.per_reader_accuracy(pooled["clean"].y, pooled["clean"].p["ensemble"],
+                                            pooled["clean"].reader, pooled["clean"].utt),
+        "noise": {},
+        "fold_readers": fold_info,
+        "feature_seconds": round(t_features, 1),
+    }
+    for cond in noise_conditions(seed) if noise else []:
+        result["noise"][cond.name] = {"color": cond.color, "snr_db": cond.snr_db,
+                                      "models": _summaries(per_fold[cond.name]),
+                                      "pooled": _pooled(pooled[cond.name])}
+    return result, pooled
+
+
+# --- bundle mode ---------------------------------------------------------------------------------------
+
+def _bundle_predict(bundle, ws, batch: int = 1024) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(ws), batch):
+        out = bundle.predict(ws.stats[start:start + batch], ws.mfcc[start:start + batch])
+        for key, value in out.items():
+            name = "ensemble" if key == "p_female" else key
+            if name in MODELS:
+                parts.setdefault(name, []).append(np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel())
+    return {m: _as_float(np.concatenate(v)) for m, v in parts.items()}
+
+
+def _bundle_training_readers(meta: dict) -> set[str]:
+    """Readers the bundle was trained on, if its meta lists them (under any of a few plausible keys)."""
+    found: set[str] = set()
+
+    def walk(obj, depth=0):
+        if depth > 4:
+            return
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if key in ("train_readers", "training_readers", "readers_train") and isinstance(value, list):
+                    found.update(map(str, value))
+                else:
+                    walk(value, depth + 1)
+
+    walk(meta)
+    return found
+
+
+def run_bundle(utterances, models_dir: Path, *, noise: bool = False, seed: int = 0,
+               extract_kwargs: dict | None = None, log=print) -> tuple[dict, dict]:
+    """Score the bundle in ``models_dir`` on every utterance. Returns (result dict, {condition: Scored})."""
+    from realtime.bundle import Bundle
+
+    bundle = Bundle.load(models_dir)
+    meta = dict(getattr(bundle, "meta", {}) or {})
+    thresholds = _thresholds_of(bundle)
+    sets = _extract_all(utterances, noise=noise, seed=seed, extract_kwargs=dict(extract_kwargs or {}))
+    scored = {}
+    for name, ws in sets.items():
+        scored[name] = Scored(y=ws.y.astype(np.int64), utt=ws.utt, reader=ws.reader, p=_bundle_predict(bundle, ws))
+    seen = _bundle_training_readers(meta) & set(sets["clean"].reader.tolist())
+    training = (meta.get("training") or {}).get("data")
+    if seen:
+        log(f"warning: {len(seen)} of the evaluated readers were in the bundle's training data; "
+            f"these figures are not held-out")
+    clean = scored["clean"]
+    result = {
+        "mode": "bundle",
+        "models_dir": str(models_dir),
+        "folds": None,
+        "seed": seed,
+        "thresholds": thresholds,
+        "bundle": {"format_version": meta.get("format_version"), "created": meta.get("created"),
+                   "feature_hash": (meta.get("feature") or {}).get("hash"), "training_data": training},
+        "readers_seen_in_training": sorted(seen),
+        "models": _single(_metrics_per_model(clean, thresholds)),
+        "pooled": _pooled(clean, thresholds),
+        "per_reader": M.per_reader_accuracy(clean.y, clean.p["ensemble"], clean.reader, clean.utt),
+        "noise": {},
+    }
+    for cond in noise_conditions(seed) if noise else []:
+        s = scored[cond.name]
+        result["noise"][cond.name] = {"color": cond.color, "snr_db": cond.snr_db,
+                                      "models": _single(_metrics_per_model(s, thresholds)),
+                                      "pooled": _pooled(s, thresholds)}
+    return result, scored
+
+
+# --- reporting -----------------------------------------------------------------------------------------
+
+def _fmt(stat: dict, pct: bool = True) -> str:
+    mean, std = stat.get("mean"), stat.get("std")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if pct:
+        text = f"{100 * mean:5.1f}"
+        if std is not None and not (isinstance(std, float) and math.isnan(std)):
+            text += f" ± {100 * std:3.1f}"
+        return text
+    text = f"{mean:.3f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {std:.3f}"
+    return text
+
+
+TABLE_METRICS = (("balanced_accuracy", "bal.acc %", True), ("recall_female", "recall F %", True),
+                 ("recall_male", "recall M %", True), ("auc", "AUC", False))  # (key, column, as percent)
+
+
+def format_table(result: dict) -> str:
+    """The figures as a plain-text table (mean ± std over folds in CV mode)."""
+    lines = []
+    d = result.get("data_summary", {})
+    if result["mode"] == "cv":
+        head = (f"Reader-disjoint {result['folds']}-fold cross-validation ({result['config']} training config), "
+                f"mean ± std over folds")
+    else:
+        head = f"Bundle {result['models_dir']} scored on every utterance"
+    lines.append(head)
+    if d:
+        lines.append(f"data: {d.get('data')}: {d.get('readers')} readers ({d.get('readers_female')} F / "
+                     f"{d.get('readers_male')} M), {d.get('utterances')} utterances, {d.get('windows')} windows")
+    rows = []
+
+    def add(cond: str, models: dict):
+        for m in MODELS:
+            if m not in models:
+                continue
+            cells = [_fmt(models[m][lv][key], pct) for lv in LEVELS for key, _, pct in TABLE_METRICS]
+            rows.append([cond, m] + cells)
+
+    add("clean", result["models"])
+    for name, entry in result.get("noise", {}).items():
+        add(f"{entry['color']} {entry['snr_db']:g} dB", entry["models"])
+    header = ["condition", "model"] + [label for _ in LEVELS for _, label, _ in TABLE_METRICS]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    sep = "  "
+    n_m = len(TABLE_METRICS)
+    group_w = [sum(widths[2 + g * n_m: 2 + (g + 1) * n_m]) + len(sep) * (n_m - 1) for g in range(len(LEVELS))]
+    lead = sum(widths[:2]) + len(sep) * 2
+    lines.append(" " * lead + sep.join(f"per {lv}".center(w, "-") for lv, w in zip(LEVELS, group_w)))
+    lines.append(sep.join(h.ljust(w) for h, w in zip(header, widths)))
+    last = None
+    for r in rows:
+        if last is not None and r[0] != last:
+            lines.append("")
+        last = r[0]
+        lines.append(sep.join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    if result.get("thresholds") and "uncertain" in result["models"].get("ensemble", {}).get("window", {}):
+        u = result["models"]["ensemble"]
+        t = result["thresholds"]
+        per = " (mean of the folds' thresholds)" if "per_fold" in t else ""
+        lines.append(f"ensemble 'uncertain' share (p between {t['male']:.3g} and {t['female']:.3g}{per}): "
+                     f"{_fmt(u['window']['uncertain'])} % of windows, {_fmt(u['utterance']['uncertain'])} % of "
+                     f"utterances")
+    seen = result.get("readers_seen_in_training") or []
+    if seen:
+        lines.append(f"warning: {len(seen)} of the {d.get('readers', '?')} readers were in the bundle's training data: "
+                     f"these figures are not held-out")
+    lines.append("")
+    lines.extend(target_lines(result))
+    return "\n".join(lines)
+
+
+def _md(stat: dict, pct: bool = True) -> str:
+    return _fmt(stat, pct).strip()
+
+
+def format_markdown(result: dict) -> str:
+    """Markdown tables (model card): every model on clean audio; ensemble (+ each model's window balanced
+    accuracy) under each noise condition. Percentages; mean ± std over folds in CV mode."""
+    out = []
+    head = "| model | " + " | ".join(f"{lv} {label}" for lv in LEVELS for _, label, _ in TABLE_METRICS) + " |"
+    out += ["**Clean audio**", "", head, "|" + "---|" * (1 + len(LEVELS) * len(TABLE_METRICS))]
+    for m in MODELS:
+        if m in result["models"]:
+            cells = [_md(result["models"][m][lv][key], pct) for lv in LEVELS for key, _, pct in TABLE_METRICS]
+            name = f"**{m}**" if m == "ensemble" else m
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if result.get("noise"):
+        comps = [m for m in COMPONENTS if m in result["models"]]
+        out += ["", "**Noise added to the test audio** (ensemble; last columns: each model's window balanced "
+                    "accuracy)", "",
+                "| noise | window bal.acc % | window recall F % | window recall M % | utterance bal.acc % | "
+                "utterance recall F % | utterance recall M % | " + " | ".join(f"{m} window bal.acc %" for m in comps)
+                + " |",
+                "|" + "---|" * (7 + len(comps))]
+        rows = [("clean", result["models"])] + [(f"{e['color']} {e['snr_db']:g} dB", e["models"])
+                                                 for e in result["noise"].values()]
+        for label, models in rows:
+            e = models["ensemble"]
+            cells = [_md(e[lv][k]) for lv in LEVELS for k in ("balanced_accuracy", "recall_female", "recall_male")]
+            cells += [_md(models[m]["window"]["balanced_accuracy"]) for m in comps]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def target_check(result: dict) -> dict:
+    """Which of the project's targets the ensemble meets (mean over folds)."""
+    ens = result["models"].get("ensemble")
+    if not ens:
+        return {}
+
+    def mean(x):
+        v = x.get("mean")
+        return math.nan if v is None else v
+
+    out = {
+        "window_balanced_accuracy": {"target": TARGETS["window_balanced_accuracy"],
+                                     "value": mean(ens["window"]["balanced_accuracy"])},
+        "utterance_balanced_accuracy": {"target": TARGETS["utterance_balanced_accuracy"],
+                                        "value": mean(ens["utterance"]["balanced_accuracy"])},
+    }
+    for lv in LEVELS:
+        for cls in ("female", "male"):
+            out[f"{lv}_recall_{cls}"] = {"target": TARGETS["recall"], "value": mean(ens[lv][f"recall_{cls}"])}
+    for name, entry in result.get("noise", {}).items():
+        if entry["snr_db"] == 10.0 and "ensemble" in entry["models"]:
+            out[f"window_balanced_accuracy_{name}"] = {
+                "target": TARGETS["window_balanced_accuracy_10db"],
+                "value": mean(entry["models"]["ensemble"]["window"]["balanced_accuracy"])}
+    for v in out.values():
+        v["met"] = bool(v["value"] >= v["target"]) if not math.isnan(v["value"]) else False
+    return out
+
+
+def target_lines(result: dict) -> list[str]:
+    checks = result.get("targets") or target_check(result)
+    if not checks:
+        return []
+    lines = ["targets (ensemble, mean over folds):" if result.get("mode") == "cv" else "targets (ensemble):"]
+    for name, v in checks.items():
+        value = "-" if v["value"] is None or math.isnan(v["value"]) else f"{100 * v['value']:.1f}%"
+        lines.append(f"  {'met    ' if v['met'] else 'NOT met'}  {name:<40} {value:>7}  (target >= {100 * v['target']:.0f}%)")
+    return lines
+
+
+def make_plots(result: dict, scored: dict, out_dir: Path) -> list[Path]:
+    """PNG figures into ``out_dir``; returns their paths."""
+    from . import plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = scored["clean"]
+    tag = f"{result['folds']}-fold CV, out-of-fold" if result["mode"] == "cv" else "bundle"
+    paths = []
+    ens = result["pooled"]["ensemble"]
+    paths.append(plots.confusion_matrix(ens["window"]["confusion"], out_dir / "confusion_window.png",
+                                        title=f"Ensemble per 2 s window ({tag})"))
+    paths.append(plots.confusion_matrix(ens["utterance"]["confusion"], out_dir / "confusion_utterance.png",
+                                        title=f"Ensemble per utterance ({tag})"))
+    curves = {}
+    for lv in LEVELS:
+        curves[lv] = {}
+        for m in MODELS:
+            if m not in clean.p:
+                continue
+            if lv == "window":
+                y, p = clean.y, clean.p[m]
+            else:
+                u = M.utterance_scores(clean.y, clean.p[m], clean.utt)
+                y, p = u["y"], u["p"]
+            fpr, tpr = M.roc_curve(y, p)
+            curves[lv][m] = (fpr, tpr, result["pooled"][m][lv]["auc"])
+    paths.append(plots.roc_curves(curves, out_dir / "roc.png", title=f"ROC, clean audio ({tag})"))
+    paths.append(plots.reader_accuracy(result["per_reader"], out_dir / "reader_accuracy.png",
+                                       title=f"Ensemble window accuracy per reader ({tag})"))
+    if result.get("noise"):
+        for lv in LEVELS:
+            series: dict[str, dict[str, dict[float, tuple]]] = {}
+            for entry in result["noise"].values():
+                for m in MODELS:
+                    if m in entry["models"]:
+                        st = entry["models"][m][lv]["balanced_accuracy"]
+                        series.setdefault(entry["color"], {}).setdefault(m, {})[entry["snr_db"]] = (st["mean"], st["std"])
+            clean_pts = {m: (result["models"][m][lv]["balanced_accuracy"]["mean"],
+                             result["models"][m][lv]["balanced_accuracy"]["std"]) for m in result["models"]}
+            target = TARGETS["window_balanced_accuracy_10db"] if lv == "window" else None
+            paths.append(plots.accuracy_vs_snr(series, out_dir / f"accuracy_vs_snr_{lv}.png", clean=clean_pts,
+                                               title=f"Balanced accuracy per {lv} vs noise ({tag})",
+                                               ylabel=f"balanced accuracy per {lv}", target=target))
+    return paths
+
+
+def _save_predictions(scored: dict, path: Path) -> Path:
+    arrays = {}
+    for name, s in scored.items():
+        arrays[f"{name}/y"] = s.y
+        arrays[f"{name}/utt"] = s.utt
+        arrays[f"{name}/reader"] = s.reader
+        if s.fold is not None:
+            arrays[f"{name}/fold"] = s.fold
+        for m, p in s.p.items():
+            arrays[f"{name}/p_{m}"] = p.astype(np.float32)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+def _command_line() -> str:
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).parts[-2:] == ("offline", "__main__.py"):
+        return "python -m offline " + shlex.join(argv[1:])
+    return shlex.join(argv)
+
+
+def _data_summary(utterances, ws, data) -> dict:
+    from collections import Counter
+
+    readers = {u.reader: u.gender for u in utterances}
+    g = Counter(readers.values())
+    return {"data": str(data), "readers": len(readers), "readers_female": g.get("F", 0),
+            "readers_male": g.get("M", 0), "utterances": len(utterances),
+            "utterances_used": int(len(set(ws.utt.tolist()))),
+            "audio_hours": round(sum(u.duration for u in utterances) / 3600.0, 3), "windows": len(ws),
+            "windows_female": int((ws.y == 1).sum()), "windows_male": int((ws.y == 0).sum())}
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from realtime.features import DEFAULT
+
+    from .librispeech import load_corpus
+
+    t0 = time.perf_counter()
+    started = _dt.datetime.now().astimezone()
+    progress = not args.no_progress
+    extract_kwargs = dict(definition=DEFAULT, window_s=args.window, hop_s=args.hop, jobs=args.jobs,
+                          cache_dir=None if args.no_cache else args.cache, progress=progress, strict=args.strict)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    utterances = load_corpus(args.data, subsets=args.subsets, strict=args.strict)
+    # stdout carries only the results (table or JSON): whatever training prints meanwhile goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.models is not None:
+            result, scored = run_bundle(utterances, args.models, noise=args.noise, seed=args.seed,
+                                        extract_kwargs=extract_kwargs, log=log)
+        else:
+            result, scored = run_cv(utterances, k=args.cv, seed=args.seed, quick=args.quick, noise=args.noise,
+                                    extract_kwargs=extract_kwargs, progress=progress, log=log)
+    from .dataset import extract_corpus  # cached: only for the summary
+
+    clean_ws = extract_corpus(utterances, **{**extract_kwargs, "progress": False})
+    result["data_summary"] = _data_summary(utterances, clean_ws, args.data)
+    result["targets"] = target_check(result)
+    result["command"] = _command_line()
+    result["date"] = started.isoformat(timespec="seconds")
+    result["machine"] = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                         "platform": platform.platform(), "python": platform.python_version()}
+    result["feature_hash"] = DEFAULT.hash
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    # Stable key order: summary first, bulky per-fold reader lists and per-reader rows last.
+    order = ["mode", "command", "date", "seconds", "machine", "data_summary", "folds", "config", "seed",
+             "thresholds", "targets", "models", "noise", "pooled", "per_reader", "fold_readers"]
+    result = {**{k: result[k] for k in order if k in result}, **{k: v for k, v in result.items() if k not in order}}
+    safe = M.json_safe(result)
+    text = json.dumps(safe, indent=2)
+
+    table = format_table(safe)
+    if args.plots is not None:
+        paths = make_plots(safe, scored, args.plots)
+        (Path(args.plots) / JSON_NAME).write_text(text + "\n", encoding="utf-8")
+        _save_predictions(scored, Path(args.plots) / "predictions.npz")
+        (Path(args.plots) / "table.txt").write_text(table + "\n", encoding="utf-8")
+        (Path(args.plots) / "table.md").write_text(format_markdown(safe) + "\n", encoding="utf-8")
+        log(f"wrote {len(paths)} figure(s), {JSON_NAME}, table.txt, table.md and predictions.npz to {args.plots}")
+    if args.json:
+        print(table, file=sys.stderr)
+        print(text)
+    else:
+        print(table)
+        print(f"\n{result['seconds']:.0f} s; command: {result['command']}")
+    return 0
+
+
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"cross-validation needs at least 2 folds, got {value}")
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from .cli import add_corpus_arguments
+
+    p = subparsers.add_parser(
+        "evaluate", help="reader-disjoint cross-validation, or score a trained bundle on a corpus",
+        description="Without --models: reader-disjoint K-fold cross-validation (train the three models and the "
+                    "ensemble on K-1 folds of readers, score on the held-out readers; mean ± std over folds, "
+                    "per window and per utterance). With --models DIR: score that bundle on the corpus. "
+                    "--noise adds white/pink noise at 20, 10, 5 dB SNR to the test audio.")
+    add_corpus_arguments(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--models", type=Path, metavar="DIR", help="score the trained bundle in DIR (e.g. models/)")
+    mode.add_argument("--cv", type=_at_least_two, default=5, metavar="K",
+                      help="folds of reader-disjoint cross-validation (default: %(default)s)")
+    p.add_argument("--noise", action="store_true",
+                   help="also score with white and pink noise at 20, 10 and 5 dB SNR added to the test audio")
+    p.add_argument("--quick", action="store_true", help="CV: train with TrainConfig.quick() (smoke tests)")
+    p.add_argument("--seed", type=int, default=0, help="fold assignment and noise seed (default: %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the results as JSON on stdout (the table then goes to stderr)")
+    p.add_argument("--plots", type=Path, metavar="DIR",
+                   help="write PNG figures, evaluation.json, table.txt, table.md and predictions.npz to DIR")
+    p.set_defaults(func=evaluate_command)
+    return p

@@ -1,0 +1,251 @@
+"""Evaluation: metrics against hand-computed values, a real mini cross-validation through the command line,
+and a trained bundle scored on a CSV manifest of shared files."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offline import metrics as M
+from offline.evaluate import FixedNoise, noise_conditions
+
+from .data import LIBRISPEECH, readers_by_gender
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_DIR = ROOT / "models"
+
+
+# --- metrics, by hand ------------------------------------------------------------------------------------
+
+def test_binary_metrics_by_hand():
+    # 3 female windows (2 called female), 2 male windows (1 called male)
+    y = [1, 1, 1, 0, 0]
+    p = [0.9, 0.6, 0.4, 0.3, 0.7]
+    m = M.binary_metrics(y, p)
+    assert m["recall_female"] == pytest.approx(2 / 3)
+    assert m["recall_male"] == pytest.approx(1 / 2)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)  # 7/12, not the plain accuracy 3/5
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["confusion"] == [[2, 1], [1, 1]]  # rows true F/M, columns decided F/M
+    # AUC: of the 3 x 2 (female, male) pairs, 4 rank the female higher
+    # (0.9>0.3, 0.9>0.7, 0.6>0.3, 0.4>0.3; 0.6<0.7, 0.4<0.7)
+    assert m["auc"] == pytest.approx(4 / 6)
+    assert (m["n"], m["n_female"], m["n_male"]) == (5, 3, 2)
+
+
+def test_threshold_is_inclusive_and_balanced_accuracy_ignores_class_sizes():
+    # p == 0.5 is called female
+    assert M.confusion([1, 0], [0.5, 0.5]).tolist() == [[1, 0], [1, 0]]
+    # 99 male windows all right, 1 female window wrong: accuracy 99 %, balanced accuracy 50 %
+    y = [0] * 99 + [1]
+    p = [0.1] * 99 + [0.2]
+    m = M.binary_metrics(y, p)
+    assert m["accuracy"] == pytest.approx(0.99)
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_single_class_leaves_other_recall_and_auc_undefined():
+    m = M.binary_metrics([1, 1, 1, 1], [0.9, 0.8, 0.3, 0.7])
+    assert m["recall_female"] == pytest.approx(0.75)
+    assert math.isnan(m["recall_male"]) and math.isnan(m["auc"])
+    assert m["balanced_accuracy"] == pytest.approx(0.75)
+    assert M.json_safe(m)["auc"] is None
+
+
+def test_utterance_probability_is_mean_log_odds():
+    # utterance a: p 0.9 and 0.2 = odds 9 and 1/4 -> mean log-odds log(1.5) -> p = 0.6 (mean probability: 0.55)
+    # utterance b: one confident window (odds 999) and three at 0.3 (odds 3/7): mean p = 0.47475 (male),
+    #   but the geometric mean of the odds is (999 * (3/7)**3) ** (1/4) ~ 2.98 -> female
+    # utterance c (male): 0.2 and 0.2 -> 0.2
+    p = [0.9, 0.2, 0.999, 0.3, 0.3, 0.3, 0.2, 0.2]
+    y = [1, 1, 1, 1, 1, 1, 0, 0]
+    utt = ["a", "a", "b", "b", "b", "b", "c", "c"]
+    u = M.utterance_scores(y, p, utt)
+    assert list(u["utt"]) == ["a", "b", "c"]
+    assert u["p"][0] == pytest.approx(0.6)
+    odds_b = (999 * (3 / 7) ** 3) ** 0.25
+    assert u["p"][1] == pytest.approx(odds_b / (1 + odds_b))
+    assert np.mean(p[2:6]) < 0.5 < u["p"][1]
+    assert u["p"][2] == pytest.approx(0.2)
+    assert list(u["y"]) == [1, 1, 0] and list(u["n_windows"]) == [2, 4, 2]
+    ev = M.evaluate(y, p, utt)
+    assert ev["utterance"]["balanced_accuracy"] == pytest.approx(1.0)
+    # per window: female windows right 2 of 6 (0.9, 0.999), male 2 of 2
+    assert ev["window"]["recall_female"] == pytest.approx(2 / 6)
+    assert ev["window"]["balanced_accuracy"] == pytest.approx((2 / 6 + 1) / 2)
+
+
+def test_saturated_windows_are_clipped_not_infinite():
+    u = M.utterance_scores([1, 1], [1.0, 0.0], ["x", "x"])
+    assert u["p"][0] == pytest.approx(0.5)
+
+
+def test_utterance_with_two_labels_is_an_error():
+    with pytest.raises(ValueError, match="different labels"):
+        M.utterance_scores([1, 0], [0.7, 0.2], ["x", "x"])
+
+
+def test_uncertain_share_and_decided_accuracy():
+    y = [1, 1, 0, 0, 0]
+    p = [0.9, 0.55, 0.45, 0.1, 0.65]
+    m = M.binary_metrics(y, p, thresholds={"male": 0.4, "female": 0.6})
+    assert m["uncertain"] == pytest.approx(2 / 5)  # 0.55 and 0.45
+    # decided: female 0.9 (right), male 0.1 (right), male 0.65 (wrong) -> recalls 1 and 1/2
+    assert m["decided_balanced_accuracy"] == pytest.approx(0.75)
+    assert M.parse_thresholds({"threshold_female": 0.7, "threshold_male": 0.3}) == (0.3, 0.7)
+    assert M.parse_thresholds((0.4, 0.6)) == (0.4, 0.6)
+    with pytest.raises(ValueError):
+        M.parse_thresholds((0.6, 0.4))
+
+
+def test_per_reader_accuracy():
+    y = [1, 1, 1, 1, 0, 0, 0]
+    p = [0.9, 0.8, 0.3, 0.8, 0.2, 0.6, 0.4]
+    reader = ["r1", "r1", "r1", "r1", "r2", "r2", "r2"]
+    utt = ["u1", "u1", "u2", "u2", "u3", "u3", "u3"]
+    pr = M.per_reader_accuracy(y, p, reader, utt)
+    assert pr["r1"]["gender"] == "F" and pr["r1"]["accuracy"] == pytest.approx(3 / 4)
+    assert pr["r2"]["gender"] == "M" and pr["r2"]["accuracy"] == pytest.approx(2 / 3)
+    assert pr["r1"]["n_windows"] == 4 and pr["r1"]["n_utterances"] == 2
+    # u2: odds 3/7 and 4 -> female (right); u1 right; u3: odds 1/4, 3/2, 2/3 -> male (right)
+    assert pr["r1"]["utterance_accuracy"] == 1.0 and pr["r2"]["utterance_accuracy"] == 1.0
+
+
+def test_mean_std_over_folds():
+    s = M.mean_std([0.9, 1.0])
+    assert s["mean"] == pytest.approx(0.95)
+    assert s["std"] == pytest.approx(math.sqrt(0.005))  # sample std (ddof=1)
+    assert math.isnan(M.mean_std([0.9])["std"])
+    assert M.mean_std([0.8, float("nan"), 1.0])["mean"] == pytest.approx(0.9)
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError):
+        M.binary_metrics([1, 0], [0.5])
+    with pytest.raises(ValueError):
+        M.binary_metrics([1, 2], [0.5, 0.5])
+    with pytest.raises(ValueError):
+        M.binary_metrics([1, 0], [0.5, 1.5])
+
+
+# --- test-time noise ---------------------------------------------------------------------------------------
+
+def test_fixed_noise_is_deterministic_and_exact():
+    x = np.sin(np.linspace(0, 400 * np.pi, 16000)).astype(np.float32) * 0.3
+    white10 = FixedNoise("white", 10)
+    a = white10(x, white10.rng_for("utt-1"))
+    b = white10(x, white10.rng_for("utt-1"))
+    c = white10(x, white10.rng_for("utt-2"))
+    pink10 = FixedNoise("pink", 10)
+    d = pink10(x, pink10.rng_for("utt-1"))
+    assert np.array_equal(a, b) and not np.allclose(a, c) and not np.allclose(a, d)
+    snr = 10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((a.astype(np.float64) - x) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.05)
+    names = [n.name for n in noise_conditions()]
+    assert names == ["white_20", "white_10", "white_5", "pink_20", "pink_10", "pink_5"]
+    assert white10.to_dict() != FixedNoise("white", 10, seed=1).to_dict()
+
+
+# --- end to end ----------------------------------------------------------------------------------------
+
+def _manifest(path: Path, n_per_gender: int) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "speaker", "gender"])
+        for gender, files in readers_by_gender(n_per_gender).items():
+            for f in files:
+                w.writerow([str(f), f.name.split("-")[0], gender])
+    return path
+
+
+def _run_cli(args: list[str], timeout: float) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "offline", "evaluate", *args, "--json", "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"stdout is not pure JSON ({exc}):\n{proc.stdout[:2000]}") from None
+
+
+def _check_model_block(block: dict, *, with_std: bool) -> None:
+    for level in ("window", "utterance"):
+        for key in ("balanced_accuracy", "recall_female", "recall_male", "auc"):
+            stat = block[level][key]
+            assert set(stat) >= {"mean", "std", "folds"}
+            assert 0.0 <= stat["mean"] <= 1.0
+            if with_std:
+                assert stat["std"] is not None and stat["std"] >= 0.0
+
+
+@pytest.mark.slow
+def test_mini_cross_validation_through_the_command_line(tmp_path):
+    """k=2 on 24 readers (12 F / 12 M) with the quick training config."""
+    pytest.importorskip("offline.train", reason="offline.train is not there yet")
+    data = _manifest(tmp_path / "mini.csv", 12)
+    plots = tmp_path / "plots"
+    out = _run_cli(["--data", str(data), "--cv", "2", "--quick", "--cache", str(tmp_path / "cache"),
+                    "--plots", str(plots)], timeout=600)
+
+    assert out["mode"] == "cv" and out["folds"] == 2 and out["config"] == "quick"
+    assert {"command", "seconds", "date", "models", "noise", "pooled", "per_reader", "fold_readers",
+            "data_summary", "targets"} <= set(out)
+    assert "evaluate" in out["command"] and out["seconds"] > 0
+    assert set(out["models"]) == {"ensemble", "xgb", "cnn1d", "cnn2d"}
+    for block in out["models"].values():
+        _check_model_block(block, with_std=True)
+        assert len(block["window"]["balanced_accuracy"]["folds"]) == 2
+    assert out["noise"] == {}
+
+    # reader-disjoint folds that together cover every reader exactly once
+    folds = out["fold_readers"]
+    assert len(folds) == 2
+    everyone = set()
+    for f in folds:
+        train, test = set(f["train_readers"]), set(f["test_readers"])
+        assert train and test and not train & test
+        assert not everyone & test
+        everyone |= test
+    assert everyone == set(out["per_reader"]) and len(everyone) == 24
+    assert all(set(f["train_readers"]) | set(f["test_readers"]) == everyone for f in folds)
+
+    ens = out["models"]["ensemble"]
+    assert ens["window"]["balanced_accuracy"]["mean"] > 0.6, ens["window"]
+    assert ens["utterance"]["balanced_accuracy"]["mean"] > 0.6, ens["utterance"]
+    cm = out["pooled"]["ensemble"]["window"]["confusion"]
+    assert sum(map(sum, cm)) == out["data_summary"]["windows"]
+
+    for name in ("confusion_window.png", "confusion_utterance.png", "roc.png", "reader_accuracy.png"):
+        assert (plots / name).stat().st_size > 1000, name
+    assert json.loads((plots / "evaluation.json").read_text()) == out
+
+
+@pytest.mark.slow
+def test_bundle_on_a_csv_manifest_with_noise(tmp_path):
+    """The trained release bundle scored on 2 F + 2 M shared files, clean and noisy."""
+    if not (BUNDLE_DIR / "bundle.json").is_file():
+        pytest.fail(f"no trained bundle: {BUNDLE_DIR / 'bundle.json'} is missing "
+                    f"(train it with `python -m offline train ...` first)")
+    data = _manifest(tmp_path / "few.csv", 2)
+    out = _run_cli(["--data", str(data), "--models", str(BUNDLE_DIR), "--noise", "--cache", str(tmp_path / "cache")],
+                   timeout=600)
+    assert out["mode"] == "bundle" and out["folds"] is None
+    assert out["data_summary"]["readers"] == 4 and out["data_summary"]["readers_female"] == 2
+    assert set(out["models"]) == {"ensemble", "xgb", "cnn1d", "cnn2d"}
+    for block in out["models"].values():
+        _check_model_block(block, with_std=False)
+    assert set(out["noise"]) == {"white_20", "white_10", "white_5", "pink_20", "pink_10", "pink_5"}
+    for entry in out["noise"].values():
+        assert set(entry["models"]) == set(out["models"])
+        _check_model_block(entry["models"]["ensemble"], with_std=False)
+    # 4 clean utterances of readers from the shared corpus: the bundle should get them right
+    assert out["models"]["ensemble"]["utterance"]["balanced_accuracy"]["mean"] >= 0.75
+    assert LIBRISPEECH.is_dir()
