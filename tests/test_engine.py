@@ -47,15 +47,17 @@ def test_event_schema_and_one_event_per_hop(bundle, voices):
     path = voices["F"][0]
     y = load_audio(path)
     events = _events(bundle, _chunks(y))
-    frames = len(y) // 320  # whole 20 ms VAD frames; a hop is 25 of them, the last partial hop is flushed
-    assert len(events) == frames // 25 + (1 if frames % 25 else 0)
-    assert events[-1]["t"] == pytest.approx(frames * 0.02)
-    assert [e["t"] for e in events[:-1]] == pytest.approx([0.5 * (i + 1) for i in range(len(events) - 1)])
+    # one event per 0.5 s hop; the first estimate of a voice comes at once, and the hop clock restarts there
+    first = next(i for i, e in enumerate(events) if e["window_p_female"] is not None)
+    gaps = np.diff([0.0] + [e["t"] for e in events])
+    assert np.allclose(gaps[:first], 0.5) and gaps[first] <= 0.5 + 1e-9
+    assert np.allclose(gaps[first + 1:-1], 0.5) and 0 < gaps[-1] <= 0.5 + 1e-9  # the last, partial hop is flushed
+    assert events[-1]["t"] == pytest.approx(len(y) // 320 * 0.02)
     for e in events:
         assert {"t", "label", "p_female", "window_p_female", "speech", "compute_ms", "confidence", "stages_ms"} <= e.keys()
         assert e["label"] in ("female", "male", "uncertain", "no speech")
         assert e["window_p_female"] is None or 0.0 <= e["window_p_female"] <= 1.0
-    assert any(e["window_p_female"] is not None for e in events)
+    assert sum(e["window_p_female"] is not None for e in events) > 10
 
 
 @pytest.mark.parametrize("g", ["F", "M"])
@@ -65,10 +67,12 @@ def test_converges_to_the_readers_gender(bundle, voices, g):
         assert events[-1]["label"] == GENDER[g], (path, events[-1])
 
 
-def test_first_estimate_after_one_second_of_speech(bundle, voices):
+def test_first_estimate_soon_after_speech_onset(bundle, voices):
     events = _events(bundle, _chunks(load_audio(voices["M"][0])))
+    onset = next(i for i, e in enumerate(events) if e["speech"])
     first = next(e for e in events if e["window_p_female"] is not None)
-    assert first["t"] <= 2.0  # 1.0 s of speech buffered + at most one hop + leading silence
+    # 0.75 s of speech, counted from the start of the hop in which speech began, plus short pauses
+    assert first["t"] - (events[onset - 1]["t"] if onset else 0.0) <= 1.5
 
 
 def test_file_and_stdin_give_the_same_per_hop_results(bundle, voices):
@@ -109,13 +113,13 @@ def test_female_pause_male_flips_within_bound(bundle, voices):
     (the pause resets the state; 1.0 s of speech for the first window, plus hops)."""
     f = load_audio(voices["F"][0])
     m = load_audio(voices["M"][0])
-    pause = np.zeros(int(2.0 * 16000), np.float32)
+    pause = np.zeros(int(3.0 * 16000), np.float32)
     x = np.concatenate([f, pause, m])
     events = _events(bundle, _chunks(x))
     onset = (len(f) + len(pause)) / 16000
     before = [e for e in events if e["t"] <= len(f) / 16000]
     assert before[-1]["label"] == "female"
-    during_pause = [e for e in events if len(f) / 16000 + 1.6 <= e["t"] <= onset]
+    during_pause = [e for e in events if len(f) / 16000 + 2.1 <= e["t"] <= onset]  # 1.5 s of silence resets
     assert during_pause and all(e["label"] == "no speech" for e in during_pause)
     flip = next(e["t"] for e in events if e["t"] > onset and e["label"] == "male")
     assert flip - onset <= 2.5, flip - onset
