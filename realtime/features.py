@@ -393,6 +393,7 @@ class FeatureExtractor:
 
     # -- window-level outputs
     def _summarise(self, m: np.ndarray) -> np.ndarray:
+        """(rows, T) -> each row's summaries, row by row: [r0_mean, r0_min, r0_max, r0_std, r1_mean, ...]."""
         fns = {"mean": np.mean, "min": np.min, "max": np.max, "std": np.std}
         return np.stack([fns[s](m, axis=1) for s in self.definition.summaries], axis=1).ravel()
 
@@ -410,7 +411,8 @@ class FeatureExtractor:
         """Per-frame quantities of one window -> (stats, mfcc)."""
         mfcc = self._mfcc(q)
         rows = {"contrast": self._contrast(q)}
-        parts = [self._summarise(rows[name] if name in rows else np.atleast_2d(q[name].T)) for name in FRAME_FEATURES]
+        frame_rows = np.vstack([rows[name] if name in rows else np.atleast_2d(q[name].T) for name in FRAME_FEATURES])
+        parts = [self._summarise(frame_rows.astype(np.float32, copy=False))]
         parts.append(self._pitch_summary(q["f0"], q["periodicity"]))
         m = mfcc[: self.definition.mfcc_summary_coeffs]
         parts.append(np.stack([m.mean(axis=1), m.std(axis=1)], axis=1).ravel())
