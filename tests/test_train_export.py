@@ -1,0 +1,129 @@
+"""End to end on real audio: features -> fit_all (quick) -> ONNX export -> realtime.bundle.Bundle.
+
+A dozen shared LibriSpeech readers, TrainConfig.quick() (one augmented copy, two epochs, few trees): this
+checks the plumbing and the exported models' parity with the trained ones, not accuracy (see
+``python -m offline evaluate`` for that). About a minute on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.data import LIBRISPEECH, gender_of, readers_by_gender
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytestmark = pytest.mark.slow
+
+
+def _utterances(n_per_gender: int):
+    from offline.librispeech import load_corpus
+
+    wanted = {p.stem for paths in readers_by_gender(n_per_gender).values() for p in paths}
+    utts = [u for u in load_corpus(LIBRISPEECH) if u.utt_id in wanted]
+    assert len(utts) == 2 * n_per_gender
+    return utts
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from offline.dataset import extract_corpus
+    from offline.train import TrainConfig, data_summary, fit_all
+
+    tmp = tmp_path_factory.mktemp("train")
+    utts = _utterances(6)
+    cache = tmp / "cache"
+    ws = extract_corpus(utts, cache_dir=cache, jobs=2, progress=False)
+    config = TrainConfig.quick(cache_dir=str(cache), jobs=2)
+    models = fit_all(ws, config=config, progress=False, train_utterances=utts)
+    out = models.export(tmp / "bundle", data_summary=data_summary(ws, utts), metrics={"note": "test"})
+    return models, ws, out
+
+
+def test_fit_all_components_and_ensemble(trained):
+    models, ws, _ = trained
+    comps = models.predict_components(ws)
+    assert set(comps) == {"xgb", "cnn1d", "cnn2d"}
+    for p in comps.values():
+        assert p.shape == (len(ws),) and np.all((p >= 0) & (p <= 1))
+    p = models.predict(ws)
+    assert p.shape == (len(ws),) and np.all((p >= 0) & (p <= 1))
+    assert models.weights.shape == (3,) and np.all(np.isfinite(models.weights))
+    assert 0 < models.thresholds["male"] <= 0.5 <= models.thresholds["female"] < 1
+    assert models.mfcc_mean.shape == (40,) and np.all(models.mfcc_std > 0)
+    # calibration readers are held out of fitting, gender-balanced
+    assert models.data["calibration_readers"] >= 2 and models.data["fit_readers"] >= 2
+    assert set(models.xgb_importance) <= set(models.stat_names)
+
+
+def test_bundle_files_and_json(trained):
+    from realtime.features import DEFAULT
+
+    _, ws, out = trained
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["format_version"] == 1
+    assert meta["feature"]["hash"] == DEFAULT.hash and meta["feature"]["definition"] == DEFAULT.to_dict()
+    assert len(meta["feature"]["stat_names"]) == ws.n_stats
+    for name in ("xgb", "cnn1d", "cnn2d"):
+        m = meta["models"][name]
+        data = (out / m["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == m["sha256"]
+        assert m["export_check"]["max_abs_diff_p"] <= 1e-4
+    assert len(meta["normalisation"]["mfcc_mean"]) == 40
+    assert len(meta["ensemble"]["weights"]) == 3
+    assert meta["training"]["data"]["readers"] == {"F": 6, "M": 6}
+    assert meta["training"]["data"]["windows"] == len(ws)
+    assert meta["metrics"] == {"note": "test"}
+    assert "onnxruntime" in meta["versions"] and meta["created"]
+    total = sum(p.stat().st_size for p in out.iterdir())
+    assert total < 10_000_000
+
+
+def test_onnx_bundle_matches_trained_models(trained):
+    from realtime.bundle import Bundle
+
+    models, ws, out = trained
+    bundle = Bundle.load(out)
+    got = bundle.predict(ws.stats, ws.mfcc)
+    ref = models.predict(ws)
+    ref_comps = models.predict_components(ws)
+    assert np.all((got["p_female"] >= 0) & (got["p_female"] <= 1))
+    assert np.max(np.abs(got["p_female"] - ref)) <= 1e-4
+    for name in ("xgb", "cnn1d", "cnn2d"):
+        assert np.max(np.abs(got[name] - ref_comps[name])) <= 1e-4, name
+    for i in range(0, len(ws), max(1, len(ws) // 5)):
+        p, comps, ms = bundle.predict_one(ws.stats[i], ws.mfcc[i])
+        assert abs(p - got["p_female"][i]) <= 1e-6
+        assert set(comps) == set(ms) == {"xgb", "cnn1d", "cnn2d"}
+        assert bundle.label(p) in ("female", "male", "uncertain")
+
+
+def test_export_check_raises_on_mismatch(trained, tmp_path):
+    from offline.export import ExportError, export_xgb
+
+    models, ws, _ = trained
+    with pytest.raises(ExportError, match="differs"):
+        export_xgb(models.xgb, tmp_path / "x.onnx", ws.stats[:8], tolerance=-1.0)
+
+
+def test_cli_train_quick(tmp_path, capsys):
+    from offline.cli import main
+
+    manifest = tmp_path / "train.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "speaker", "gender"])
+        for paths in readers_by_gender(3).values():
+            for p in paths:
+                w.writerow([str(p), p.name.split("-")[0], gender_of(p)])
+    out = tmp_path / "models"
+    rc = main(["train", "--data", str(manifest), "--out", str(out), "--quick", "--json", "--jobs", "2",
+               "--cache", str(tmp_path / "cache")])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["data"]["readers"] == {"F": 3, "M": 3}
+    assert {p.name for p in out.iterdir()} >= {"xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "bundle.json"}
