@@ -466,7 +466,8 @@ def _stdin_factory(arg: str, opts: dict) -> Source:
 
 
 def _socket_factory(arg: str, opts: dict) -> Source:
-    raise ValueError("use `python -m realtime client` for sockets")
+    raise ValueError("tcp:// and ws:// are server addresses: stream to one with "
+                     "`python -m realtime client PATH|mic --url tcp://HOST:PORT` (started by `python -m realtime serve`)")
 
 
 #: scheme -> factory(argument after "scheme:", options). Add a scheme with one entry here.
