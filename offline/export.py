@@ -18,13 +18,14 @@ is loaded with ``realtime.bundle.Bundle`` and its ensemble p_female compared wit
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
 from pathlib import Path
 
 import numpy as np
+
+from realtime.bundle import sha256_file
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,14 +39,6 @@ MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx"}
 
 class ExportError(RuntimeError):
     """An exported model does not reproduce the original."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _session(path_or_bytes):

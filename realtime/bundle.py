@@ -43,7 +43,8 @@ class BundleError(ValueError):
     """A model bundle that cannot be used, with a message that says why."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (what bundle.json records for every model file)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -202,7 +203,7 @@ class Bundle:
                 raise BundleError(f"{jpath}: model file name {m['file']!r} must be a plain file name")
             if not fpath.is_file():
                 raise BundleError(f"{fpath}: model file missing from the bundle")
-            digest = _sha256(fpath)
+            digest = sha256_file(fpath)
             if digest != m["sha256"]:
                 raise BundleError(f"{fpath.name}: sha256 {digest[:16]}... does not match bundle.json "
                                   f"({str(m['sha256'])[:16]}...): the file was modified or corrupted")
