@@ -7,7 +7,6 @@ STFT chroma), so the speedup is not just the dropped CQT.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from realtime.audio import AudioError, float_to_pcm16, load_audio
+from realtime.audio import AudioError, load_audio
 from realtime.bundle import Bundle
 from realtime.engine import Engine, EngineConfig, summarise
 from realtime.features import FeatureExtractor
 from realtime.sources import FileSource, StdinSource
 
-from .data import gender_of, readers_by_gender
+from .data import readers_by_gender
 
 GENDER = {"F": "female", "M": "male"}
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
