@@ -99,7 +99,12 @@ def _live(args) -> int:
         return 0
     if args.source is None:
         args.source = "mic" if args.device is None else f"mic:{args.device}"
-    return _run_stream(args, "console")
+    try:
+        return _run_stream(args, "console")
+    except AudioError as exc:
+        if args.source.startswith("mic"):
+            raise AudioError(f"{exc}. Without a microphone, try: python -m realtime live --source file:PATH --realtime") from exc
+        raise
 
 
 def _stream(args) -> int:
