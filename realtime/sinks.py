@@ -79,15 +79,11 @@ class Sink:
         self.close()
 
 
-class JsonlSink(Sink):
-    """One JSON object per line (NaN-free; floats rounded), flushed per event."""
+class _TextStreamSink(Sink):
+    """A sink writing text to a stream (default: stdout), flushed at close."""
 
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream if stream is not None else sys.stdout
-
-    def write(self, event: dict) -> None:
-        self.stream.write(json.dumps(clean_event(event), allow_nan=False, separators=(",", ":")) + "\n")
-        self.stream.flush()
 
     def close(self) -> None:
         try:
@@ -96,7 +92,15 @@ class JsonlSink(Sink):
             pass
 
 
-class CsvSink(Sink):
+class JsonlSink(_TextStreamSink):
+    """One JSON object per line (NaN-free; floats rounded), flushed per event."""
+
+    def write(self, event: dict) -> None:
+        self.stream.write(json.dumps(clean_event(event), allow_nan=False, separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+
+class CsvSink(_TextStreamSink):
     """CSV with the header written once, at the first event.
 
     Columns: the schema keys, ``overruns``, then one ``ms_<stage>`` column per stage found in the
@@ -105,7 +109,7 @@ class CsvSink(Sink):
     """
 
     def __init__(self, stream: IO[str] | None = None):
-        self.stream = stream if stream is not None else sys.stdout
+        super().__init__(stream)
         self._writer: csv.DictWriter | None = None
         self._stages: list[str] = []
 
@@ -125,12 +129,6 @@ class CsvSink(Sink):
         row = {k: ("" if v is None else int(v) if isinstance(v, bool) else v) for k, v in row.items()}
         self._writer.writerow(row)
         self.stream.flush()
-
-    def close(self) -> None:
-        try:
-            self.stream.flush()
-        except (ValueError, OSError):
-            pass
 
 
 def gauge_text(p: float | None, width: int = 31) -> str:

@@ -120,17 +120,24 @@ def _writer(rb, total, rng_seed, pause_every=0):
     rb.close()
 
 
+def _drain(rb, pause=0.0):
+    """Read until the writer has closed the ring and it is empty; return the chunks read."""
+    parts = []
+    while True:
+        x = rb.read(timeout=1.0)
+        if x.size == 0 and rb.closed and rb.available == 0:
+            return parts
+        parts.append(x)
+        if pause:
+            time.sleep(pause)
+
+
 def test_thread_safety_no_loss_with_large_ring():
     total = 300_000
     rb = RingBuffer(total, dtype=np.float64)
     th = threading.Thread(target=_writer, args=(rb, total, 1))
     th.start()
-    parts = []
-    while True:
-        x = rb.read(timeout=1.0)
-        if x.size == 0 and rb.closed and rb.available == 0:
-            break
-        parts.append(x)
+    parts = _drain(rb)
     th.join()
     np.testing.assert_array_equal(np.concatenate(parts), np.arange(total))
     assert rb.overruns == 0
@@ -141,13 +148,7 @@ def test_thread_safety_with_overruns_accounts_every_sample():
     rb = RingBuffer(1000, dtype=np.float64)
     th = threading.Thread(target=_writer, args=(rb, total, 2))
     th.start()
-    parts = []
-    while True:
-        x = rb.read(timeout=1.0)
-        if x.size == 0 and rb.closed and rb.available == 0:
-            break
-        parts.append(x)
-        time.sleep(0.0002)  # a slow reader
+    parts = _drain(rb, pause=0.0002)  # a slow reader
     th.join()
     out = np.concatenate(parts)
     # what was read is strictly increasing, each read contiguous, and read + dropped == written
