@@ -1,4 +1,5 @@
-"""Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain.
+"""Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain, and the band limits
+of real capture channels (a source sampled at 8 or 11.025 kHz, a telephone line).
 
 Never used on the live path. All outputs are finite float32 in [-1, 1].
 """
@@ -13,6 +14,7 @@ from realtime.audio import SAMPLE_RATE
 
 COLORS = ("white", "pink", "brown")
 MAX_SEMITONES = 1.0  # beyond about one semitone a shift starts to move voices across the gender boundary
+CHANNELS = ("8k", "11k", "telephone")  # see ``channel``
 
 
 def _finite_clip(x: np.ndarray) -> np.ndarray:
@@ -85,10 +87,56 @@ def gain(x: np.ndarray, db: float) -> np.ndarray:
     return _finite_clip(np.asarray(x, dtype=np.float32) * np.float32(10.0 ** (db / 20.0)))
 
 
+def band_limit(x: np.ndarray, source_rate: int, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """What a recording made at ``source_rate`` Hz sounds like after resampling to ``sr``: nothing above
+    ``source_rate / 2``. Resampled down and back up with soxr (the live engine's own resampler)."""
+    import soxr
+
+    x = np.asarray(x, dtype=np.float32)
+    if source_rate >= sr or x.size == 0:
+        return x.copy()
+    y = soxr.resample(soxr.resample(x, sr, source_rate, quality="HQ"), source_rate, sr, quality="HQ")
+    y = y[:x.shape[0]] if y.shape[0] >= x.shape[0] else np.pad(y, (0, x.shape[0] - y.shape[0]))
+    return _finite_clip(y)
+
+
+def telephone(x: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A narrow-band phone line: at 8 kHz, the 300-3400 Hz voice band and 8-bit mu-law (G.711); back at ``sr``."""
+    import soxr
+    from scipy.signal import butter, sosfilt
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    y = soxr.resample(x, sr, 8000, quality="HQ").astype(np.float64)
+    y = sosfilt(butter(4, [300.0, 3400.0], btype="bandpass", fs=8000, output="sos"), y)
+    peak = float(np.max(np.abs(y)))
+    if peak > 1.0:
+        y /= peak
+    mu = 255.0
+    code = np.round(np.sign(y) * np.log1p(mu * np.abs(y)) / np.log1p(mu) * 127.0) / 127.0  # 8-bit mu-law
+    y = np.sign(code) * np.expm1(np.abs(code) * np.log1p(mu)) / mu
+    y = soxr.resample(y.astype(np.float32), 8000, sr, quality="HQ")
+    y = y[:x.shape[0]] if y.shape[0] >= x.shape[0] else np.pad(y, (0, x.shape[0] - y.shape[0]))
+    return _finite_clip(y)
+
+
+def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Pass ``x`` through a named capture channel: '8k' / '11k' (a source sampled at 8 / 11.025 kHz) or
+    'telephone' (``telephone``)."""
+    if name == "8k":
+        return band_limit(x, 8000, sr)
+    if name == "11k":
+        return band_limit(x, 11025, sr)
+    if name == "telephone":
+        return telephone(x, sr)
+    raise ValueError(f"channel must be one of {CHANNELS}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class Augmenter:
-    """Random pitch shift (prob ``p_pitch``), gain, then coloured noise (prob ``p_noise``) at an SNR from
-    ``snr_range``. Calling with the same ``rng`` state gives the same output; ``rng_for`` derives a
+    """Random pitch shift (prob ``p_pitch``), gain, coloured noise (prob ``p_noise``) at an SNR from
+    ``snr_range``, then a capture channel from ``channels`` (prob ``p_channel``). Calling with the same ``rng`` state gives the same output; ``rng_for`` derives a
     generator from (seed, key, copy) so results do not depend on processing order."""
 
     seed: int = 0
@@ -98,6 +146,8 @@ class Augmenter:
     gain_db_range: tuple[float, float] = (-6.0, 6.0)
     p_noise: float = 0.8
     p_pitch: float = 0.5
+    p_channel: float = 0.0
+    channels: tuple[str, ...] = CHANNELS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_semitones <= MAX_SEMITONES:
@@ -105,7 +155,9 @@ class Augmenter:
         bad = [c for c in self.colors if c not in COLORS]
         if bad or not self.colors:
             raise ValueError(f"colors must be a non-empty subset of {COLORS}, got {self.colors}")
-        for name in ("p_noise", "p_pitch"):
+        if any(c not in CHANNELS for c in self.channels) or not self.channels:
+            raise ValueError(f"channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
+        for name in ("p_noise", "p_pitch", "p_channel"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("snr_range", "gain_db_range"):
@@ -113,12 +165,15 @@ class Augmenter:
             if lo > hi:
                 raise ValueError(f"{name} must be (low, high), got {(lo, hi)}")
         object.__setattr__(self, "colors", tuple(self.colors))
+        object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "snr_range", tuple(map(float, self.snr_range)))
         object.__setattr__(self, "gain_db_range", tuple(map(float, self.gain_db_range)))
 
     def to_dict(self) -> dict:
         """Plain-JSON configuration (used in cache keys)."""
         d = asdict(self)
+        if not self.p_channel:  # channels off: the key of an augmenter from before channels existed
+            del d["p_channel"], d["channels"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def rng_for(self, key: str, copy: int = 0, extra_seed: int = 0) -> np.random.Generator:
@@ -135,6 +190,9 @@ class Augmenter:
         db = rng.uniform(*self.gain_db_range)
         snr = rng.uniform(*self.snr_range)
         color = self.colors[int(rng.integers(len(self.colors)))]
+        # drawn only when channels are on, so an augmenter without them reproduces its earlier outputs
+        do_channel = self.p_channel > 0.0 and rng.random() < self.p_channel
+        chan = self.channels[int(rng.integers(len(self.channels)))] if self.p_channel > 0.0 else None
         y = np.asarray(x, dtype=np.float32)
         if do_pitch and semitones != 0.0:
             y = pitch_shift(y, semitones, sr)
@@ -144,4 +202,6 @@ class Augmenter:
         y = gain(y, db)
         if do_noise:
             y = add_noise(y, snr, color, rng, sr=sr)
+        if do_channel:
+            y = channel(y, chan, sr)
         return _finite_clip(y)

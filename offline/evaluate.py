@@ -12,9 +12,11 @@ Two modes:
   folder or CSV manifest, e.g. another corpus.
 
 ``--noise`` adds the same figures with white and pink noise at 20, 10 and 5 dB SNR mixed into the test
-audio (SNR over the whole utterance, deterministic noise per utterance and condition); features are
-re-extracted from the noisy audio and cached like clean ones. Under CV each fold's models are trained once
-and score the clean and every noisy version of that fold's test readers.
+audio (SNR over the whole utterance, deterministic noise per utterance and condition); ``--channel`` with the
+test audio passed through capture channels other than LibriSpeech's wide-band one: a source sampled at
+8 kHz, a telephone line (300-3400 Hz, mu-law) and a recording 20 dB quieter. Features are re-extracted from
+the altered audio and cached like clean ones. Under CV each fold's models are trained once and score the
+clean and every altered version of that fold's test readers.
 """
 from __future__ import annotations
 
@@ -89,6 +91,58 @@ def noise_conditions(seed: int = 0) -> list[FixedNoise]:
     return [FixedNoise(c, s, seed) for c in NOISE_COLORS for s in NOISE_SNRS]
 
 
+@dataclass(frozen=True)
+class FixedChannel:
+    """A deterministic capture channel as an ``extract_corpus`` augmenter: ``offline.augment.channel`` by
+    name ('8k', 'telephone'), or ``gain_-20`` (the recording 20 dB quieter)."""
+
+    kind: str
+
+    LABELS = {"8k": "8 kHz source", "telephone": "telephone (300-3400 Hz, mu-law)", "gain_-20": "20 dB quieter"}
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.LABELS:
+            raise ValueError(f"kind must be one of {sorted(self.LABELS)}, got {self.kind!r}")
+
+    @property
+    def name(self) -> str:
+        return f"channel_{self.kind}"
+
+    @property
+    def label(self) -> str:
+        return self.LABELS[self.kind]
+
+    def to_dict(self) -> dict:
+        return {"kind": "fixed_channel", "version": 1, "channel": self.kind}
+
+    def rng_for(self, key: str, copy: int = 0, extra_seed: int = 0) -> np.random.Generator:
+        return np.random.default_rng(0)  # nothing random
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None, *, sr: int = 16000) -> np.ndarray:
+        from .augment import channel, gain
+
+        return gain(x, -20.0) if self.kind == "gain_-20" else channel(x, self.kind, sr)
+
+
+CHANNEL_KINDS = ("8k", "telephone", "gain_-20")
+
+
+def channel_conditions() -> list[FixedChannel]:
+    return [FixedChannel(k) for k in CHANNEL_KINDS]
+
+
+def altered_conditions(*, noise: bool, channel: bool, seed: int = 0) -> list[tuple[str, FixedNoise | FixedChannel]]:
+    """(result section, condition) for every altered version of the test audio asked for."""
+    return ([("noise", c) for c in noise_conditions(seed)] if noise else []) + \
+        ([("channel", c) for c in channel_conditions()] if channel else [])
+
+
+def _condition_entry(cond) -> dict:
+    if isinstance(cond, FixedNoise):
+        return {"color": cond.color, "snr_db": cond.snr_db, "label": f"{cond.color} {cond.snr_db:g} dB"}
+    return {"channel": cond.kind, "label": cond.label}
+
+
 # --- scoring helpers -----------------------------------------------------------------------------------
 
 @dataclass
@@ -142,14 +196,13 @@ def _as_float(p) -> np.ndarray:
 
 # --- feature extraction --------------------------------------------------------------------------------
 
-def _extract_all(utterances, *, noise: bool, seed: int, extract_kwargs: dict) -> dict:
+def _extract_all(utterances, *, conditions: list, extract_kwargs: dict) -> dict:
     """{'clean': WindowSet, 'white_20': WindowSet, ...} over all utterances (cached by extract_corpus)."""
     from .dataset import extract_corpus
 
     sets = {"clean": extract_corpus(utterances, **extract_kwargs)}
-    if noise:
-        for cond in noise_conditions(seed):
-            sets[cond.name] = extract_corpus(utterances, augment=cond, copies=1, seed=0, **extract_kwargs)
+    for _, cond in conditions:
+        sets[cond.name] = extract_corpus(utterances, augment=cond, copies=1, seed=0, **extract_kwargs)
     n_clean = len(sets["clean"])
     for name, ws in sets.items():
         if len(ws) != n_clean or not np.array_equal(ws.utt, sets["clean"].utt):
@@ -161,7 +214,7 @@ def _extract_all(utterances, *, noise: bool, seed: int, extract_kwargs: dict) ->
 # --- cross-validation ----------------------------------------------------------------------------------
 
 def _train_config(quick: bool, **overrides):
-    """The release recipe (``TrainConfig()``) or ``TrainConfig.quick()``, with plumbing overrides (cache, jobs)."""
+    """The release recipe (``TrainConfig()``) or ``TrainConfig.quick()``, with overrides (``--set``, cache, jobs)."""
     from .train import TrainConfig
 
     return TrainConfig.quick(**overrides) if quick else TrainConfig(**overrides)
@@ -209,7 +262,8 @@ def _score_trained(models, ws) -> dict[str, np.ndarray]:
 
 
 def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise: bool = False,
-           extract_kwargs: dict | None = None, progress: bool = True, log=print) -> tuple[dict, dict]:
+           channel: bool = False, recipe: dict | None = None, extract_kwargs: dict | None = None,
+           progress: bool = True, log=print) -> tuple[dict, dict]:
     """Reader-disjoint k-fold CV. Returns (result dict for JSON, {condition: Scored} out-of-fold predictions)."""
     from tqdm import tqdm
 
@@ -218,13 +272,14 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
 
     extract_kwargs = dict(extract_kwargs or {})
     t0 = time.perf_counter()
-    sets = _extract_all(utterances, noise=noise, seed=seed, extract_kwargs=extract_kwargs)
+    conditions = altered_conditions(noise=noise, channel=channel, seed=seed)
+    sets = _extract_all(utterances, conditions=conditions, extract_kwargs=extract_kwargs)
     t_features = time.perf_counter() - t0
     clean = sets["clean"]
     folds = reader_folds(utterances, k=k, seed=seed)
     cache = extract_kwargs.get("cache_dir")
-    config = _train_config(quick, seed=seed, jobs=int(extract_kwargs.get("jobs", 2)),
-                           cache_dir=None if cache is None else str(cache))
+    config = _train_config(quick, **{"seed": seed, "jobs": int(extract_kwargs.get("jobs", 2)),
+                                     "cache_dir": None if cache is None else str(cache), **(recipe or {})})
 
     per_fold: dict[str, list[dict]] = {name: [] for name in sets}
     scored: dict[str, list[Scored]] = {name: [] for name in sets}
@@ -287,12 +342,12 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
         "per_reader": M.per_reader_accuracy(pooled["clean"].y, pooled["clean"].p["ensemble"],
                                             pooled["clean"].reader, pooled["clean"].utt),
         "noise": {},
+        "channel": {},
         "fold_readers": fold_info,
         "feature_seconds": round(t_features, 1),
     }
-    for cond in noise_conditions(seed) if noise else []:
-        result["noise"][cond.name] = {"color": cond.color, "snr_db": cond.snr_db,
-                                      "models": _summaries(per_fold[cond.name]),
+    for section, cond in conditions:
+        result[section][cond.name] = {**_condition_entry(cond), "models": _summaries(per_fold[cond.name]),
                                       "pooled": _pooled(pooled[cond.name])}
     return result, pooled
 
@@ -328,7 +383,7 @@ def _bundle_training_readers(meta: dict) -> set[str]:
     return found
 
 
-def run_bundle(utterances, models_dir: Path, *, noise: bool = False, seed: int = 0,
+def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bool = False, seed: int = 0,
                extract_kwargs: dict | None = None, log=print) -> tuple[dict, dict]:
     """Score the bundle in ``models_dir`` on every utterance. Returns (result dict, {condition: Scored})."""
     from realtime.bundle import Bundle
@@ -336,7 +391,8 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, seed: int =
     bundle = Bundle.load(models_dir)
     meta = dict(getattr(bundle, "meta", {}) or {})
     thresholds = _thresholds_of(bundle)
-    sets = _extract_all(utterances, noise=noise, seed=seed, extract_kwargs=dict(extract_kwargs or {}))
+    conditions = altered_conditions(noise=noise, channel=channel, seed=seed)
+    sets = _extract_all(utterances, conditions=conditions, extract_kwargs=dict(extract_kwargs or {}))
     scored = {}
     for name, ws in sets.items():
         scored[name] = Scored(y=ws.y.astype(np.int64), utt=ws.utt, reader=ws.reader, p=_bundle_predict(bundle, ws))
@@ -359,11 +415,11 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, seed: int =
         "pooled": _pooled(clean, thresholds),
         "per_reader": M.per_reader_accuracy(clean.y, clean.p["ensemble"], clean.reader, clean.utt),
         "noise": {},
+        "channel": {},
     }
-    for cond in noise_conditions(seed) if noise else []:
+    for section, cond in conditions:
         s = scored[cond.name]
-        result["noise"][cond.name] = {"color": cond.color, "snr_db": cond.snr_db,
-                                      "models": _single(_metrics_per_model(s, thresholds)),
+        result[section][cond.name] = {**_condition_entry(cond), "models": _single(_metrics_per_model(s, thresholds)),
                                       "pooled": _pooled(s, thresholds)}
     return result, scored
 
@@ -412,8 +468,9 @@ def format_table(result: dict) -> str:
             rows.append([cond, m] + cells)
 
     add("clean", result["models"])
-    for name, entry in result.get("noise", {}).items():
-        add(f"{entry['color']} {entry['snr_db']:g} dB", entry["models"])
+    for section in ("noise", "channel"):
+        for entry in result.get(section, {}).values():
+            add(_label(entry), entry["models"])
     header = ["condition", "model"] + [label for _ in LEVELS for _, label, _ in TABLE_METRICS]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     sep = "  "
@@ -444,6 +501,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _label(entry: dict) -> str:
+    """A condition's row label (results written before labels were stored have colour and SNR only)."""
+    return entry.get("label") or f"{entry['color']} {entry['snr_db']:g} dB"
+
+
 def _md(stat: dict, pct: bool = True) -> str:
     return _fmt(stat, pct).strip()
 
@@ -459,16 +521,17 @@ def format_markdown(result: dict) -> str:
             cells = [_md(result["models"][m][lv][key], pct) for lv in LEVELS for key, _, pct in TABLE_METRICS]
             name = f"**{m}**" if m == "ensemble" else m
             out.append(f"| {name} | " + " | ".join(cells) + " |")
-    if result.get("noise"):
-        comps = [m for m in COMPONENTS if m in result["models"]]
-        out += ["", "**Noise added to the test audio** (ensemble; last columns: each model's window balanced "
-                    "accuracy)", "",
-                "| noise | window bal.acc % | window recall F % | window recall M % | utterance bal.acc % | "
+    comps = [m for m in COMPONENTS if m in result["models"]]
+    for section, title in (("noise", "Noise added to the test audio"),
+                           ("channel", "Test audio through other capture channels")):
+        if not result.get(section):
+            continue
+        out += ["", f"**{title}** (ensemble; last columns: each model's window balanced accuracy)", "",
+                f"| {section} | window bal.acc % | window recall F % | window recall M % | utterance bal.acc % | "
                 "utterance recall F % | utterance recall M % | " + " | ".join(f"{m} window bal.acc %" for m in comps)
                 + " |",
                 "|" + "---|" * (7 + len(comps))]
-        rows = [("clean", result["models"])] + [(f"{e['color']} {e['snr_db']:g} dB", e["models"])
-                                                 for e in result["noise"].values()]
+        rows = [("clean", result["models"])] + [(_label(e), e["models"]) for e in result[section].values()]
         for label, models in rows:
             e = models["ensemble"]
             cells = [_md(e[lv][k]) for lv in LEVELS for k in ("balanced_accuracy", "recall_female", "recall_male")]
@@ -614,15 +677,26 @@ def evaluate_command(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    from .train import TrainConfig
+
+    try:
+        recipe = TrainConfig.parse_overrides(args.set)
+    except ValueError as e:
+        log(f"error: {e}")
+        return 2
+    if recipe and args.models is not None:
+        log("error: --set changes the training recipe of cross-validation; it has no effect with --models")
+        return 2
     utterances = load_corpus(args.data, subsets=args.subsets, strict=args.strict)
     # stdout carries only the results (table or JSON): whatever training prints meanwhile goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         if args.models is not None:
-            result, scored = run_bundle(utterances, args.models, noise=args.noise, seed=args.seed,
-                                        extract_kwargs=extract_kwargs, log=log)
+            result, scored = run_bundle(utterances, args.models, noise=args.noise, channel=args.channel,
+                                        seed=args.seed, extract_kwargs=extract_kwargs, log=log)
         else:
             result, scored = run_cv(utterances, k=args.cv, seed=args.seed, quick=args.quick, noise=args.noise,
-                                    extract_kwargs=extract_kwargs, progress=progress, log=log)
+                                    channel=args.channel, recipe=recipe, extract_kwargs=extract_kwargs,
+                                    progress=progress, log=log)
     from .dataset import extract_corpus  # cached: only for the summary
 
     clean_ws = extract_corpus(utterances, **{**extract_kwargs, "progress": False})
@@ -636,7 +710,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     # Stable key order: summary first, bulky per-fold reader lists and per-reader rows last.
     order = ["mode", "command", "date", "seconds", "machine", "data_summary", "folds", "config", "seed",
-             "thresholds", "targets", "models", "noise", "pooled", "per_reader", "fold_readers"]
+             "thresholds", "targets", "models", "noise", "channel", "pooled", "per_reader", "fold_readers"]
     result = {**{k: result[k] for k in order if k in result}, **{k: v for k, v in result.items() if k not in order}}
     safe = M.json_safe(result)
     text = json.dumps(safe, indent=2)
@@ -673,7 +747,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Without --models: reader-disjoint K-fold cross-validation (train the three models and the "
                     "ensemble on K-1 folds of readers, score on the held-out readers; mean ± std over folds, "
                     "per window and per utterance). With --models DIR: score that bundle on the corpus. "
-                    "--noise adds white/pink noise at 20, 10, 5 dB SNR to the test audio.")
+                    "--noise adds white/pink noise at 20, 10, 5 dB SNR to the test audio; --channel passes it "
+                    "through an 8 kHz source, a telephone line and a 20 dB quieter recording.")
     add_corpus_arguments(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--models", type=Path, metavar="DIR", help="score the trained bundle in DIR (e.g. models/)")
@@ -681,11 +756,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="folds of reader-disjoint cross-validation (default: %(default)s)")
     p.add_argument("--noise", action="store_true",
                    help="also score with white and pink noise at 20, 10 and 5 dB SNR added to the test audio")
+    p.add_argument("--channel", action="store_true",
+                   help="also score the test audio through other capture channels: sampled at 8 kHz, a telephone "
+                        "line (300-3400 Hz, mu-law), 20 dB quieter")
     p.add_argument("--quick", action="store_true", help="CV: train with TrainConfig.quick() (smoke tests)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment and noise seed (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (the table then goes to stderr)")
     p.add_argument("--plots", type=Path, metavar="DIR",
                    help="write PNG figures, evaluation.json, table.txt, table.md and predictions.npz to DIR")
+    from .train import add_recipe_argument
+
+    add_recipe_argument(p)
     p.set_defaults(func=evaluate_command)
     return p

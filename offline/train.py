@@ -36,6 +36,7 @@ Protocol of ``fit_all`` (one call = one trained ensemble):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -79,6 +80,7 @@ class TrainConfig:
     aug_p_pitch: float = 0.5
     aug_max_semitones: float = 1.0
     aug_gain_db: tuple[float, float] = (-6.0, 6.0)
+    aug_p_channel: float = 0.0             # share of augmented copies passed through an 8k/11k/telephone channel
     channel_db: float = 6.0                # on-the-fly random channel EQ for the CNNs (0: off)
     time_masks: int = 1                    # on-the-fly time masks per window for the CNNs (0: off)
     warp: float = 0.0                      # on-the-fly frequency warping 1 +- warp for the CNNs (0: off)
@@ -117,10 +119,29 @@ class TrainConfig:
         base.update(overrides)
         return cls(**base)
 
+    @classmethod
+    def parse_overrides(cls, items: list[str] | None) -> dict:
+        """``['aug_p_channel=0.3', 'epochs=10']`` -> typed overrides; each value is parsed as JSON when it
+        can be (numbers, lists, true/false), as a string otherwise. Unknown keys are an error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        out = {}
+        for item in items or []:
+            key, sep, text = item.partition("=")
+            key = key.strip()
+            if not sep or key not in fields:
+                raise ValueError(f"--set expects KEY=VALUE with KEY a TrainConfig field, got {item!r} "
+                                 f"(fields: {', '.join(sorted(fields))})")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            out[key] = tuple(value) if isinstance(value, list) else value
+        return out
+
     def augmenter(self) -> Augmenter:
         return Augmenter(seed=self.seed, snr_range=tuple(self.aug_snr_range), p_noise=self.aug_p_noise,
                          p_pitch=self.aug_p_pitch, max_semitones=self.aug_max_semitones,
-                         gain_db_range=tuple(self.aug_gain_db))
+                         gain_db_range=tuple(self.aug_gain_db), p_channel=self.aug_p_channel)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -643,6 +664,12 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
 
 # --- command line ------------------------------------------------------------------------------------
 
+def add_recipe_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the training recipe (offline.train.TrainConfig), repeatable, "
+                        "e.g. --set aug_p_channel=0 --set epochs=10")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """``python -m offline train --data DIR_OR_CSV --out models/ [--quick] [--seed N] [--jobs N] [--json]``."""
     from .cli import add_corpus_arguments
@@ -658,6 +685,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny configuration for smoke tests (2 epochs, few trees)")
     p.add_argument("--seed", type=int, default=0, help="seed of splits, augmentation and models (default: 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_recipe_argument(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -671,7 +699,12 @@ def run_train(args: argparse.Namespace) -> int:
     progress = not (args.json or args.no_progress)
     cache_dir = None if args.no_cache else str(args.cache)
     make = TrainConfig.quick if args.quick else TrainConfig
-    config = make(seed=args.seed, jobs=args.jobs, cache_dir=cache_dir)
+    try:
+        overrides = TrainConfig.parse_overrides(args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config = make(**{"seed": args.seed, "jobs": args.jobs, "cache_dir": cache_dir, **overrides})
     t0 = time.perf_counter()
     utterances = load_corpus(args.data, subsets=args.subsets, strict=args.strict)
     ws = extract_corpus(utterances, jobs=args.jobs, cache_dir=cache_dir, progress=progress, strict=args.strict)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from offline.augment import Augmenter, add_noise, colored_noise, gain, pitch_shift
+from offline.augment import Augmenter, add_noise, band_limit, channel, colored_noise, gain, pitch_shift, telephone
 from offline.librispeech import load_librispeech
 from realtime.audio import load_audio
 
@@ -120,3 +120,43 @@ def test_augmenter_output_bounded_on_loud_input(female):
     for copy in range(3):
         y = aug(loud[: 2 * SR], aug.rng_for("loud", copy))
         assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
+
+
+def _band_power_db(x: np.ndarray, lo: float, hi: float) -> float:
+    """Share of the power of ``x`` between lo and hi Hz, in dB."""
+    f, pxx = scipy.signal.welch(x.astype(np.float64), fs=SR, nperseg=1024)
+    return 10 * np.log10(pxx[(f >= lo) & (f < hi)].sum() / pxx.sum())
+
+
+def test_band_limit_removes_what_an_8k_source_cannot_hold(female):
+    assert _band_power_db(female, 4200, 8000) > -35  # a wide-band recording has real content up there
+    y = band_limit(female, 8000)
+    assert y.shape == female.shape and y.dtype == np.float32
+    assert _band_power_db(y, 4200, 8000) < -60
+    # the voice band is kept: the signals agree below 3.5 kHz
+    sos = scipy.signal.butter(8, 3500, fs=SR, output="sos")
+    a, b = scipy.signal.sosfiltfilt(sos, female), scipy.signal.sosfiltfilt(sos, y)
+    assert np.corrcoef(a, b)[0, 1] > 0.999
+    assert np.array_equal(band_limit(female, 16000), female)
+
+
+def test_telephone_keeps_only_the_voice_band(female):
+    y = telephone(female)
+    assert y.shape == female.shape and np.all(np.abs(y) <= 1.0)
+    assert _band_power_db(y, 4200, 8000) < -50
+    assert _band_power_db(y, 0, 150) < _band_power_db(female, 0, 150) - 15
+    assert _band_power_db(y, 300, 3400) > -1.0
+    with pytest.raises(ValueError, match="channel must be one of"):
+        channel(female, "carrier-pigeon")
+
+
+def test_augmenter_channels_off_reproduce_earlier_outputs(female):
+    """p_channel=0 draws no extra random numbers and keeps the cache key of an augmenter without channels."""
+    off = Augmenter(seed=3)
+    assert "p_channel" not in off.to_dict()
+    assert "p_channel" in Augmenter(seed=3, p_channel=0.5).to_dict()
+    on = Augmenter(seed=3, p_channel=1.0, channels=("8k",), p_noise=0.0)
+    a = on(female[:SR * 2], on.rng_for("u", 0))
+    assert _band_power_db(a, 4200, 8000) < -60
+    with pytest.raises(ValueError, match="channels must be"):
+        Augmenter(channels=("cb-radio",))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from offline import metrics as M
-from offline.evaluate import FixedNoise, noise_conditions
+from offline.evaluate import FixedChannel, FixedNoise, channel_conditions, format_table, noise_conditions
+from offline.train import TrainConfig
 
 from .data import LIBRISPEECH, readers_by_gender
 
@@ -153,6 +154,28 @@ def test_fixed_noise_is_deterministic_and_exact():
     assert white10.to_dict() != FixedNoise("white", 10, seed=1).to_dict()
 
 
+def test_fixed_channels_and_their_labels():
+    x = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    names = [c.name for c in channel_conditions()]
+    assert names == ["channel_8k", "channel_telephone", "channel_gain_-20"]
+    quiet = FixedChannel("gain_-20")
+    assert np.allclose(quiet(x), x * 0.1, atol=1e-6)
+    narrow = FixedChannel("8k")
+    assert np.array_equal(narrow(x, narrow.rng_for("a")), narrow(x, narrow.rng_for("b")))  # nothing random
+    with pytest.raises(ValueError, match="kind must be one of"):
+        FixedChannel("fax")
+
+
+def test_recipe_overrides_are_typed_and_checked():
+    o = TrainConfig.parse_overrides(["aug_p_channel=0.3", "epochs=7", "lr_schedule=cosine", "aug_gain_db=[-3, 3]"])
+    assert o == {"aug_p_channel": 0.3, "epochs": 7, "lr_schedule": "cosine", "aug_gain_db": (-3, 3)}
+    assert TrainConfig(**o).augmenter().p_channel == 0.3
+    with pytest.raises(ValueError, match="TrainConfig field"):
+        TrainConfig.parse_overrides(["no_such_knob=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        TrainConfig.parse_overrides(["epochs"])
+
+
 # --- end to end ----------------------------------------------------------------------------------------
 
 def _manifest(path: Path, n_per_gender: int) -> Path:
@@ -235,8 +258,8 @@ def test_bundle_on_a_csv_manifest_with_noise(tmp_path):
         pytest.fail(f"no trained bundle: {BUNDLE_DIR / 'bundle.json'} is missing "
                     f"(train it with `python -m offline train ...` first)")
     data = _manifest(tmp_path / "few.csv", 2)
-    out = _run_cli(["--data", str(data), "--models", str(BUNDLE_DIR), "--noise", "--cache", str(tmp_path / "cache")],
-                   timeout=600)
+    out = _run_cli(["--data", str(data), "--models", str(BUNDLE_DIR), "--noise", "--channel",
+                    "--cache", str(tmp_path / "cache")], timeout=600)
     assert out["mode"] == "bundle" and out["folds"] is None
     assert out["data_summary"]["readers"] == 4 and out["data_summary"]["readers_female"] == 2
     assert set(out["models"]) == {"ensemble", "xgb", "cnn1d", "cnn2d"}
@@ -246,6 +269,10 @@ def test_bundle_on_a_csv_manifest_with_noise(tmp_path):
     for entry in out["noise"].values():
         assert set(entry["models"]) == set(out["models"])
         _check_model_block(entry["models"]["ensemble"], with_std=False)
+    assert set(out["channel"]) == {"channel_8k", "channel_telephone", "channel_gain_-20"}
+    assert out["channel"]["channel_8k"]["label"] == "8 kHz source"
+    table = format_table(out)
+    assert "8 kHz source" in table and "white 10 dB" in table
     # 4 clean utterances of readers from the shared corpus: the bundle should get them right
     assert out["models"]["ensemble"]["utterance"]["balanced_accuracy"]["mean"] >= 0.75
     assert LIBRISPEECH.is_dir()
