@@ -39,12 +39,14 @@ def copy(tmp_path) -> Path:
     return dst
 
 
-def _windows(path, n_max: int = 12):
+def _windows(path, n_max: int = 12, channel: str | None = None):
+    from offline.augment import channel as through
     from offline.windows import iter_windows
 
     fe = FeatureExtractor()
     stats, mfcc = [], []
-    for _, w in iter_windows(load_audio(path), 2.0, 0.5):
+    x = load_audio(path)
+    for _, w in iter_windows(x if channel is None else through(x, channel), 2.0, 0.5):
         s, m = fe.extract(w)
         stats.append(s)
         mfcc.append(m)
@@ -89,6 +91,25 @@ def test_classifies_shared_utterances(bundle):
             z = np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1))
             assert (z.mean() > 0) == (gender == "F"), f"{path.name}: mean p_female {p.mean():.3f}, truth {gender}"
             assert np.mean((p >= 0.5) == (gender == "F")) >= 0.75, path.name
+
+
+@pytest.mark.parametrize("channel", ["8k", "telephone"])
+def test_band_limited_audio_keeps_its_gender(bundle, channel):
+    """Phone lines and 8 kHz recorders hold nothing above 4 kHz. The bundle trained without band-limited copies
+    called female voices male there: 77 % (8 kHz source) and 82 % (telephone) per-window balanced accuracy on
+    these 24 training readers, whose clean windows it got 98 % right. The release: 92 % and 93 % (reader 118,
+    a male voice every model hears as female, and two low female voices hold it there)."""
+    stats, mfcc, y = [], [], []
+    for gender, paths in readers_by_gender(12).items():
+        for path in paths:
+            s, m = _windows(path, channel=channel)
+            stats.append(s)
+            mfcc.append(m)
+            y += [gender == "F"] * len(s)
+    p = bundle.predict(np.concatenate(stats), np.concatenate(mfcc))["p_female"]
+    y = np.array(y)
+    recall_f, recall_m = np.mean(p[y] >= 0.5), np.mean(p[~y] < 0.5)
+    assert (recall_f + recall_m) / 2 >= 0.88, (recall_f, recall_m)
 
 
 def test_predict_one_matches_predict_and_is_fast(bundle):

@@ -167,23 +167,6 @@ def test_other_rates_and_stereo_are_resampled(bundle, voices, tmp_path):
         assert summarise(events, engine)["label"] == "female", (rate, channels)
 
 
-@pytest.mark.parametrize("channel", ["8k", "telephone"])
-def test_band_limited_sources_keep_their_gender(bundle, channel):
-    """Phone lines and 8 kHz recorders hold nothing above 4 kHz: the released bundle must still tell
-    female from male. On 24 readers (12 F / 12 M; one male reader, 118, sounds female even on clean audio),
-    the bundle trained without band-limited copies got 20 right through either channel, against 23 clean."""
-    from offline.augment import channel as through
-
-    verdicts = []
-    for g, paths in readers_by_gender(12).items():
-        for path in paths:
-            engine = Engine(bundle)
-            events = list(engine.run(_chunks(through(load_audio(path), channel))))
-            verdicts.append((path.name, g, summarise(events, engine)["label"]))
-    right = [v for v in verdicts if v[2] == {"F": "female", "M": "male"}[v[1]]]
-    assert len(right) >= 22, verdicts
-
-
 def test_corrupt_truncated_and_empty_files(bundle, voices, tmp_path):
     bad = tmp_path / "bad.flac"
     bad.write_bytes(b"fLaC" + bytes(range(256)) * 8)
