@@ -133,6 +133,8 @@ def _classify(args) -> int:
         else:
             p = "-" if result["p_female"] is None else f"{result['p_female']:.3f}"
             print(f"{path}\t{result['label']}\tp_female={p}\tspeech={result['speech_seconds']:.1f}s\twindows={result['windows']}")
+            if result.get("warning"):
+                print(f"{path}: warning: {result['warning']}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -29,6 +29,9 @@ Decisions, measured with ``python -m offline engine-eval`` on 51 readers held ou
   voice may be someone else.
 * Consecutive windows end on whole STFT hops of the speech stream, so ``StreamingExtractor``
   computes only the frames that are new (about 25 of 87 per 0.5 s hop).
+* Each classified window's level (RMS, dB re full scale) is reported, and ``summarise`` warns when a
+  recording's speech sits outside ``level_range_dbfs``: the features carry the input level, and in
+  reader-disjoint CV audio 20 dB quieter than LibriSpeech's lost 2.3 points (male recall 96 -> 88.5 %).
 """
 from __future__ import annotations
 
@@ -61,6 +64,8 @@ class EngineConfig:
     forget_s: float = 2.0
     hysteresis: float = 0.1
     speech_only: bool = True  # False: windows hold all audio (pauses too), as training windows do
+    # speech levels the models know: 98 % of the training windows lie in -39..-18 dBFS (median -25.5)
+    level_range_dbfs: tuple[float, float] = (-42.0, -14.0)
 
     def __post_init__(self):
         frame_s = VAD_FRAME_MS / 1000
@@ -221,7 +226,7 @@ class Engine:
         dt = hop.frames * self.frame_samples / SAMPLE_RATE
         stages = hop.stages
         speech = hop.speech_frames >= cfg.speech_fraction * hop.frames
-        window_p = None
+        window_p = level = None
         if speech and self.speech.size >= self.first_samples and self._new_speech >= self.min_new:
             t0 = time.perf_counter()
             window, start = self._window()
@@ -229,6 +234,7 @@ class Engine:
             t1 = time.perf_counter()
             self.last_window = (window.copy(), stats, mfcc)  # what was classified (a copy: the buffer moves on)
             window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
+            level = 10.0 * math.log10(max(float(np.dot(window, window)) / window.size, 1e-12))
             self._classified = True
             stages["features"] = (t1 - t0) * 1000
             stages.update(model_ms)
@@ -244,6 +250,7 @@ class Engine:
             "label": est.label,
             "p_female": None if est.p_female is None else round(float(est.p_female), 4),
             "window_p_female": None if window_p is None else round(float(window_p), 4),
+            "level_dbfs": None if level is None else round(level, 1),
             "speech": bool(speech),
             "confidence": round(float(est.confidence), 4),
             "compute_ms": round(sum(stages.values()), 3),
@@ -271,16 +278,35 @@ class Engine:
         return event
 
 
+def level_warning(level_dbfs: float | None, level_range_dbfs: tuple[float, float]) -> str | None:
+    """A hint when speech at ``level_dbfs`` lies outside the levels the models were trained on, else None."""
+    if level_dbfs is None:
+        return None
+    lo, hi = level_range_dbfs
+    if level_dbfs < lo:
+        return (f"speech at {level_dbfs:.0f} dBFS is quieter than the training audio ({lo:.0f}..{hi:.0f} dBFS): "
+                f"raise the input gain; quiet voices lean female")
+    if level_dbfs > hi:
+        return (f"speech at {level_dbfs:.0f} dBFS is louder than the training audio ({lo:.0f}..{hi:.0f} dBFS): "
+                f"lower the input gain")
+    return None
+
+
 def summarise(events: list[dict], engine: Engine) -> dict:
     """One verdict for a whole recording: the mean log-odds of its classified windows, as evaluation
     scores utterances. ``label`` is female, male or unknown (no speech, or p in the uncertain band);
-    ``decision`` says which of female / male / uncertain / no speech it was."""
+    ``decision`` says which of female / male / uncertain / no speech it was; ``level_dbfs`` is the median
+    level of the classified windows and ``warning`` says when it lies outside the training levels."""
     ps = np.array([e["window_p_female"] for e in events if e["window_p_female"] is not None], dtype=np.float64)
     speech_s = round(engine.speech_samples / SAMPLE_RATE, 2)
     if ps.size == 0:
-        return {"label": "unknown", "decision": "no speech", "p_female": None, "windows": 0, "speech_seconds": speech_s}
+        return {"label": "unknown", "decision": "no speech", "p_female": None, "windows": 0, "speech_seconds": speech_s,
+                "level_dbfs": None, "warning": None}
+    levels = [e["level_dbfs"] for e in events if e.get("level_dbfs") is not None]
+    level = round(float(np.median(levels)), 1) if levels else None
     ps = np.clip(ps, 1e-4, 1 - 1e-4)
     p = 1.0 / (1.0 + math.exp(-float(np.mean(np.log(ps / (1 - ps))))))
     decision = engine.bundle.label(p)
     return {"label": decision if decision in ("female", "male") else "unknown", "decision": decision,
-            "p_female": round(p, 4), "windows": int(ps.size), "speech_seconds": speech_s}
+            "p_female": round(p, 4), "windows": int(ps.size), "speech_seconds": speech_s, "level_dbfs": level,
+            "warning": level_warning(level, engine.config.level_range_dbfs)}

@@ -469,7 +469,7 @@ class _Stream:
         self._track(events)
         for ev in events:
             self.n_events += 1
-            self.window_ps.append({"window_p_female": ev.get("window_p_female")})
+            self.window_ps.append({"window_p_female": ev.get("window_p_female"), "level_dbfs": ev.get("level_dbfs")})
             self.send_watch.arm()
             await self.conn.send(encode(ev))
             self.send_watch.disarm()

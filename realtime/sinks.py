@@ -27,7 +27,7 @@ __all__ = [
     "SINK_FORMATS", "clean_event",
 ]
 
-EVENT_KEYS = ("t", "label", "p_female", "window_p_female", "speech", "compute_ms")
+EVENT_KEYS = ("t", "label", "p_female", "window_p_female", "level_dbfs", "speech", "compute_ms")
 LABEL_STYLES = {"female": "bold magenta", "male": "bold cyan", "uncertain": "bold yellow", "no speech": "dim"}
 
 
@@ -164,6 +164,7 @@ class ConsoleSink(Sink):
         self._last_label: str | None = None
         self._n = 0
         self._overruns = 0
+        self._level: float | None = None  # level of the last classified window
         if self.console.is_terminal:
             from rich.live import Live
 
@@ -198,6 +199,14 @@ class ConsoleSink(Sink):
         table.add_row("p_female", Text(f"{_fmt_p(p)}   window {_fmt_p(ev.get('window_p_female'))}"))
         table.add_row("", gauge)
         table.add_row("speech", Text("● speaking" if speech else "○ silent", style="green" if speech else "dim"))
+        if ev.get("level_dbfs") is not None:
+            self._level = ev["level_dbfs"]
+        if self._level is not None:
+            from .engine import EngineConfig, level_warning
+
+            hint = level_warning(self._level, EngineConfig.level_range_dbfs)
+            table.add_row("level", Text(f"{self._level:.0f} dBFS" + (f"   {hint}" if hint else ""),
+                                        style="yellow" if hint else ""))
         stages = ev.get("stages_ms") or {}
         lat = "  ".join(f"{k} {v:.2f}" for k, v in stages.items() if isinstance(v, (int, float)))
         cm = ev.get("compute_ms")
@@ -217,6 +226,7 @@ class ConsoleSink(Sink):
                  f"p_female={_fmt_p(ev.get('p_female'))}",
                  f"window={_fmt_p(ev.get('window_p_female'))}",
                  "speech" if ev.get("speech") else "silent",
+                 f"level={ev['level_dbfs']:.0f}dBFS" if isinstance(ev.get("level_dbfs"), (int, float)) else "",
                  f"{cm:.1f}ms" if isinstance(cm, (int, float)) else ""]
         if self._overruns:
             parts.append(f"overruns={self._overruns}")

@@ -219,6 +219,25 @@ def test_cli_classify_json_and_bad_file(voices, tmp_path):
     assert "error" in rows[2] and "garbage.wav" in rows[2]["error"]
 
 
+def test_quiet_recording_is_flagged(voices, tmp_path):
+    """Speech far below the training levels gets a warning (the features carry the level), normal speech none;
+    every classified window reports its level."""
+    path = voices["M"][1]
+    y, sr = sf.read(path, dtype="float32")
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, y * 10 ** (-25 / 20), sr)
+    out = _run_cli("classify", path, quiet, "--json")
+    assert out.returncode == 0, out.stderr.decode()
+    normal, low = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    assert normal["warning"] is None and -40 < normal["level_dbfs"] < -14
+    assert low["level_dbfs"] < normal["level_dbfs"] - 20  # not exactly 25: the VAD keeps its louder frames
+    assert "raise the input gain" in low["warning"]
+    out = _run_cli("classify", quiet)
+    assert "warning: speech at" in out.stderr.decode()
+    events = _events(Bundle.load(), _chunks(y))
+    assert all((e["level_dbfs"] is None) == (e["window_p_female"] is None) for e in events)
+
+
 def test_cli_csv_and_wrong_rate_option(voices):
     out = _run_cli("stream", "--source", f"file:{voices['F'][0]}", "--format", "csv")
     lines = out.stdout.decode().splitlines()

@@ -31,7 +31,7 @@ from .data import readers_by_gender
 
 REPO = Path(__file__).resolve().parents[1]
 GENDER = {"F": "female", "M": "male"}
-EVENT_KEYS = {"t", "label", "p_female", "window_p_female", "speech", "confidence", "compute_ms", "stages_ms"}
+EVENT_KEYS = {"t", "label", "p_female", "window_p_female", "level_dbfs", "speech", "confidence", "compute_ms", "stages_ms"}
 LABELS = {"female", "male", "uncertain", "no speech"}
 
 

@@ -21,7 +21,7 @@ from realtime.server import ServerConfig, ServerThread, engine_factory
 
 from .data import readers_by_gender
 
-EVENT_KEYS = {"t", "label", "p_female", "window_p_female", "speech", "confidence", "compute_ms", "stages_ms"}
+EVENT_KEYS = {"t", "label", "p_female", "window_p_female", "level_dbfs", "speech", "confidence", "compute_ms", "stages_ms"}
 FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
 

@@ -19,6 +19,7 @@ def _events(n=30):
             "label": ("female" if i < 15 else "male") if speech else "no speech",
             "p_female": (0.9 - 0.03 * i) if speech else None,
             "window_p_female": np.float32(0.9 - 0.03 * i) if speech else float("nan"),
+            "level_dbfs": (-25.0 - 1.0 * i) if speech else None,
             "speech": speech,
             "compute_ms": 1.23456789,
             "stages_ms": {"vad": 0.0123456, "features": 1.1, "model": np.float64(0.12345678)},
@@ -82,7 +83,7 @@ def test_console_sink_plain_when_not_a_tty():
     assert "\x1b[" not in out  # no escape codes in a pipe
     lines = out.splitlines()
     assert len(lines) == 30
-    assert "female" in lines[6] and "speech" in lines[6] and "p_female=" in lines[6]
+    assert "female" in lines[6] and "speech" in lines[6] and "p_female=" in lines[6] and "dBFS" in lines[6]
     assert "overruns=2" in lines[-1]
     # changes_only: one line per label change
     buf = io.StringIO()
@@ -104,6 +105,8 @@ def test_console_sink_live_on_a_terminal():
     out = buf.getvalue()
     # the final frame (Live redraws in place) shows the last event
     assert "NO SPEECH" in out and "overruns 2" in out and "features" in out and "◀" in out
+    # the last classified window was at -49 dBFS, below the training levels: the level row says so
+    assert "-49 dBFS" in out and "raise the input gain" in out
 
 
 def test_gauge_marks_position():
