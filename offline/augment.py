@@ -87,38 +87,47 @@ def gain(x: np.ndarray, db: float) -> np.ndarray:
     return _finite_clip(np.asarray(x, dtype=np.float32) * np.float32(10.0 ** (db / 20.0)))
 
 
-def band_limit(x: np.ndarray, source_rate: int, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """What a recording made at ``source_rate`` Hz sounds like after resampling to ``sr``: nothing above
-    ``source_rate / 2``. Resampled down and back up with soxr (the live engine's own resampler)."""
+def _round_trip(x: np.ndarray, rate: int, sr: int, inner=None) -> np.ndarray:
+    """``x`` resampled to ``rate`` (soxr, the live engine's resampler), through ``inner``, and back to ``sr``
+    at its own length."""
     import soxr
 
-    x = np.asarray(x, dtype=np.float32)
-    if source_rate >= sr or x.size == 0:
-        return x.copy()
-    y = soxr.resample(soxr.resample(x, sr, source_rate, quality="HQ"), source_rate, sr, quality="HQ")
+    y = soxr.resample(x, sr, rate, quality="HQ")
+    if inner is not None:
+        y = inner(y).astype(np.float32)
+    y = soxr.resample(y, rate, sr, quality="HQ")
     y = y[:x.shape[0]] if y.shape[0] >= x.shape[0] else np.pad(y, (0, x.shape[0] - y.shape[0]))
     return _finite_clip(y)
 
 
+def band_limit(x: np.ndarray, source_rate: int, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """What a recording made at ``source_rate`` Hz sounds like after resampling to ``sr``: nothing above
+    ``source_rate / 2``."""
+    x = np.asarray(x, dtype=np.float32)
+    if source_rate >= sr or x.size == 0:
+        return x.copy()
+    return _round_trip(x, source_rate, sr)
+
+
 def telephone(x: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """A narrow-band phone line: at 8 kHz, the 300-3400 Hz voice band and 8-bit mu-law (G.711); back at ``sr``."""
-    import soxr
     from scipy.signal import butter, sosfilt
 
     x = np.asarray(x, dtype=np.float32)
     if x.size == 0:
         return x.copy()
-    y = soxr.resample(x, sr, 8000, quality="HQ").astype(np.float64)
-    y = sosfilt(butter(4, [300.0, 3400.0], btype="bandpass", fs=8000, output="sos"), y)
-    peak = float(np.max(np.abs(y)))
-    if peak > 1.0:
-        y /= peak
-    mu = 255.0
-    code = np.round(np.sign(y) * np.log1p(mu * np.abs(y)) / np.log1p(mu) * 127.0) / 127.0  # 8-bit mu-law
-    y = np.sign(code) * np.expm1(np.abs(code) * np.log1p(mu)) / mu
-    y = soxr.resample(y.astype(np.float32), 8000, sr, quality="HQ")
-    y = y[:x.shape[0]] if y.shape[0] >= x.shape[0] else np.pad(y, (0, x.shape[0] - y.shape[0]))
-    return _finite_clip(y)
+    band = butter(4, [300.0, 3400.0], btype="bandpass", fs=8000, output="sos")
+
+    def line(y: np.ndarray) -> np.ndarray:
+        y = sosfilt(band, y.astype(np.float64))
+        peak = float(np.max(np.abs(y)))
+        if peak > 1.0:
+            y /= peak
+        mu = 255.0
+        code = np.round(np.sign(y) * np.log1p(mu * np.abs(y)) / np.log1p(mu) * 127.0) / 127.0  # 8-bit mu-law
+        return np.sign(code) * np.expm1(np.abs(code) * np.log1p(mu)) / mu
+
+    return _round_trip(x, 8000, sr, line)
 
 
 def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -136,8 +145,9 @@ def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
 @dataclass(frozen=True)
 class Augmenter:
     """Random pitch shift (prob ``p_pitch``), gain, coloured noise (prob ``p_noise``) at an SNR from
-    ``snr_range``, then a capture channel from ``channels`` (prob ``p_channel``). Calling with the same ``rng`` state gives the same output; ``rng_for`` derives a
-    generator from (seed, key, copy) so results do not depend on processing order."""
+    ``snr_range``, then a capture channel from ``channels`` (prob ``p_channel``). Calling with the same
+    ``rng`` state gives the same output; ``rng_for`` derives a generator from (seed, key, copy) so results
+    do not depend on processing order."""
 
     seed: int = 0
     snr_range: tuple[float, float] = (5.0, 30.0)
