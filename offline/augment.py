@@ -1,5 +1,5 @@
-"""Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain, and the band limits
-of real capture channels (a source sampled at 8 or 11.025 kHz, a telephone line).
+"""Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain, and real capture
+channels (a source sampled at 8 or 11.025 kHz, a telephone line, low-bitrate MP3 and Opus).
 
 Never used on the live path. All outputs are finite float32 in [-1, 1].
 """
@@ -14,7 +14,10 @@ from realtime.audio import SAMPLE_RATE
 
 COLORS = ("white", "pink", "brown")
 MAX_SEMITONES = 1.0  # beyond about one semitone a shift starts to move voices across the gender boundary
-CHANNELS = ("8k", "11k", "telephone")  # see ``channel``
+CHANNELS = ("8k", "11k", "telephone", "mp3", "opus")  # see ``channel``
+# low-bitrate lossy codecs through libsndfile (soundfile's wheel bundles LAME/mpg123 and Opus):
+# (container, subtype, compression level); at 16 kHz mono these come out near 21 and 9 kbit/s
+CODECS = {"mp3": ("MP3", "MPEG_LAYER_III", 0.99), "opus": ("OGG", "OPUS", 0.99)}
 
 
 def _finite_clip(x: np.ndarray) -> np.ndarray:
@@ -130,15 +133,37 @@ def telephone(x: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return _round_trip(x, 8000, sr, line)
 
 
+def lossy(x: np.ndarray, codec: str, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """``x`` encoded with a low-bitrate lossy codec ('mp3' or 'opus', see ``CODECS``) and decoded again."""
+    import io
+
+    import soundfile as sf
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    container, subtype, level = CODECS[codec]
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format=container, subtype=subtype, compression_level=level)
+    buf.seek(0)
+    y, rate = sf.read(buf, dtype="float32")
+    if rate != sr:
+        raise RuntimeError(f"{codec} round trip came back at {rate} Hz, not {sr}")
+    y = y[:x.shape[0]] if y.shape[0] >= x.shape[0] else np.pad(y, (0, x.shape[0] - y.shape[0]))
+    return _finite_clip(y)
+
+
 def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Pass ``x`` through a named capture channel: '8k' / '11k' (a source sampled at 8 / 11.025 kHz) or
-    'telephone' (``telephone``)."""
+    """Pass ``x`` through a named capture channel: '8k' / '11k' (a source sampled at 8 / 11.025 kHz),
+    'telephone' (``telephone``), or 'mp3' / 'opus' (``lossy``)."""
     if name == "8k":
         return band_limit(x, 8000, sr)
     if name == "11k":
         return band_limit(x, 11025, sr)
     if name == "telephone":
         return telephone(x, sr)
+    if name in CODECS:
+        return lossy(x, name, sr)
     raise ValueError(f"channel must be one of {CHANNELS}, got {name!r}")
 
 

@@ -14,7 +14,8 @@ Two modes:
 ``--noise`` adds the same figures with white and pink noise at 20, 10 and 5 dB SNR mixed into the test
 audio (SNR over the whole utterance, deterministic noise per utterance and condition); ``--channel`` with the
 test audio passed through capture channels other than LibriSpeech's wide-band one: a source sampled at
-8 kHz, a telephone line (300-3400 Hz, mu-law) and a recording 20 dB quieter. Features are re-extracted from
+8 kHz, a telephone line (300-3400 Hz, mu-law), MP3 at ~21 kbit/s, Opus at ~9 kbit/s and a recording 20 dB
+quieter. Features are re-extracted from
 the altered audio and cached like clean ones. Under CV each fold's models are trained once and score the
 clean and every altered version of that fold's test readers.
 """
@@ -94,11 +95,12 @@ def noise_conditions(seed: int = 0) -> list[FixedNoise]:
 @dataclass(frozen=True)
 class FixedChannel:
     """A deterministic capture channel as an ``extract_corpus`` augmenter: ``offline.augment.channel`` by
-    name ('8k', 'telephone'), or ``gain_-20`` (the recording 20 dB quieter)."""
+    name ('8k', 'telephone', 'mp3', 'opus'), or ``gain_-20`` (the recording 20 dB quieter)."""
 
     kind: str
 
-    LABELS = {"8k": "8 kHz source", "telephone": "telephone (300-3400 Hz, mu-law)", "gain_-20": "20 dB quieter"}
+    LABELS = {"8k": "8 kHz source", "telephone": "telephone (300-3400 Hz, mu-law)", "mp3": "MP3, ~21 kbit/s",
+              "opus": "Opus, ~9 kbit/s", "gain_-20": "20 dB quieter"}
 
     def __post_init__(self) -> None:
         if self.kind not in self.LABELS:
@@ -124,7 +126,7 @@ class FixedChannel:
         return gain(x, -20.0) if self.kind == "gain_-20" else channel(x, self.kind, sr)
 
 
-CHANNEL_KINDS = ("8k", "telephone", "gain_-20")
+CHANNEL_KINDS = ("8k", "telephone", "mp3", "opus", "gain_-20")
 
 
 def channel_conditions() -> list[FixedChannel]:
@@ -748,7 +750,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "ensemble on K-1 folds of readers, score on the held-out readers; mean ± std over folds, "
                     "per window and per utterance). With --models DIR: score that bundle on the corpus. "
                     "--noise adds white/pink noise at 20, 10, 5 dB SNR to the test audio; --channel passes it "
-                    "through an 8 kHz source, a telephone line and a 20 dB quieter recording.")
+                    "through an 8 kHz source, a telephone line, MP3, Opus and a 20 dB quieter recording.")
     add_corpus_arguments(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--models", type=Path, metavar="DIR", help="score the trained bundle in DIR (e.g. models/)")
@@ -758,7 +760,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also score with white and pink noise at 20, 10 and 5 dB SNR added to the test audio")
     p.add_argument("--channel", action="store_true",
                    help="also score the test audio through other capture channels: sampled at 8 kHz, a telephone "
-                        "line (300-3400 Hz, mu-law), 20 dB quieter")
+                        "line (300-3400 Hz, mu-law), MP3 ~21 kbit/s, Opus ~9 kbit/s, 20 dB quieter")
     p.add_argument("--quick", action="store_true", help="CV: train with TrainConfig.quick() (smoke tests)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment and noise seed (default: %(default)s)")
     p.add_argument("--json", action="store_true",

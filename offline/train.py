@@ -8,7 +8,7 @@ Protocol of ``fit_all`` (one call = one trained ensemble):
 2. Augmentation. Audio domain, when the utterances are given (``train_utterances``): every utterance is
    also decoded ``aug_copies`` (2) times through ``offline.augment.Augmenter`` (coloured noise
    white/pink/brown at 5-30 dB SNR with p=0.8, pitch shift up to +-1 semitone with p=0.5, gain +-6 dB, and
-   with p=0.3 a narrow capture channel: an 8 or 11.025 kHz source or a telephone line) and
+   with p=0.4 a capture channel: an 8 or 11.025 kHz source, a telephone line, MP3 or Opus at a low bitrate) and
    its windows' features are computed exactly as the live engine computes them. They are cached per
    utterance (``cache_dir``/per-utterance), so the folds of a cross-validation and later runs reuse them.
    Feature domain, on the fly for the CNNs, fresh every epoch (``MfccAugment``): a random smooth channel
@@ -81,8 +81,8 @@ class TrainConfig:
     aug_p_pitch: float = 0.5
     aug_max_semitones: float = 1.0
     aug_gain_db: tuple[float, float] = (-6.0, 6.0)
-    aug_p_channel: float = 0.3             # share of augmented copies through an 8k/11k/telephone channel (CV: 8 kHz
-                                           # source 67 -> 93 %, telephone 73 -> 94 %, clean unchanged)
+    aug_p_channel: float = 0.4             # share of augmented copies through a capture channel (8k/11k/telephone/
+                                           # mp3/opus; CV: 8 kHz source 67 -> 93 %, telephone 73 -> 94 %)
     channel_db: float = 6.0                # on-the-fly random channel EQ for the CNNs (0: off)
     time_masks: int = 1                    # on-the-fly time masks per window for the CNNs (0: off)
     warp: float = 0.0                      # on-the-fly frequency warping 1 +- warp for the CNNs (0: off)

@@ -93,12 +93,13 @@ def test_classifies_shared_utterances(bundle):
             assert np.mean((p >= 0.5) == (gender == "F")) >= 0.75, path.name
 
 
-@pytest.mark.parametrize("channel", ["8k", "telephone"])
-def test_band_limited_audio_keeps_its_gender(bundle, channel):
-    """Phone lines and 8 kHz recorders hold nothing above 4 kHz. The bundle trained without band-limited copies
-    called female voices male there: 77 % (8 kHz source) and 82 % (telephone) per-window balanced accuracy on
-    these 24 training readers, whose clean windows it got 98 % right. The release: 92 % and 93 % (reader 118,
-    a male voice every model hears as female, and two low female voices hold it there)."""
+@pytest.mark.parametrize("channel", ["8k", "telephone", "mp3", "opus"])
+def test_band_limited_and_compressed_audio_keep_their_gender(bundle, channel):
+    """Phone lines, 8 kHz recorders and low-bitrate codecs hold nothing in the top octave. The first bundle,
+    trained without such copies, called female voices male there: on these 24 training readers (98 % right on
+    clean windows) it scored 77 % (8 kHz source), 82 % (telephone), 90 % (MP3 ~21 kbit/s) and 90 % (Opus
+    ~9 kbit/s) per-window balanced accuracy. The release: 94 / 94 / 94 / 93 % (reader 118, a male voice every
+    model hears as female, and two low female voices hold it there)."""
     stats, mfcc, y = [], [], []
     for gender, paths in readers_by_gender(12).items():
         for path in paths:
@@ -109,7 +110,7 @@ def test_band_limited_audio_keeps_its_gender(bundle, channel):
     p = bundle.predict(np.concatenate(stats), np.concatenate(mfcc))["p_female"]
     y = np.array(y)
     recall_f, recall_m = np.mean(p[y] >= 0.5), np.mean(p[~y] < 0.5)
-    assert (recall_f + recall_m) / 2 >= 0.88, (recall_f, recall_m)
+    assert (recall_f + recall_m) / 2 >= 0.92, (recall_f, recall_m)
 
 
 def test_predict_one_matches_predict_and_is_fast(bundle):
