@@ -18,14 +18,14 @@ Decisions, measured with ``python -m offline engine-eval`` on 51 readers held ou
 * The VAD runs on 20 ms frames, so a hop of 0.25 or 0.5 s is a whole number of frames.
 * Windows are cut from a **speech-only buffer**: frames the VAD calls non-speech are dropped
   before windowing, so a window holds 2 s of voice even when the talker pauses. Per-window balanced
-  accuracy 97.4 % against 96.8 % for windows of all audio with the first recipe's bundle; 96.5 against
-  96.4 % with the release recipe's (never worse, first estimates sooner).
+  accuracy 97.4 % against 96.8 % for windows of all audio with the first recipe's bundle; 96.3 against
+  96.3 % with the release recipe's (never worse, first estimates sooner).
 * The first estimate comes as soon as ``first_window_s`` (default 0.75 s) of speech is buffered,
   without waiting for the hop's end (the hop clock restarts there); that shorter window is
   wrap-padded to 2 s exactly as training pads short clips (``fit_window``).
   0.75 s puts the first estimate 1.0 s after speech onset (median) and right 94 % of the time;
-  waiting for 1.0 s made it 1.5 s and 96 % with the first recipe (1.2 s and 94 % with the release
-  recipe). Later windows are full length either way.
+  waiting for 1.0 s made it 1.5 s and 96 % with the first recipe (the release recipe: 1.0 s and 90 %
+  at 0.75, 1.2 s and 92 % at 1.0; one reader is 2 %). Later windows are full length either way.
 * A window is classified only in a hop that brought at least ``min_new_speech_s`` of new speech;
   after ``reset_after_silence_s`` without speech the buffer and the smoother reset, since the next
   voice may be someone else.
