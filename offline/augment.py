@@ -90,6 +90,11 @@ def gain(x: np.ndarray, db: float) -> np.ndarray:
     return _finite_clip(np.asarray(x, dtype=np.float32) * np.float32(10.0 ** (db / 20.0)))
 
 
+def _same_length(y: np.ndarray, n: int) -> np.ndarray:
+    """``y`` cut or zero-padded at the end to ``n`` samples."""
+    return y[:n] if y.shape[0] >= n else np.pad(y, (0, n - y.shape[0]))
+
+
 def _round_trip(x: np.ndarray, rate: int, sr: int, inner=None) -> np.ndarray:
     """``x`` resampled to ``rate`` (soxr, the live engine's resampler), through ``inner``, and back to ``sr``
     at its own length."""
@@ -99,8 +104,7 @@ def _round_trip(x: np.ndarray, rate: int, sr: int, inner=None) -> np.ndarray:
     if inner is not None:
         y = inner(y).astype(np.float32)
     y = soxr.resample(y, rate, sr, quality="HQ")
-    y = y[:x.shape[0]] if y.shape[0] >= x.shape[0] else np.pad(y, (0, x.shape[0] - y.shape[0]))
-    return _finite_clip(y)
+    return _finite_clip(_same_length(y, x.shape[0]))
 
 
 def band_limit(x: np.ndarray, source_rate: int, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -149,8 +153,7 @@ def lossy(x: np.ndarray, codec: str, sr: int = SAMPLE_RATE) -> np.ndarray:
     y, rate = sf.read(buf, dtype="float32")
     if rate != sr:
         raise RuntimeError(f"{codec} round trip came back at {rate} Hz, not {sr}")
-    y = y[:x.shape[0]] if y.shape[0] >= x.shape[0] else np.pad(y, (0, x.shape[0] - y.shape[0]))
-    return _finite_clip(y)
+    return _finite_clip(_same_length(y, x.shape[0]))
 
 
 def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:

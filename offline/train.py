@@ -82,7 +82,7 @@ class TrainConfig:
     aug_max_semitones: float = 1.0
     aug_gain_db: tuple[float, float] = (-6.0, 6.0)
     aug_p_channel: float = 0.4             # share of augmented copies through a capture channel (8k/11k/telephone/
-                                           # mp3/opus; CV: 8 kHz source 67 -> 93 %, telephone 73 -> 94 %)
+                                           # mp3/opus; CV: 8 kHz source 67 -> 94 %, telephone 73 -> 93 %)
     channel_db: float = 6.0                # on-the-fly random channel EQ for the CNNs (0: off)
     time_masks: int = 1                    # on-the-fly time masks per window for the CNNs (0: off)
     warp: float = 0.0                      # on-the-fly frequency warping 1 +- warp for the CNNs (0: off)
