@@ -27,6 +27,8 @@ import numpy as np
 
 from realtime.bundle import sha256_file
 
+from .metrics import json_safe
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BUNDLE_FORMAT = "voicegender-bundle"
@@ -141,22 +143,6 @@ def library_versions() -> dict:
     return out
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def export_bundle(trained, out_dir: str | Path, *, metrics: dict | None = None, data_summary: dict | None = None,
                   check=None, tolerance: float = TOLERANCE) -> Path:
     """Write the bundle of ``trained`` (a ``offline.train.TrainedModels``) into ``out_dir``; returns the folder.
@@ -215,7 +201,7 @@ def export_bundle(trained, out_dir: str | Path, *, metrics: dict | None = None, 
         "versions": library_versions(),
     }
     tmp = out / ".bundle.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(bundle), indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(json_safe(bundle, nan_to_none=False), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, out / "bundle.json")
 
     # end-to-end: the written bundle, loaded as the live engine loads it, reproduces TrainedModels.predict
@@ -232,7 +218,7 @@ def update_metrics(out_dir: str | Path, metrics: dict) -> Path:
     """Replace the ``metrics`` of an existing bundle.json (model files and hashes untouched)."""
     path = Path(out_dir) / "bundle.json"
     data = json.loads(path.read_text())
-    data["metrics"] = _jsonable(metrics)
+    data["metrics"] = json_safe(metrics, nan_to_none=False)
     tmp = path.with_name(".bundle.json.tmp")
     tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)

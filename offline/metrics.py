@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 
 import numpy as np
 
@@ -226,16 +227,19 @@ def summarize_folds(per_fold: Sequence[Mapping], keys: Sequence[str] = SCALAR_ME
     return {k: mean_std([f[k] for f in per_fold]) for k in keys}
 
 
-def json_safe(obj):
-    """Replace NaN/inf by None and numpy scalars/arrays by Python types, recursively (for strict JSON)."""
+def json_safe(obj, *, nan_to_none: bool = True):
+    """Numpy scalars/arrays to Python types and paths to strings, recursively, for strict JSON; NaN/inf become
+    None, or stay (so that ``json.dumps(..., allow_nan=False)`` refuses them) with ``nan_to_none=False``."""
     if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v, nan_to_none=nan_to_none) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
+        return [json_safe(v, nan_to_none=nan_to_none) for v in obj]
     if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
+        return json_safe(obj.tolist(), nan_to_none=nan_to_none)
     if isinstance(obj, np.generic):
         obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if nan_to_none and isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
