@@ -156,6 +156,50 @@ def lossy(x: np.ndarray, codec: str, sr: int = SAMPLE_RATE) -> np.ndarray:
     return _finite_clip(_same_length(y, x.shape[0]))
 
 
+WORLD_FRAME_MS = 5.0
+
+
+def world_voice(x: np.ndarray, f0_median: float | None, warp: float = 1.0, sr: int = SAMPLE_RATE, *,
+                max_factor: float = 2.0) -> np.ndarray:
+    """Re-synthesise ``x`` with the WORLD vocoder (pyworld) moving pitch and vocal-tract size independently.
+
+    ``f0_median``: the voiced frames' F0 are scaled so that their median becomes this (Hz; None: unchanged),
+    the factor limited to ``1 / max_factor .. max_factor``; the spectral envelope (formants) is kept.
+    ``warp``: the spectral envelope is stretched along frequency by this factor (formants times ``warp``, as
+    a shorter or longer vocal tract; pitch kept). A voice whose pitch moves into the other sex's range while
+    its formants stay (or the reverse) keeps its label: so the models cannot let pitch alone decide.
+    The output has the input's length and RMS.
+    """
+    import pyworld as pw
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.size < sr // 10:
+        return x.copy()
+    xd = x.astype(np.float64)
+    f0, t = pw.dio(xd, sr, frame_period=WORLD_FRAME_MS)
+    f0 = pw.stonemask(xd, f0, t, sr)
+    sp = pw.cheaptrick(xd, f0, t, sr)
+    ap = pw.d4c(xd, f0, t, sr)
+    voiced = f0 > 0
+    if f0_median is not None and voiced.any():
+        factor = float(np.clip(f0_median / np.median(f0[voiced]), 1.0 / max_factor, max_factor))
+        f0 = f0 * factor
+    if warp != 1.0:
+        bins = np.arange(sp.shape[1], dtype=np.float64)
+        src = bins / warp  # envelope value at f comes from f / warp: formants move up by ``warp``
+        sp = np.stack([np.interp(src, bins, row, right=row[-1]) for row in sp])
+        ap = np.stack([np.interp(src, bins, row, right=row[-1]) for row in ap])
+    y = pw.synthesize(f0, np.ascontiguousarray(sp), np.ascontiguousarray(ap), sr, frame_period=WORLD_FRAME_MS)
+    y = _same_length(np.asarray(y, dtype=np.float64), x.shape[0])
+    rx, ry = float(np.sqrt(np.mean(xd ** 2))), float(np.sqrt(np.mean(y ** 2)))
+    if ry > 0:
+        y *= rx / ry
+    peak = float(np.max(np.abs(y)))
+    if peak > 1.0:
+        y /= peak
+    return _finite_clip(y)
+
+
 def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Pass ``x`` through a named capture channel: '8k' / '11k' (a source sampled at 8 / 11.025 kHz),
     'telephone' (``telephone``), or 'mp3' / 'opus' (``lossy``)."""
@@ -186,6 +230,9 @@ class Augmenter:
     p_pitch: float = 0.5
     p_channel: float = 0.0
     channels: tuple[str, ...] = CHANNELS
+    p_voice: float = 0.0                       # share of copies re-synthesised by ``world_voice``
+    voice_f0_range: tuple[float, float] = (140.0, 210.0)   # target median F0: where the sexes overlap
+    voice_warp: float = 0.06                   # formant warp drawn from 1 +- voice_warp
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_semitones <= MAX_SEMITONES:
@@ -195,10 +242,10 @@ class Augmenter:
             raise ValueError(f"colors must be a non-empty subset of {COLORS}, got {self.colors}")
         if any(c not in CHANNELS for c in self.channels) or not self.channels:
             raise ValueError(f"channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
-        for name in ("p_noise", "p_pitch", "p_channel"):
+        for name in ("p_noise", "p_pitch", "p_channel", "p_voice"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("snr_range", "gain_db_range"):
+        for name in ("snr_range", "gain_db_range", "voice_f0_range"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name} must be (low, high), got {(lo, hi)}")
@@ -206,12 +253,15 @@ class Augmenter:
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "snr_range", tuple(map(float, self.snr_range)))
         object.__setattr__(self, "gain_db_range", tuple(map(float, self.gain_db_range)))
+        object.__setattr__(self, "voice_f0_range", tuple(map(float, self.voice_f0_range)))
 
     def to_dict(self) -> dict:
         """Plain-JSON configuration (used in cache keys)."""
         d = asdict(self)
         if not self.p_channel:  # channels off: the key of an augmenter from before channels existed
             del d["p_channel"], d["channels"]
+        if not self.p_voice:  # likewise for the WORLD voice changes
+            del d["p_voice"], d["voice_f0_range"], d["voice_warp"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def rng_for(self, key: str, copy: int = 0, extra_seed: int = 0) -> np.random.Generator:
@@ -231,8 +281,14 @@ class Augmenter:
         # drawn only when channels are on, so an augmenter without them reproduces its earlier outputs
         do_channel = self.p_channel > 0.0 and rng.random() < self.p_channel
         chan = self.channels[int(rng.integers(len(self.channels)))] if self.p_channel > 0.0 else None
+        # drawn only when voice changes are on (same reason)
+        do_voice = self.p_voice > 0.0 and rng.random() < self.p_voice
+        f0_target = rng.uniform(*self.voice_f0_range) if self.p_voice > 0.0 else None
+        warp = 1.0 + rng.uniform(-self.voice_warp, self.voice_warp) if self.p_voice > 0.0 else 1.0
         y = np.asarray(x, dtype=np.float32)
-        if do_pitch and semitones != 0.0:
+        if do_voice:
+            y = world_voice(y, f0_target, warp, sr)
+        elif do_pitch and semitones != 0.0:
             y = pitch_shift(y, semitones, sr)
         peak = float(np.max(np.abs(y))) if y.size else 0.0
         if peak > 0.0:  # never let the gain itself clip: cap it at the clip's headroom

@@ -16,7 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-COMMAND_MODULES = ("offline.train", "offline.evaluate", "offline.bench_features", "offline.engine_eval")
+COMMAND_MODULES = ("offline.train", "offline.evaluate", "offline.bench_features", "offline.engine_eval",
+                   "offline.candidates")
 DEFAULT_CACHE = Path(".cache/features")
 
 
@@ -36,9 +37,11 @@ def _positive_float(text: str) -> float:
 
 def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
     """--data/--subsets/--strict/--window/--hop/--jobs/--cache/--no-progress, shared by corpus commands."""
-    p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV",
-                   help="a LibriSpeech root (holding SPEAKERS.TXT and <subset>/<reader>/<chapter>/*.flac), "
-                        "one subset folder of it, or a CSV manifest with columns path,speaker,gender")
+    p.add_argument("--data", required=True, type=Path, nargs="+", metavar="DIR_OR_CSV",
+                   help="one or more corpora: a LibriSpeech root (holding SPEAKERS.TXT and "
+                        "<subset>/<reader>/<chapter>/*.flac), one subset folder of it, or a CSV manifest with "
+                        "columns path,speaker,gender (e.g. speechocean762/manifest.csv); speakers must not repeat "
+                        "across corpora")
     p.add_argument("--subsets", nargs="+", metavar="NAME",
                    help="LibriSpeech subset folders to use (default: all found), e.g. train-clean-100")
     p.add_argument("--strict", action="store_true",
@@ -60,21 +63,21 @@ def _features(args: argparse.Namespace) -> int:
     from realtime.features import DEFAULT
 
     from .dataset import extract_corpus
-    from .librispeech import load_corpus
+    from .librispeech import load_corpora
 
     if int(round(args.window * DEFAULT.sr)) != DEFAULT.window_samples:
         print(f"error: --window {args.window} does not match the feature definition's "
               f"{DEFAULT.window_seconds} s window", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    utterances = load_corpus(args.data, subsets=args.subsets, strict=args.strict)
+    utterances = load_corpora(args.data, subsets=args.subsets, strict=args.strict)
     ws = extract_corpus(utterances, definition=DEFAULT, window_s=args.window, hop_s=args.hop, jobs=args.jobs,
                         cache_dir=None if args.no_cache else args.cache, progress=not args.no_progress,
                         strict=args.strict)
     readers = {u.reader: u.gender for u in utterances}
     by_gender = Counter(readers.values())
     summary = {
-        "data": str(args.data),
+        "data": " ".join(map(str, args.data)),
         "utterances": len(utterances),
         "utterances_used": int(ws.meta.get("n_utterances", len(set(ws.utt)))),
         "skipped": len(ws.meta.get("skipped", [])),

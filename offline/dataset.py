@@ -75,8 +75,22 @@ class WindowSet:
             raise ValueError(f"cannot concat WindowSets with different feature definitions: {sorted(hashes)}")
         if len({(s.stats.shape[1], s.mfcc.shape[1:]) for s in sets}) > 1:
             raise ValueError("cannot concat WindowSets with different feature shapes")
-        return cls(**{name: np.concatenate([getattr(s, name) for s in sets]) for name in _ARRAYS},
-                   meta=dict(sets[0].meta))
+        meta = dict(sets[0].meta)
+        corpora = {}
+        for s in sets:
+            corpora.update(s.meta.get("reader_corpus") or {})
+        if corpora:
+            meta["reader_corpus"] = corpora
+        return cls(**{name: np.concatenate([getattr(s, name) for s in sets]) for name in _ARRAYS}, meta=meta)
+
+    @property
+    def corpus(self) -> np.ndarray:
+        """(N,) str: the corpus of each window's reader ('' where unknown), from ``meta['reader_corpus']``."""
+        table = self.meta.get("reader_corpus") or {}
+        if not table:
+            return np.full(len(self), "", dtype=object).astype(str)
+        readers, inverse = np.unique(self.reader, return_inverse=True)
+        return np.asarray([table.get(str(r), "") for r in readers], dtype=str)[inverse.reshape(-1)]
 
     def save(self, path: str | Path) -> Path:
         """Write an uncompressed .npz atomically (no pickles); returns the path."""
@@ -174,10 +188,13 @@ def extract_corpus(utterances: list[Utterance], *, definition: FeatureDefinition
         raise ValueError(f"copies must be at least 1, got {copies}")
     key_args = dict(window_s=window_s, hop_s=hop_s, augment=augment, copies=copies, seed=seed)
     path = cache_file(utterances, definition=definition, cache_dir=cache_dir, **key_args) if cache_dir else None
+    corpora = {u.reader: u.corpus for u in utterances if getattr(u, "corpus", "")}
     if path is not None and path.is_file():
         ws = WindowSet.load(path)
         _report_skipped(ws.meta.get("skipped", []), strict)
         ws.meta.update(cache_path=str(path), cache_hit=True)
+        if corpora:
+            ws.meta["reader_corpus"] = corpora
         return ws
 
     from tqdm import tqdm
@@ -222,6 +239,8 @@ def extract_corpus(utterances: list[Utterance], *, definition: FeatureDefinition
             y=np.repeat([u.label for u, _ in ok], counts), reader=np.repeat([u.reader for u, _ in ok], counts),
             utt=np.repeat([u.utt_id for u, _ in ok], counts), start=np.concatenate([r[3] for _, r in ok]),
             meta=meta)
+    if corpora:
+        ws.meta["reader_corpus"] = corpora
     if path is not None:
         ws.save(path)
     ws.meta.update(cache_path=str(path) if path else None, cache_hit=False)

@@ -70,15 +70,15 @@ def run(args) -> int:
     from realtime.audio import load_audio
     from realtime.bundle import Bundle
 
-    from .librispeech import load_corpus
+    from .librispeech import load_corpora
 
     bundle = Bundle.load(args.models)
-    utterances = load_corpus(args.data)
+    utterances = load_corpora(args.data)
     audio = [load_audio(u.path) for u in utterances]
     names = args.settings or list(SETTINGS)
     results = {name: score_setting(bundle, utterances, audio, **SETTINGS[name]) for name in names}
     if args.json:
-        print(json.dumps({"data": str(args.data), "models": str(args.models), "utterances": len(utterances),
+        print(json.dumps({"data": " ".join(map(str, args.data)), "models": str(args.models), "utterances": len(utterances),
                           "settings": results}, indent=2))
         return 0
     print(f"{len(utterances)} utterances from {args.data}, bundle {args.models}")
@@ -94,8 +94,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "engine-eval", help="score the live engine (speech-only vs all-audio windows, first-window length) on held-out readers",
         description=__doc__.split("\n\n")[1], formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV",
-                   help="held-out utterances: a LibriSpeech-layout folder or a CSV manifest (path,speaker,gender)")
+    p.add_argument("--data", required=True, type=Path, nargs="+", metavar="DIR_OR_CSV",
+                   help="held-out utterances: LibriSpeech-layout folders and/or CSV manifests (path,speaker,gender)")
     p.add_argument("--models", required=True, type=Path, metavar="DIR",
                    help="a bundle trained WITHOUT these readers")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), metavar="NAME",

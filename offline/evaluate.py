@@ -41,13 +41,14 @@ from . import metrics as M
 
 MODELS = ("ensemble", "xgb", "cnn1d", "cnn2d")
 COMPONENTS = ("xgb", "cnn1d", "cnn2d")
-LEVELS = ("window", "utterance")
+LEVELS = ("window", "utterance", "speaker")   # a file is an utterance; a speaker pools all their windows
+PLOT_LEVELS = ("window", "utterance")
 NOISE_COLORS = ("white", "pink")
 NOISE_SNRS = (20.0, 10.0, 5.0)
 JSON_NAME = "evaluation.json"
 # Targets of the project (ensemble, reader-disjoint): see models/MODEL_CARD.md
-TARGETS = {"window_balanced_accuracy": 0.96, "utterance_balanced_accuracy": 0.99, "recall": 0.95,
-           "window_balanced_accuracy_10db": 0.92}
+TARGETS = {"window_balanced_accuracy": 0.97, "utterance_balanced_accuracy": 0.985, "recall": 0.97,
+           "window_balanced_accuracy_10db": 0.93, "speech_kept": 0.98, "nonspeech_rejected": 0.95}
 
 
 # --- fixed test-time noise ---------------------------------------------------------------------------
@@ -156,24 +157,54 @@ class Scored:
     reader: np.ndarray
     p: dict[str, np.ndarray]
     fold: np.ndarray | None = None
+    corpus: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, ws, p: dict[str, np.ndarray], fold: int | None = None) -> "Scored":
+        return cls(y=ws.y.astype(np.int64), utt=ws.utt, reader=ws.reader, p=p, corpus=ws.corpus,
+                   fold=None if fold is None else np.full(len(ws), fold))
+
+    def subset(self, mask) -> "Scored":
+        return Scored(y=self.y[mask], utt=self.utt[mask], reader=self.reader[mask],
+                      p={m: v[mask] for m, v in self.p.items()},
+                      fold=None if self.fold is None else self.fold[mask],
+                      corpus=None if self.corpus is None else self.corpus[mask])
+
+    @property
+    def corpora(self) -> list[str]:
+        return [] if self.corpus is None else sorted(set(self.corpus.tolist()) - {""})
 
     @classmethod
     def concat(cls, items: list["Scored"]) -> "Scored":
+        cat = lambda name: None if getattr(items[0], name) is None else np.concatenate(  # noqa: E731
+            [getattr(s, name) for s in items])
         return cls(y=np.concatenate([s.y for s in items]), utt=np.concatenate([s.utt for s in items]),
                    reader=np.concatenate([s.reader for s in items]),
                    p={m: np.concatenate([s.p[m] for s in items]) for m in items[0].p},
-                   fold=None if items[0].fold is None else np.concatenate([s.fold for s in items]))
+                   fold=cat("fold"), corpus=cat("corpus"))
 
 
 def _metrics_per_model(s: Scored, thresholds=None) -> dict:
-    """{model: {'window': binary_metrics, 'utterance': binary_metrics}}; thresholds apply to the ensemble."""
+    """{model: {'window' | 'utterance' | 'speaker': binary_metrics}}; thresholds apply to the ensemble.
+    An utterance's p is the sigmoid of its windows' mean log-odds; a speaker's pools all their windows."""
     out = {}
     for m in MODELS:
         if m not in s.p:
             continue
-        ev = M.evaluate(s.y, s.p[m], s.utt, thresholds=thresholds if m == "ensemble" else None)
-        out[m] = {lv: ev[lv] for lv in LEVELS}
+        th = thresholds if m == "ensemble" else None
+        ev = M.evaluate(s.y, s.p[m], s.utt, thresholds=th)
+        spk = M.utterance_scores(s.y, s.p[m], s.reader)
+        out[m] = {"window": ev["window"], "utterance": ev["utterance"],
+                  "speaker": M.binary_metrics(spk["y"], spk["p"], thresholds=th)}
     return out
+
+
+def _metrics_by_corpus(s: Scored, thresholds=None) -> dict:
+    """{corpus: _metrics_per_model of its rows}, for scored sets holding more than one corpus."""
+    names = s.corpora
+    if len(names) < 2:
+        return {}
+    return {c: _metrics_per_model(s.subset(s.corpus == c), thresholds) for c in names}
 
 
 def _summaries(per_fold: list[dict]) -> dict:
@@ -185,11 +216,6 @@ def _summaries(per_fold: list[dict]) -> dict:
 def _single(metrics_per_model: dict) -> dict:
     """Bundle mode: the same {metric: {'mean', 'std', 'folds'}} shape from one evaluation (std undefined)."""
     return _summaries([metrics_per_model])
-
-
-def _pooled(s: Scored, thresholds=None) -> dict:
-    out = _metrics_per_model(s, thresholds)
-    return out
 
 
 def _as_float(p) -> np.ndarray:
@@ -265,8 +291,13 @@ def _score_trained(models, ws) -> dict[str, np.ndarray]:
 
 def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise: bool = False,
            channel: bool = False, recipe: dict | None = None, extract_kwargs: dict | None = None,
-           progress: bool = True, log=print) -> tuple[dict, dict]:
-    """Reader-disjoint k-fold CV. Returns (result dict for JSON, {condition: Scored} out-of-fold predictions)."""
+           progress: bool = True, log=print, folds=None, engine_path: bool = False) -> tuple[dict, dict]:
+    """Speaker-disjoint k-fold CV (or the given ``folds``, e.g. leave-one-corpus-out). Returns (result dict for
+    JSON, {condition: Scored} out-of-fold predictions).
+
+    With ``engine_path`` each fold's models are also exported to an ONNX bundle and every clean test file is
+    streamed through ``realtime.engine.Engine`` and given its verdict exactly as ``realtime classify`` does.
+    """
     from tqdm import tqdm
 
     from .splits import reader_folds
@@ -278,13 +309,22 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
     sets = _extract_all(utterances, conditions=conditions, extract_kwargs=extract_kwargs)
     t_features = time.perf_counter() - t0
     clean = sets["clean"]
-    folds = reader_folds(utterances, k=k, seed=seed)
+    folds = reader_folds(utterances, k=k, seed=seed) if folds is None else list(folds)
+    k = len(folds)
     cache = extract_kwargs.get("cache_dir")
     config = _train_config(quick, **{"seed": seed, "jobs": int(extract_kwargs.get("jobs", 2)),
                                      "cache_dir": None if cache is None else str(cache), **(recipe or {})})
 
     per_fold: dict[str, list[dict]] = {name: [] for name in sets}
+    per_fold_corpus: list[dict] = []
+    speech_rows: list[dict] = []
+    negatives = None
+    if config.speech_check:
+        from .nonspeech import heldout_negatives
+
+        negatives = heldout_negatives(definition=clean_definition(clean))
     scored: dict[str, list[Scored]] = {name: [] for name in sets}
+    engine_rows: list[dict] = []
     fold_info = []
     fold_thresholds = []
     bar = tqdm(total=k, desc="CV folds", unit="fold", disable=not progress, dynamic_ncols=True)
@@ -305,10 +345,17 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
             t_score = time.perf_counter()
             for name, ws in sets.items():
                 test = ws.subset(test_mask)
-                s = Scored(y=test.y.astype(np.int64), utt=test.utt, reader=test.reader, p=_score_trained(models, test),
-                           fold=np.full(len(test), i))
-                scored[name].append(s)
-                per_fold[name].append(_metrics_per_model(s, thresholds))
+                sc = Scored.of(test, _score_trained(models, test), fold=i)
+                scored[name].append(sc)
+                per_fold[name].append(_metrics_per_model(sc, thresholds))
+                if name == "clean":
+                    per_fold_corpus.append(_metrics_by_corpus(sc, thresholds))
+            if negatives is not None and getattr(models, "speech_model", None) is not None:
+                speech_rows.append(_speech_check_fold(models, {n: ws.subset(test_mask) for n, ws in sets.items()},
+                                                      negatives))
+            if engine_path:
+                test_utts = [u for u in utterances if u.reader in test_readers]
+                engine_rows.append(_engine_fold(models, test_utts, fold=i, log=log))
             t_score = time.perf_counter() - t_score
             fm = per_fold["clean"][-1]["ensemble"]
             fold_info.append({
@@ -320,7 +367,8 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
             })
             log(f"fold {i + 1}/{k}: fit {t_fit:.0f} s, ensemble balanced accuracy "
                 f"{100 * fm['window']['balanced_accuracy']:.1f}% per window, "
-                f"{100 * fm['utterance']['balanced_accuracy']:.1f}% per utterance")
+                f"{100 * fm['utterance']['balanced_accuracy']:.1f}% per file, "
+                f"{100 * fm['speaker']['balanced_accuracy']:.1f}% per speaker")
             bar.update()
     finally:
         bar.close()
@@ -332,6 +380,7 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
     if fold_thresholds and all(fold_thresholds):
         thresholds = {side: float(np.mean([t[side] for t in fold_thresholds])) for side in ("male", "female")}
         thresholds["per_fold"] = fold_thresholds
+    corpora = sorted(per_fold_corpus[0]) if per_fold_corpus and per_fold_corpus[0] else []
     result = {
         "mode": "cv",
         "folds": k,
@@ -340,7 +389,8 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
         "train_config": _config_dict(config),
         "thresholds": thresholds,
         "models": _summaries(per_fold["clean"]),
-        "pooled": _pooled(pooled["clean"]),
+        "corpora": {c: _summaries([f[c] for f in per_fold_corpus if c in f]) for c in corpora},
+        "pooled": _metrics_per_model(pooled["clean"]),
         "per_reader": M.per_reader_accuracy(pooled["clean"].y, pooled["clean"].p["ensemble"],
                                             pooled["clean"].reader, pooled["clean"].utt),
         "noise": {},
@@ -348,10 +398,136 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
         "fold_readers": fold_info,
         "feature_seconds": round(t_features, 1),
     }
+    if engine_rows:
+        result["engine_files"] = _engine_summary(engine_rows)
+    if speech_rows:
+        result["speech_check"] = {section: {k: M.mean_std([r[section][k] for r in speech_rows])
+                                            for k in speech_rows[0][section]}
+                                  for section in ("speech_kept", "nonspeech_rejected")}
     for section, cond in conditions:
         result[section][cond.name] = {**_condition_entry(cond), "models": _summaries(per_fold[cond.name]),
-                                      "pooled": _pooled(pooled[cond.name])}
+                                      "pooled": _metrics_per_model(pooled[cond.name])}
     return result, pooled
+
+
+def clean_definition(ws):
+    from realtime.features import DEFAULT, FeatureDefinition
+
+    return FeatureDefinition.from_dict(ws.meta["definition"]) if "definition" in ws.meta else DEFAULT
+
+
+def _speech_check_fold(models, test_sets: dict, negatives: dict) -> dict:
+    """Share of the fold's test speech windows the speech check keeps (each condition; per corpus on clean
+    audio) and share of each held-out non-speech kind's windows it rejects."""
+    t = models.speech_threshold
+    kept = {}
+    for name, ws in test_sets.items():
+        ok = models.p_speech(ws.stats) >= t
+        kept[name] = float(ok.mean()) if len(ok) else math.nan
+        if name == "clean":
+            corpus = ws.corpus
+            for c in sorted(set(corpus.tolist()) - {""}):
+                kept[f"clean, {c}"] = float(ok[corpus == c].mean())
+    rejected = {kind: float((models.p_speech(st) < t).mean()) for kind, st in negatives.items() if len(st)}
+    rejected["all synthetic"] = float(np.mean([v for k, v in rejected.items() if not k.startswith("music")]))
+    return {"speech_kept": kept, "nonspeech_rejected": rejected}
+
+
+def loco_folds(utterances) -> list[tuple[str, tuple[set[str], set[str]]]]:
+    """Leave-one-corpus-out: for each corpus, (name 'A -> B', (readers of the other corpora, its readers))."""
+    from .librispeech import DatasetError
+    from .splits import Fold
+
+    by_corpus: dict[str, set[str]] = {}
+    for u in utterances:
+        by_corpus.setdefault(u.corpus, set()).add(u.reader)
+    if len(by_corpus) < 2:
+        raise DatasetError(f"leave-one-corpus-out needs at least two corpora, got {sorted(by_corpus)}")
+    out = []
+    for name in sorted(by_corpus):
+        others = set().union(*(r for c, r in by_corpus.items() if c != name))
+        train_names = "+".join(sorted(c for c in by_corpus if c != name))
+        out.append((f"{train_names} -> {name}", Fold(others, by_corpus[name])))
+    return out
+
+
+def run_loco(utterances, *, log=print, **kwargs) -> tuple[dict, dict]:
+    """One training per held-out corpus (see ``loco_folds``). Returns ({direction: result of run_cv on that one
+    fold, without its bulky per-reader rows}, {direction: its scored predictions})."""
+    out, scored = {}, {}
+    for name, fold in loco_folds(utterances):
+        log(f"leave-one-corpus-out: {name}")
+        result, scored[name] = run_cv(utterances, folds=[fold], log=log, **kwargs)
+        result.pop("fold_readers", None)
+        out[name] = result
+    return out, scored
+
+
+# --- the engine path: files streamed through realtime.engine, as `realtime classify` answers -----------
+
+def _engine_fold(models, utterances, *, fold: int, log=print) -> dict:
+    """Export ``models`` to a temporary bundle and give every utterance the live engine's file verdict."""
+    import tempfile
+
+    from realtime.audio import load_audio
+    from realtime.bundle import Bundle
+    from realtime.engine import Engine, summarise
+
+    with tempfile.TemporaryDirectory(prefix="voicegender-fold-") as tmp:
+        models.export(tmp)
+        bundle = Bundle.load(tmp)
+    rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": []}
+    engine = None
+    for u in utterances:
+        engine = Engine(bundle)
+        x = load_audio(u.path)
+        events = list(engine.run([x[i:i + 1600] for i in range(0, len(x), 1600)]))
+        v = summarise(events, engine)
+        rows["y"].append(1 if u.gender == "F" else 0)
+        rows["p"].append(math.nan if v["p_female"] is None else v["p_female"])
+        rows["label"].append(v["decision"])
+        rows["utt"].append(u.utt_id)
+        rows["reader"].append(u.reader)
+        rows["corpus"].append(u.corpus)
+        rows["fold"].append(fold)
+    return rows
+
+
+def _file_verdict_metrics(y, label, p) -> dict:
+    """Per-file figures of the engine's verdicts: balanced accuracy with 'uncertain' / 'no speech' counted
+    wrong, each class's recall, the undecided share and the balanced accuracy among decided files."""
+    y, label, p = np.asarray(y), np.asarray(label), np.asarray(p, dtype=np.float64)
+    right = np.where(y == 1, label == "female", label == "male")
+    decided = np.isin(label, ("female", "male"))
+    rec = {c: float(right[y == v].mean()) if np.any(y == v) else math.nan for c, v in (("female", 1), ("male", 0))}
+    dec_rec = [float(right[decided & (y == v)].mean()) for v in (0, 1) if np.any(decided & (y == v))]
+    return {"balanced_accuracy": float(np.nanmean(list(rec.values()))), "recall_female": rec["female"],
+            "recall_male": rec["male"], "undecided": float(1.0 - decided.mean()) if y.size else math.nan,
+            "no_speech": float(np.mean(label == "no speech")) if y.size else math.nan,
+            "decided_balanced_accuracy": float(np.mean(dec_rec)) if dec_rec else math.nan,
+            "balanced_accuracy_at_0_5": float(np.nanmean([np.mean((p[y == v] >= 0.5) == bool(v)) for v in (0, 1)
+                                                          if np.any(y == v)])),
+            "n": int(y.size)}
+
+
+def _engine_summary(rows: list[dict]) -> dict:
+    """Per-fold engine-path file figures (all files and per corpus) -> mean ± std, plus the pooled counts."""
+    per_fold, per_corpus = [], {}
+    for r in rows:
+        per_fold.append(_file_verdict_metrics(r["y"], r["label"], r["p"]))
+        corpus = np.asarray(r["corpus"])
+        names = sorted(set(corpus.tolist()))
+        if len(names) > 1:
+            for c in names:
+                m = corpus == c
+                per_corpus.setdefault(c, []).append(_file_verdict_metrics(np.asarray(r["y"])[m],
+                                                                          np.asarray(r["label"])[m],
+                                                                          np.asarray(r["p"])[m]))
+    keys = ("balanced_accuracy", "recall_female", "recall_male", "undecided", "no_speech",
+            "decided_balanced_accuracy", "balanced_accuracy_at_0_5")
+    summ = lambda items: {k: M.mean_std([f[k] for f in items]) for k in keys}  # noqa: E731
+    return {"all": summ(per_fold), "corpora": {c: summ(v) for c, v in per_corpus.items()},
+            "files": int(sum(len(r["y"]) for r in rows))}
 
 
 # --- bundle mode ---------------------------------------------------------------------------------------
@@ -397,7 +573,7 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
     sets = _extract_all(utterances, conditions=conditions, extract_kwargs=dict(extract_kwargs or {}))
     scored = {}
     for name, ws in sets.items():
-        scored[name] = Scored(y=ws.y.astype(np.int64), utt=ws.utt, reader=ws.reader, p=_bundle_predict(bundle, ws))
+        scored[name] = Scored.of(ws, _bundle_predict(bundle, ws))
     seen = _bundle_training_readers(meta) & set(sets["clean"].reader.tolist())
     training = (meta.get("training") or {}).get("data")
     if seen:
@@ -414,7 +590,8 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
                    "feature_hash": (meta.get("feature") or {}).get("hash"), "training_data": training},
         "readers_seen_in_training": sorted(seen),
         "models": _single(_metrics_per_model(clean, thresholds)),
-        "pooled": _pooled(clean, thresholds),
+        "corpora": {c: _single(m) for c, m in _metrics_by_corpus(clean, thresholds).items()},
+        "pooled": _metrics_per_model(clean, thresholds),
         "per_reader": M.per_reader_accuracy(clean.y, clean.p["ensemble"], clean.reader, clean.utt),
         "noise": {},
         "channel": {},
@@ -422,7 +599,7 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
     for section, cond in conditions:
         s = scored[cond.name]
         result[section][cond.name] = {**_condition_entry(cond), "models": _single(_metrics_per_model(s, thresholds)),
-                                      "pooled": _pooled(s, thresholds)}
+                                      "pooled": _metrics_per_model(s, thresholds)}
     return result, scored
 
 
@@ -452,8 +629,10 @@ def format_table(result: dict) -> str:
     lines = []
     d = result.get("data_summary", {})
     if result["mode"] == "cv":
-        head = (f"Reader-disjoint {result['folds']}-fold cross-validation ({result['config']} training config), "
+        head = (f"Speaker-disjoint {result['folds']}-fold cross-validation ({result['config']} training config), "
                 f"mean ± std over folds")
+    elif result["mode"] == "loco":
+        head = "Leave-one-corpus-out (no K-fold run)"
     else:
         head = f"Bundle {result['models_dir']} scored on every utterance"
     lines.append(head)
@@ -470,9 +649,13 @@ def format_table(result: dict) -> str:
             rows.append([cond, m] + cells)
 
     add("clean", result["models"])
+    for corpus, models in (result.get("corpora") or {}).items():
+        add(f"clean, {corpus} only", models)
     for section in ("noise", "channel"):
         for entry in result.get(section, {}).values():
             add(_label(entry), entry["models"])
+    for direction, r in (result.get("loco") or {}).items():
+        add(f"trained {direction}", {"ensemble": r["models"]["ensemble"]})
     header = ["condition", "model"] + [label for _ in LEVELS for _, label, _ in TABLE_METRICS]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     sep = "  "
@@ -494,6 +677,8 @@ def format_table(result: dict) -> str:
         lines.append(f"ensemble 'uncertain' share (p between {t['male']:.3g} and {t['female']:.3g}{per}): "
                      f"{_fmt(u['window']['uncertain'])} % of windows, {_fmt(u['utterance']['uncertain'])} % of "
                      f"utterances")
+    lines.extend(engine_lines(result))
+    lines.extend(speech_check_lines(result))
     seen = result.get("readers_seen_in_training") or []
     if seen:
         lines.append(f"warning: {len(seen)} of the {d.get('readers', '?')} readers were in the bundle's training data: "
@@ -501,6 +686,37 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.extend(target_lines(result))
     return "\n".join(lines)
+
+
+def speech_check_lines(result: dict) -> list[str]:
+    """The speech / non-speech check: speech windows kept, held-out non-speech windows rejected."""
+    sc = result.get("speech_check")
+    if not sc:
+        return []
+    kept = "  ".join(f"{k} {_fmt(v)}" for k, v in sc["speech_kept"].items())
+    rej = "  ".join(f"{k} {_fmt(v)}" for k, v in sc["nonspeech_rejected"].items())
+    return ["", "speech check (bundle's speech / non-speech model), % of test speech windows kept:", f"  {kept}",
+            "% of held-out non-speech windows given no gender:", f"  {rej}"]
+
+
+def engine_lines(result: dict) -> list[str]:
+    """The engine-path file verdicts (K-fold and leave-one-corpus-out), one line per group."""
+    rows = []
+    if result.get("engine_files"):
+        rows.append(("K-fold CV", result["engine_files"]))
+    for direction, r in (result.get("loco") or {}).items():
+        if r.get("engine_files"):
+            rows.append((f"trained {direction}", r["engine_files"]))
+    if not rows:
+        return []
+    out = ["", "file verdicts through the live engine (VAD, smoothing, summarise; 'uncertain' and 'no speech' "
+               "count wrong):"]
+    for name, e in rows:
+        for group, m in [("all", e["all"])] + list(e.get("corpora", {}).items()):
+            out.append(f"  {name:<36} {group:<16} bal.acc {_fmt(m['balanced_accuracy'])} %  recall F "
+                       f"{_fmt(m['recall_female'])} / M {_fmt(m['recall_male'])} %  undecided "
+                       f"{_fmt(m['undecided'])} %  decided bal.acc {_fmt(m['decided_balanced_accuracy'])} %")
+    return out
 
 
 def _label(entry: dict) -> str:
@@ -566,6 +782,24 @@ def target_check(result: dict) -> dict:
             out[f"window_balanced_accuracy_{name}"] = {
                 "target": TARGETS["window_balanced_accuracy_10db"],
                 "value": mean(entry["models"]["ensemble"]["window"]["balanced_accuracy"])}
+    for name, entry in result.get("channel", {}).items():
+        if name != "channel_gain_-20" and "ensemble" in entry["models"]:
+            out[f"window_balanced_accuracy_{name}"] = {
+                "target": TARGETS["window_balanced_accuracy_10db"],
+                "value": mean(entry["models"]["ensemble"]["window"]["balanced_accuracy"])}
+    ef = (result.get("engine_files") or {}).get("all")
+    if ef:
+        out["engine_file_balanced_accuracy"] = {"target": TARGETS["utterance_balanced_accuracy"],
+                                                "value": mean(ef["balanced_accuracy"])}
+        out["engine_files_decided"] = {"target": 0.97, "value": 1.0 - mean(ef["undecided"])}
+        out["engine_decided_file_balanced_accuracy"] = {"target": TARGETS["utterance_balanced_accuracy"],
+                                                        "value": mean(ef["decided_balanced_accuracy"])}
+    sc = result.get("speech_check")
+    if sc:
+        out["speech_windows_kept"] = {"target": TARGETS["speech_kept"], "value": mean(sc["speech_kept"]["clean"])}
+        out["nonspeech_windows_rejected"] = {
+            "target": TARGETS["nonspeech_rejected"],
+            "value": min(mean(v) for v in sc["nonspeech_rejected"].values())}
     for v in out.values():
         v["met"] = bool(v["value"] >= v["target"]) if not math.isnan(v["value"]) else False
     return out
@@ -597,7 +831,7 @@ def make_plots(result: dict, scored: dict, out_dir: Path) -> list[Path]:
     paths.append(plots.confusion_matrix(ens["utterance"]["confusion"], out_dir / "confusion_utterance.png",
                                         title=f"Ensemble per utterance ({tag})"))
     curves = {}
-    for lv in LEVELS:
+    for lv in PLOT_LEVELS:
         curves[lv] = {}
         for m in MODELS:
             if m not in clean.p:
@@ -613,7 +847,7 @@ def make_plots(result: dict, scored: dict, out_dir: Path) -> list[Path]:
     paths.append(plots.reader_accuracy(result["per_reader"], out_dir / "reader_accuracy.png",
                                        title=f"Ensemble window accuracy per reader ({tag})"))
     if result.get("noise"):
-        for lv in LEVELS:
+        for lv in PLOT_LEVELS:
             series: dict[str, dict[str, dict[float, tuple]]] = {}
             for entry in result["noise"].values():
                 for m in MODELS:
@@ -668,7 +902,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from realtime.features import DEFAULT
 
-    from .librispeech import load_corpus
+    from .librispeech import load_corpora
 
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone()
@@ -689,20 +923,30 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if recipe and args.models is not None:
         log("error: --set changes the training recipe of cross-validation; it has no effect with --models")
         return 2
-    utterances = load_corpus(args.data, subsets=args.subsets, strict=args.strict)
+    utterances = load_corpora(args.data, subsets=args.subsets, strict=args.strict)
     # stdout carries only the results (table or JSON): whatever training prints meanwhile goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         if args.models is not None:
             result, scored = run_bundle(utterances, args.models, noise=args.noise, channel=args.channel,
                                         seed=args.seed, extract_kwargs=extract_kwargs, log=log)
         else:
-            result, scored = run_cv(utterances, k=args.cv, seed=args.seed, quick=args.quick, noise=args.noise,
-                                    channel=args.channel, recipe=recipe, extract_kwargs=extract_kwargs,
-                                    progress=progress, log=log)
+            cv_args = dict(seed=args.seed, quick=args.quick, noise=args.noise, channel=args.channel, recipe=recipe,
+                           extract_kwargs=extract_kwargs, progress=progress, log=log,
+                           engine_path=not args.no_engine)
+            if args.cv_folds:
+                result, scored = run_cv(utterances, k=args.cv, **cv_args)
+            else:
+                result, scored = None, None
+            if args.loco:
+                loco, loco_scored = run_loco(utterances, **cv_args)
+                if result is None:  # only leave-one-corpus-out: its first direction stands as the main result
+                    first = next(iter(loco))
+                    result, scored = {**loco[first], "mode": "loco"}, loco_scored[first]
+                result["loco"] = {name: {k: v for k, v in r.items() if k != "per_reader"} for name, r in loco.items()}
     from .dataset import extract_corpus  # cached: only for the summary
 
     clean_ws = extract_corpus(utterances, **{**extract_kwargs, "progress": False})
-    result["data_summary"] = _data_summary(utterances, clean_ws, args.data)
+    result["data_summary"] = _data_summary(utterances, clean_ws, " ".join(map(str, args.data)))
     result["targets"] = target_check(result)
     result["command"] = _command_line()
     result["date"] = started.isoformat(timespec="seconds")
@@ -712,7 +956,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     # Stable key order: summary first, bulky per-fold reader lists and per-reader rows last.
     order = ["mode", "command", "date", "seconds", "machine", "data_summary", "folds", "config", "seed",
-             "thresholds", "targets", "models", "noise", "channel", "pooled", "per_reader", "fold_readers"]
+             "thresholds", "targets", "models", "corpora", "engine_files", "loco", "noise", "channel", "pooled",
+             "per_reader", "fold_readers"]
     result = {**{k: result[k] for k in order if k in result}, **{k: v for k, v in result.items() if k not in order}}
     safe = M.json_safe(result)
     text = json.dumps(safe, indent=2)
@@ -761,6 +1006,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--channel", action="store_true",
                    help="also score the test audio through other capture channels: sampled at 8 kHz, a telephone "
                         "line (300-3400 Hz, mu-law), MP3 ~21 kbit/s, Opus ~9 kbit/s, 20 dB quieter")
+    p.add_argument("--loco", action="store_true",
+                   help="also leave-one-corpus-out (needs two or more --data corpora): train on all speakers of the "
+                        "other corpora, score every speaker of the held-out one, for each corpus in turn")
+    p.add_argument("--no-cv", dest="cv_folds", action="store_false",
+                   help="with --loco: skip the K-fold cross-validation and run only leave-one-corpus-out")
+    p.add_argument("--no-engine", action="store_true",
+                   help="skip the engine-path file verdicts (each fold's models exported to ONNX and every test "
+                        "file streamed through realtime.engine, as `realtime classify` answers)")
     p.add_argument("--quick", action="store_true", help="CV: train with TrainConfig.quick() (smoke tests)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment and noise seed (default: %(default)s)")
     p.add_argument("--json", action="store_true",

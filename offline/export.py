@@ -36,7 +36,7 @@ BUNDLE_VERSION = 1
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
 XGB_OPSET = 15  # the highest onnxmltools 1.16 converts XGBoost to
-MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx"}
+MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx", "speech": "speech.onnx"}
 
 
 class ExportError(RuntimeError):
@@ -200,6 +200,19 @@ def export_bundle(trained, out_dir: str | Path, *, metrics: dict | None = None, 
         "metrics": metrics,
         "versions": library_versions(),
     }
+    if getattr(trained, "speech_model", None) is not None:
+        sp = export_xgb(trained.speech_model, out / MODEL_FILES["speech"], check.stats, tolerance=tolerance)
+        bundle["speech"] = {"file": MODEL_FILES["speech"], "input": "stats", "output": sp["outputs"][1],
+                            "sha256": sha256_file(out / MODEL_FILES["speech"]),
+                            "bytes": (out / MODEL_FILES["speech"]).stat().st_size,
+                            "threshold": float(trained.speech_threshold),
+                            "export_check": {k: v for k, v in sp.items() if k != "outputs"},
+                            "rule": "a window is speech if probabilities[:, 1] >= threshold; other windows get "
+                                    "no gender", "training": trained.speech_info}
+    if getattr(trained, "file_decision", None):
+        bundle["file_decision"] = {**trained.file_decision,
+                                   "rule": "p_file = sigmoid(scale * mean of the file's window logits); female if "
+                                           "p_file >= female, male if p_file <= male, else uncertain"}
     tmp = out / ".bundle.json.tmp"
     tmp.write_text(json.dumps(json_safe(bundle, nan_to_none=False), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, out / "bundle.json")

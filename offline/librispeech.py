@@ -31,6 +31,7 @@ class Utterance:
     chapter: str
     utt_id: str
     duration: float
+    corpus: str = ""   # which corpus it came from (the LibriSpeech root's or the manifest folder's name)
 
     @property
     def label(self) -> int:
@@ -129,7 +130,8 @@ def load_librispeech(root: str | Path, subsets: list[str] | None = None, *, stri
                     bad.append(str(exc))
                     continue
                 utterances.append(Utterance(path=path, reader=reader, gender=gender, subset=subset_dir.name,
-                                            chapter=path.parent.name, utt_id=path.stem, duration=duration))
+                                            chapter=path.parent.name, utt_id=path.stem, duration=duration,
+                                            corpus=root.name))
     _report(unknown, "reader folder(s) not listed in SPEAKERS.TXT", strict)
     _report(bad, "unreadable audio file(s)", strict)
     if not utterances:
@@ -178,11 +180,38 @@ def load_manifest(csv_path: str | Path, *, strict: bool = False) -> list[Utteran
             utt_id = path.stem if path.stem not in seen_ids else str(Path(raw_path).with_suffix(""))
             seen_ids.add(utt_id)
             utterances.append(Utterance(path=path, reader=speaker, gender=gender, subset=csv_path.stem,
-                                        chapter="", utt_id=utt_id, duration=duration))
+                                        chapter="", utt_id=utt_id, duration=duration,
+                                        corpus=csv_path.resolve().parent.name))
     _report(bad, "missing or unreadable audio file(s)", strict)
     if not utterances:
         raise DatasetError(f"{csv_path}: no usable rows")
     return utterances
+
+
+def load_corpora(paths, *, subsets: list[str] | None = None, strict: bool = False) -> list[Utterance]:
+    """Several corpora (LibriSpeech directories and/or CSV manifests) -> one list of utterances.
+
+    ``paths`` may also be a single path. Speaker and utterance IDs must not repeat across corpora: a
+    speaker in two corpora would break speaker-disjoint splits, so that is an error.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise DatasetError("no corpus given")
+    out: list[Utterance] = []
+    owner: dict[str, str] = {}
+    seen_utts: set[str] = set()
+    for path in paths:
+        utts = load_corpus(path, subsets=subsets if Path(path).is_dir() else None, strict=strict)
+        for u in utts:
+            if owner.setdefault(u.reader, str(path)) != str(path):
+                raise DatasetError(f"speaker {u.reader} appears in both {owner[u.reader]} and {path}")
+            if u.utt_id in seen_utts:
+                raise DatasetError(f"utterance id {u.utt_id} appears twice ({path})")
+            seen_utts.add(u.utt_id)
+        out.extend(utts)
+    return out
 
 
 def load_corpus(path: str | Path, *, subsets: list[str] | None = None, strict: bool = False) -> list[Utterance]:

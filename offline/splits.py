@@ -29,21 +29,37 @@ def reader_genders(items: Iterable | Mapping[str, str]) -> dict[str, str]:
     return genders
 
 
-def _shuffled_by_gender(genders: Mapping[str, str], rng: np.random.Generator) -> list[list[str]]:
-    """Readers of each gender (F first, then M), sorted then shuffled by ``rng``."""
+def reader_corpora(items) -> dict[str, str] | None:
+    """{reader: corpus} from utterances that carry a ``corpus``; None for mappings and pairs."""
+    if isinstance(items, Mapping):
+        return None
+    items = list(items)
+    if not items or not hasattr(items[0], "corpus"):
+        return None
+    return {str(u.reader): str(u.corpus) for u in items}
+
+
+def _shuffled_by_gender(genders: Mapping[str, str], rng: np.random.Generator,
+                        strata: Mapping[str, str] | None = None) -> list[list[str]]:
+    """Readers of each (stratum, gender) group (sorted by stratum, then F before M), sorted then shuffled by
+    ``rng``. Without ``strata`` (or with one stratum) the groups are the genders."""
     groups = []
-    for g in sorted(set(genders.values())):
-        readers = sorted(r for r, rg in genders.items() if rg == g)
+    key = lambda r: ((strata or {}).get(r, ""), genders[r])  # noqa: E731
+    for k in sorted({key(r) for r in genders}):
+        readers = sorted(r for r in genders if key(r) == k)
         groups.append([readers[i] for i in rng.permutation(len(readers))])
     return groups
 
 
 def reader_folds(utterances: Iterable | Mapping[str, str], k: int = 5, seed: int = 0) -> list[Fold]:
-    """k folds of readers, stratified by gender and reproducible by ``seed``.
+    """k folds of readers, stratified by gender (and by corpus when the utterances carry one) and
+    reproducible by ``seed``.
 
-    Test sets are disjoint and together cover every reader; within each gender the per-fold counts differ by
-    at most one, and fold sizes differ by at most one overall.
+    Test sets are disjoint and together cover every reader; within each gender (of each corpus) the per-fold
+    counts differ by at most one, and fold sizes differ by at most one overall.
     """
+    utterances = utterances if isinstance(utterances, Mapping) else list(utterances)
+    strata = reader_corpora(utterances)
     genders = reader_genders(utterances)
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
@@ -53,7 +69,7 @@ def reader_folds(utterances: Iterable | Mapping[str, str], k: int = 5, seed: int
     rng = np.random.default_rng(seed)
     tests: list[set[str]] = [set() for _ in range(k)]
     offset = 0  # continue dealing where the previous gender stopped, so fold sizes stay level
-    for readers in _shuffled_by_gender(genders, rng):
+    for readers in _shuffled_by_gender(genders, rng, strata):
         for i, reader in enumerate(readers):
             tests[(offset + i) % k].add(reader)
         offset = (offset + len(readers)) % k
@@ -61,18 +77,19 @@ def reader_folds(utterances: Iterable | Mapping[str, str], k: int = 5, seed: int
     return [Fold(everyone - t, t) for t in tests]
 
 
-def holdout_readers(readers_with_gender: Iterable | Mapping[str, str], fraction: float, seed: int = 0
-                    ) -> tuple[set[str], set[str]]:
-    """Split readers into ``(kept, held_out)`` with about ``fraction`` of each gender held out.
+def holdout_readers(readers_with_gender: Iterable | Mapping[str, str], fraction: float, seed: int = 0, *,
+                    strata: Mapping[str, str] | None = None) -> tuple[set[str], set[str]]:
+    """Split readers into ``(kept, held_out)`` with about ``fraction`` of each gender (of each stratum, e.g.
+    corpus, when ``strata`` maps readers to one) held out.
 
-    At least one reader of each gender is held out and at least one kept. Reproducible by ``seed``.
+    At least one reader of each group is held out and at least one kept. Reproducible by ``seed``.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     genders = reader_genders(readers_with_gender)
     rng = np.random.default_rng(seed)
     held: set[str] = set()
-    for readers in _shuffled_by_gender(genders, rng):
+    for readers in _shuffled_by_gender(genders, rng, strata):
         if len(readers) < 2:
             raise ValueError(f"need at least 2 readers of each gender to hold some out, got {readers}")
         n = min(max(1, round(fraction * len(readers))), len(readers) - 1)

@@ -83,6 +83,8 @@ class TrainConfig:
     aug_gain_db: tuple[float, float] = (-6.0, 6.0)
     aug_p_channel: float = 0.4             # share of augmented copies through a capture channel (8k/11k/telephone/
                                            # mp3/opus; CV: 8 kHz source 67 -> 94 %, telephone 73 -> 93 %)
+    aug_p_voice: float = 0.0               # share of augmented copies re-synthesised with pitch and formants moved
+                                           # independently (offline.augment.world_voice)
     channel_db: float = 6.0                # on-the-fly random channel EQ for the CNNs (0: off)
     time_masks: int = 1                    # on-the-fly time masks per window for the CNNs (0: off)
     warp: float = 0.0                      # on-the-fly frequency warping 1 +- warp for the CNNs (0: off)
@@ -105,6 +107,12 @@ class TrainConfig:
     xgb_rounds: int = 1500
     xgb_early_stopping: int = 60
     # ensemble
+    speaker_balance: bool = True          # every speaker weighs the same in every model's loss
+    speech_check: bool = True             # train the speech / non-speech model (offline/nonspeech.py negatives)
+    speech_recall: float = 0.995          # share of calibration speech windows the speech check must keep
+    nonspeech_per_kind: int = 40          # synthetic negative clips per kind
+    nonspeech_music: tuple[str, ...] = ("singularity-music", "drascula-music")  # Debian music packages (if installed)
+    file_confident_accuracy: float = 0.985  # decided files of calibration speakers at least this often right
     ensemble_intercept: bool = False       # a fitted bias learnt the calibration readers' quirks: -1.2 pts at 10 dB
     ensemble_C: float = 1.0
     confident_accuracy: float = 0.98
@@ -117,7 +125,8 @@ class TrainConfig:
     @classmethod
     def quick(cls, **overrides) -> "TrainConfig":
         """A tiny run for tests and CI: one augmented copy, two epochs, few trees."""
-        base = dict(aug_copies=1, epochs=2, patience=1, xgb_rounds=60, xgb_early_stopping=10, batch_size=64)
+        base = dict(aug_copies=1, epochs=2, patience=1, xgb_rounds=60, xgb_early_stopping=10, batch_size=64,
+                    nonspeech_per_kind=6, nonspeech_music=())
         base.update(overrides)
         return cls(**base)
 
@@ -143,7 +152,8 @@ class TrainConfig:
     def augmenter(self) -> Augmenter:
         return Augmenter(seed=self.seed, snr_range=tuple(self.aug_snr_range), p_noise=self.aug_p_noise,
                          p_pitch=self.aug_p_pitch, max_semitones=self.aug_max_semitones,
-                         gain_db_range=tuple(self.aug_gain_db), p_channel=self.aug_p_channel)
+                         gain_db_range=tuple(self.aug_gain_db), p_channel=self.aug_p_channel,
+                         p_voice=self.aug_p_voice)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -192,6 +202,18 @@ def data_summary(ws: WindowSet, utterances=None) -> dict:
             "utterances": int(np.unique(ws.utt).size), "windows": len(ws),
             "windows_female": int((ws.y == 1).sum()), "windows_male": int((ws.y == 0).sum()),
             "hours": round(hours, 4)}
+
+
+def corpus_summary(utterances) -> dict:
+    """{corpus: {'speakers': {'F', 'M'}, 'utterances', 'hours'}} of the training utterances."""
+    out: dict[str, dict] = {}
+    for u in utterances:
+        c = out.setdefault(u.corpus, {"speakers": {"F": set(), "M": set()}, "utterances": 0, "hours": 0.0})
+        c["speakers"][u.gender].add(u.reader)
+        c["utterances"] += 1
+        c["hours"] += u.duration / 3600.0
+    return {name: {"speakers": {g: len(r) for g, r in c["speakers"].items()}, "utterances": c["utterances"],
+                   "hours": round(c["hours"], 3)} for name, c in sorted(out.items())}
 
 
 def balanced_accuracy(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> float:
@@ -314,7 +336,8 @@ class MfccAugment:
         return out
 
 
-def _make_sequence(x: np.ndarray, y: np.ndarray, batch_size: int, augment: MfccAugment | None, seed: int):
+def _make_sequence(x: np.ndarray, y: np.ndarray, batch_size: int, augment: MfccAugment | None, seed: int,
+                   weight: np.ndarray | None = None):
     import keras
 
     class _Batches(keras.utils.PyDataset):
@@ -331,7 +354,7 @@ def _make_sequence(x: np.ndarray, y: np.ndarray, batch_size: int, augment: MfccA
             xb, yb = x[idx], y[idx]
             if augment is not None:
                 xb = augment(xb, yb, self.rng)
-            return xb, yb
+            return (xb, yb) if weight is None else (xb, yb, weight[idx])
 
         def on_epoch_end(self):
             self.order = self.rng.permutation(len(y))
@@ -364,6 +387,18 @@ class TrainedModels:
     _logit_models: dict = field(default_factory=dict, repr=False)
     calibration_logits: dict | None = field(default=None, repr=False)
     calibration_y: np.ndarray | None = field(default=None, repr=False)
+    speech_model: object | None = None       # xgboost.Booster: speech (1) vs non-speech (0) on the stats vector
+    speech_threshold: float | None = None
+    speech_info: dict = field(default_factory=dict)
+    file_decision: dict = field(default_factory=dict)   # {'scale', 'female', 'male', ...} for whole files
+
+    def p_speech(self, stats: np.ndarray) -> np.ndarray:
+        """p(speech) of each window's stats (ones without a speech model)."""
+        if self.speech_model is None:
+            return np.ones(len(stats))
+        import xgboost as xgb
+
+        return self.speech_model.predict(xgb.DMatrix(np.asarray(stats, dtype=np.float32)))
 
     def normalise_mfcc(self, mfcc: np.ndarray) -> np.ndarray:
         return ((np.asarray(mfcc, dtype=np.float32) - self.mfcc_mean[:, None]) / self.mfcc_std[:, None]).astype(np.float32)
@@ -419,17 +454,31 @@ def _log(progress: bool, msg: str) -> None:
 
 
 def split_calibration(ws: WindowSet, fraction: float, seed: int) -> tuple[set[str], set[str]]:
-    """Gender-balanced (fit readers, calibration readers)."""
+    """(fit readers, calibration readers), balanced by gender within each corpus."""
     from .splits import holdout_readers
 
-    return holdout_readers(reader_gender_map(ws), fraction, seed=seed)
+    return holdout_readers(reader_gender_map(ws), fraction, seed=seed, strata=ws.meta.get("reader_corpus"))
+
+
+def speaker_weights(ws: WindowSet) -> np.ndarray:
+    """(N,) float32 sample weights giving every speaker the same total weight (mean weight 1).
+
+    LibriSpeech gives one ~12 s utterance per reader, speechocean762 ten ~4.5 s ones per speaker: without
+    weights a speaker's influence would follow how much audio the corpus happened to keep of them.
+    """
+    if len(ws) == 0:
+        return np.zeros(0, dtype=np.float32)
+    _, inverse, counts = np.unique(ws.reader, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse.reshape(-1)]
+    return (w * (len(ws) / w.sum())).astype(np.float32)
 
 
 def _fit_xgb(fit: WindowSet, cal: WindowSet, config: TrainConfig, stat_names: list, progress: bool):
     import xgboost as xgb
 
     params = dict(config.xgb_params, seed=config.seed, nthread=config.threads)
-    dfit = xgb.DMatrix(fit.stats, label=fit.y.astype(np.float32))
+    dfit = xgb.DMatrix(fit.stats, label=fit.y.astype(np.float32),
+                       weight=speaker_weights(fit) if config.speaker_balance else None)
     dcal = xgb.DMatrix(cal.stats, label=cal.y.astype(np.float32))
     evals_result: dict = {}
     booster = xgb.train(params, dfit, num_boost_round=config.xgb_rounds, evals=[(dfit, "fit"), (dcal, "cal")],
@@ -450,11 +499,13 @@ def _refit_xgb(data: WindowSet, rounds: int, config: TrainConfig):
     import xgboost as xgb
 
     params = dict(config.xgb_params, seed=config.seed, nthread=config.threads)
-    return xgb.train(params, xgb.DMatrix(data.stats, label=data.y.astype(np.float32)), num_boost_round=rounds)
+    weight = speaker_weights(data) if config.speaker_balance else None
+    return xgb.train(params, xgb.DMatrix(data.stats, label=data.y.astype(np.float32), weight=weight),
+                     num_boost_round=rounds)
 
 
 def _refit_cnn(name: str, x, y, lr_per_epoch: list, config: TrainConfig, augment: MfccAugment | None,
-               progress: bool):
+               progress: bool, weight: np.ndarray | None = None):
     """A fresh CNN trained on ``x`` for exactly ``len(lr_per_epoch)`` epochs, replaying that learning-rate path."""
     import keras
 
@@ -463,7 +514,7 @@ def _refit_cnn(name: str, x, y, lr_per_epoch: list, config: TrainConfig, augment
     model = BUILDERS[name](x.shape[1:], variant=getattr(config, f"{name}_variant"), seed=config.seed)
     model.compile(optimizer=keras.optimizers.Adam(lr_per_epoch[0]), loss="binary_crossentropy")
     sched = keras.callbacks.LearningRateScheduler(lambda epoch, lr: float(lr_per_epoch[min(epoch, len(lr_per_epoch) - 1)]))
-    data = _make_sequence(x, y.astype(np.float32), config.batch_size, augment, config.seed + 1)
+    data = _make_sequence(x, y.astype(np.float32), config.batch_size, augment, config.seed + 1, weight)
     _log(progress, f"[train] {name}: refit on all {len(y)} training windows for {len(lr_per_epoch)} epoch(s)")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
@@ -472,7 +523,7 @@ def _refit_cnn(name: str, x, y, lr_per_epoch: list, config: TrainConfig, augment
 
 
 def _fit_cnn(name: str, xfit, yfit, xcal, ycal, config: TrainConfig, augment: MfccAugment | None, progress: bool,
-             workdir: Path):
+             workdir: Path, weight: np.ndarray | None = None):
     import keras
 
     from .models import BUILDERS
@@ -499,7 +550,7 @@ def _fit_cnn(name: str, xfit, yfit, xcal, ycal, config: TrainConfig, augment: Mf
                                                            patience=config.lr_patience, min_lr=config.min_lr))
     _log(progress, f"[train] {name}: {model.count_params():,} parameters, {len(yfit)} fit windows, "
                    f"{len(ycal)} calibration windows")
-    data = _make_sequence(xfit, yfit.astype(np.float32), config.batch_size, augment, config.seed)
+    data = _make_sequence(xfit, yfit.astype(np.float32), config.batch_size, augment, config.seed, weight)
     with warnings.catch_warnings():  # Keras 3.15 + NumPy 2 internals, harmless
         warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
         h = model.fit(data, validation_data=(xcal, ycal.astype(np.float32)), epochs=config.epochs,
@@ -512,6 +563,84 @@ def _fit_cnn(name: str, xfit, yfit, xcal, ycal, config: TrainConfig, augment: Mf
     return model, {"epochs_run": len(crit), "best_epoch": best + 1, "monitor": config.monitor, "lr_per_epoch": lrs,
                    "val_loss": float(h.history["val_loss"][best]), "val_acc": float(h.history["val_acc"][best]),
                    "val_auc": float(h.history["val_auc"][best]), "params": int(model.count_params())}
+
+
+def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.ndarray, target: float) -> dict:
+    """The file-level verdict, fitted on held-out speakers' files (clean windows of the calibration readers).
+
+    A file's evidence is the mean log-odds ``z`` of its windows. ``scale`` calibrates it (Platt scaling without
+    intercept, every speaker weighted the same): ``p_file = sigmoid(scale * z)``; averaging windows makes the
+    evidence stronger than one window's, which the per-window band ignored. The uncertain band
+    ``0.5 +- delta`` is the narrowest (delta in 0, 0.025, ..., 0.4) whose decided files are at least
+    ``target`` right (balanced over the genders).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from .metrics import logit, utterance_scores
+
+    u = utterance_scores(y, p, utt, reader)
+    z = logit(u["p"])
+    _, inv, counts = np.unique(u["reader"], return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inv.reshape(-1)]
+    if len(np.unique(u["y"])) < 2:
+        return {}
+    lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(z[:, None], u["y"], sample_weight=w)
+    scale = float(max(lr.coef_[0][0], 0.05))
+    pf = sigmoid(scale * z)
+    yb = u["y"].astype(bool)
+    chosen = 0.4
+    for delta in np.arange(0.0, 0.4001, 0.025):
+        dec = np.abs(pf - 0.5) >= delta
+        if not (dec & yb).any() or not (dec & ~yb).any():
+            break
+        right = (pf >= 0.5) == yb
+        acc = 0.5 * (np.average(right[dec & yb], weights=w[dec & yb]) + np.average(right[dec & ~yb], weights=w[dec & ~yb]))
+        if acc >= target:
+            chosen = float(delta)
+            break
+    undecided = float(np.average(np.abs(pf - 0.5) < chosen, weights=w))
+    return {"scale": round(scale, 4), "female": round(0.5 + chosen, 3), "male": round(0.5 - chosen, 3),
+            "target": target, "calibration_files": int(len(z)), "calibration_speakers": int(len(counts)),
+            "calibration_undecided": round(undecided, 4)}
+
+
+def fit_speech_model(pos_fit: np.ndarray, pos_cal: np.ndarray, neg: np.ndarray, neg_group: np.ndarray,
+                     config: "TrainConfig", progress: bool = False) -> tuple[object, float, dict]:
+    """XGBoost speech (1) vs non-speech (0) on stats vectors; early-stopped on calibration speakers' windows and
+    a held-out fifth of the negative clips. The threshold keeps ``config.speech_recall`` of the calibration
+    speech windows (and is never above 0.5). Returns (booster, threshold, info)."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(config.seed)
+    groups = np.unique(neg_group)
+    held = set(rng.choice(groups, size=max(1, len(groups) // 5), replace=False).tolist())
+    neg_cal_mask = np.isin(neg_group, sorted(held))
+    neg_fit, neg_cal = neg[~neg_cal_mask], neg[neg_cal_mask]
+
+    def dmatrix(pos, negs):
+        x = np.concatenate([pos, negs]).astype(np.float32)
+        y = np.concatenate([np.ones(len(pos)), np.zeros(len(negs))]).astype(np.float32)
+        w = np.concatenate([np.full(len(pos), 0.5 / max(len(pos), 1)), np.full(len(negs), 0.5 / max(len(negs), 1))])
+        return xgb.DMatrix(x, label=y, weight=w * len(y))
+
+    params = dict(config.xgb_params, seed=config.seed, nthread=config.threads, max_depth=4)
+    dfit, dcal = dmatrix(pos_fit, neg_fit), dmatrix(pos_cal, neg_cal)
+    booster = xgb.train(params, dfit, num_boost_round=600, evals=[(dcal, "cal")], early_stopping_rounds=40,
+                        verbose_eval=False)
+    trees = int(booster.best_iteration + 1)
+    booster = booster[:trees]
+    p_pos = booster.predict(xgb.DMatrix(pos_cal.astype(np.float32)))
+    p_neg = booster.predict(xgb.DMatrix(neg_cal.astype(np.float32)))
+    threshold = float(min(0.5, np.quantile(p_pos, 1.0 - config.speech_recall)))
+    threshold = max(threshold, 1e-3)
+    info = {"trees": trees, "speech_windows_fit": int(len(pos_fit)),
+            "nonspeech_windows_fit": int(len(neg_fit)), "threshold": round(threshold, 5),
+            "calibration_speech_kept": float(np.mean(p_pos >= threshold)),
+            "heldout_nonspeech_rejected": float(np.mean(p_neg < threshold)) if len(p_neg) else None}
+    _log(progress, f"[train] speech check: {info['trees']} trees, threshold {threshold:.4f}: keeps "
+                   f"{100 * info['calibration_speech_kept']:.2f}% of calibration speech windows, rejects "
+                   f"{100 * (info['heldout_nonspeech_rejected'] or 0):.1f}% of held-out non-speech clips' windows")
+    return booster, threshold, info
 
 
 def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float) -> dict:
@@ -532,12 +661,13 @@ def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float) -> dict:
 
 
 def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bool = True,
-            train_utterances=None, augmented: WindowSet | None = None) -> TrainedModels:
+            train_utterances=None, augmented: WindowSet | None = None, nonspeech=None) -> TrainedModels:
     """Fit XGBoost, both CNNs and the calibrated ensemble on ``train`` (see the module docstring).
 
     ``train_utterances`` (the utterances ``train`` came from) enables audio-domain augmentation; without
     them only the on-the-fly MFCC augmentation is used. ``augmented``: already computed augmented windows
     (rows of readers outside ``train`` are ignored) instead of computing them from ``train_utterances``.
+    ``nonspeech``: (stats, group, info) of the speech check's negatives (default: ``training_negatives()``).
     """
     import keras
     import tensorflow as tf
@@ -606,7 +736,8 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
     with tempfile.TemporaryDirectory(prefix="voicegender-train-") as tmp:
         for name in ("cnn1d", "cnn2d"):
             t0 = time.perf_counter()
-            models[name], history[name] = _fit_cnn(name, xfit, fit.y, xcal, cal.y, config, augment, progress, Path(tmp))
+            models[name], history[name] = _fit_cnn(name, xfit, fit.y, xcal, cal.y, config, augment, progress, Path(tmp),
+                                                   speaker_weights(fit) if config.speaker_balance else None)
             timings[f"{name}_s"] = round(time.perf_counter() - t0, 1)
             _log(progress, f"[train] {name}: best epoch {history[name]['best_epoch']}, calibration loss "
                            f"{history[name]['val_loss']:.4f}, accuracy {history[name]['val_acc']:.4f} ({timings[f'{name}_s']} s)")
@@ -620,13 +751,28 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
     comps = {n: sigmoid(z) for n, z in logits.items()}
     Z = np.stack([logits[n] for n in MODEL_NAMES], axis=1)
     lr = LogisticRegression(C=config.ensemble_C, fit_intercept=config.ensemble_intercept, max_iter=1000)
-    lr.fit(Z, cal.y)
+    lr.fit(Z, cal.y, sample_weight=speaker_weights(cal) if config.speaker_balance else None)
     trained.weights = lr.coef_[0].astype(np.float64)
     trained.bias = float(lr.intercept_[0]) if config.ensemble_intercept else 0.0
     p_cal = trained.combine(logits)
     trained.calibration_logits, trained.calibration_y = logits, cal.y.copy()
     trained.thresholds = choose_thresholds(cal.y, p_cal, config.confident_accuracy)
     clean_cal = np.arange(len(cal)) < n_cal_clean
+    trained.file_decision = fit_file_decision(cal.y[clean_cal], p_cal[clean_cal], cal.utt[clean_cal],
+                                              cal.reader[clean_cal], config.file_confident_accuracy)
+    _log(progress, f"[train] file verdict: {trained.file_decision}")
+    if config.speech_check:
+        from .nonspeech import training_negatives
+
+        t0 = time.perf_counter()
+        neg, neg_group, neg_info = nonspeech if nonspeech is not None else training_negatives(
+            definition=definition, augmenter=config.augmenter(), seed=config.seed,
+            n_per_kind=config.nonspeech_per_kind, music=tuple(config.nonspeech_music), cache_dir=config.cache_dir,
+            progress=progress)
+        trained.speech_model, trained.speech_threshold, trained.speech_info = fit_speech_model(
+            fit.stats, cal.stats, neg, neg_group, config, progress)
+        trained.speech_info["negatives"] = neg_info
+        timings["speech_s"] = round(time.perf_counter() - t0, 1)
     trained.validation = {
         "note": "scores of the models fitted without the calibration readers, before any refit",
         "calibration_readers": len(cal_readers),
@@ -646,7 +792,7 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
         xall = np.concatenate([xfit, xcal])
         for name in ("cnn1d", "cnn2d"):
             setattr(trained, name, _refit_cnn(name, xall, everything.y, history[name]["lr_per_epoch"], config, augment,
-                                              progress))
+                                              progress, speaker_weights(everything) if config.speaker_balance else None))
         trained._logit_models.clear()
         timings["refit_s"] = round(time.perf_counter() - t0, 1)
         _log(progress, f"[train] refit on fit + calibration readers ({timings['refit_s']} s)")
@@ -693,7 +839,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .librispeech import load_corpus
+    from .librispeech import load_corpora
 
     if int(round(args.window * DEFAULT.sr)) != DEFAULT.window_samples or args.hop != 0.5:
         print(f"error: train uses {DEFAULT.window_seconds} s windows with a 0.5 s hop", file=sys.stderr)
@@ -708,12 +854,13 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     config = make(**{"seed": args.seed, "jobs": args.jobs, "cache_dir": cache_dir, **overrides})
     t0 = time.perf_counter()
-    utterances = load_corpus(args.data, subsets=args.subsets, strict=args.strict)
+    utterances = load_corpora(args.data, subsets=args.subsets, strict=args.strict)
     ws = extract_corpus(utterances, jobs=args.jobs, cache_dir=cache_dir, progress=progress, strict=args.strict)
     t_feat = time.perf_counter() - t0
     trained = fit_all(ws, config=config, progress=progress, train_utterances=utterances)
     summary_data = data_summary(ws, utterances)
-    summary_data["source"] = Path(args.data).name
+    summary_data["source"] = " + ".join(sorted({u.corpus for u in utterances}))
+    summary_data["corpora"] = corpus_summary(utterances)
     out = trained.export(args.out, data_summary=summary_data)
     summary = {"out": str(out), "data": summary_data, "features_s": round(t_feat, 1),
                "timings": trained.history["timings"], "total_s": round(time.perf_counter() - t0, 1),

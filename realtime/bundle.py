@@ -36,6 +36,7 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLE_FORMAT = "voicegender-bundle"
 SUPPORTED_VERSIONS = (1,)
 MODEL_NAMES = ("xgb", "cnn1d", "cnn2d")
+SPEECH_MODEL = "speech"  # optional: XGBoost speech / non-speech on the stats vector
 LABELS = ("female", "male", "uncertain")
 
 
@@ -67,6 +68,51 @@ def _session(path: Path) -> ort.InferenceSession:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _verified_session(path: Path, jpath: Path, field: str, m) -> ort.InferenceSession:
+    """The onnxruntime session of one model entry ({file, sha256, input, output}) after checking its file."""
+    if not isinstance(m, dict) or not {"file", "sha256", "input", "output"} <= set(m):
+        raise BundleError(f"{jpath}: {field} must give file, sha256, input and output")
+    fpath = path / str(m["file"])
+    if Path(str(m["file"])).name != m["file"]:
+        raise BundleError(f"{jpath}: model file name {m['file']!r} must be a plain file name")
+    if not fpath.is_file():
+        raise BundleError(f"{fpath}: model file missing from the bundle")
+    digest = sha256_file(fpath)
+    if digest != m["sha256"]:
+        raise BundleError(f"{fpath.name}: sha256 {digest[:16]}... does not match bundle.json "
+                          f"({str(m['sha256'])[:16]}...): the file was modified or corrupted")
+    try:
+        sess = _session(fpath)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise BundleError(f"{fpath.name}: onnxruntime cannot load it ({exc})") from exc
+    ins = [i.name for i in sess.get_inputs()]
+    outs = [o.name for o in sess.get_outputs()]
+    if ins != [m["input"]] or m["output"] not in outs:
+        raise BundleError(f"{fpath.name}: inputs {ins} / outputs {outs} do not match bundle.json "
+                          f"({m['input']!r} -> {m['output']!r})")
+    return sess
+
+
+def _load_speech_model(path: Path, jpath: Path, entry) -> ort.InferenceSession:
+    sess = _verified_session(path, jpath, "speech", entry)
+    t = entry.get("threshold")
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t < 1.0):
+        raise BundleError(f"{jpath}: speech.threshold must be a number in (0, 1), got {t!r}")
+    return sess
+
+
+def _check_file_decision(jpath: Path, fd) -> None:
+    if fd is None:
+        return
+    if not isinstance(fd, dict):
+        raise BundleError(f"{jpath}: file_decision must be an object")
+    scale, tf_, tm = fd.get("scale"), fd.get("female"), fd.get("male")
+    nums = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (scale, tf_, tm))
+    if not nums or not scale > 0 or not 0.0 < tm <= 0.5 <= tf_ < 1.0:
+        raise BundleError(f"{jpath}: file_decision needs scale > 0 and 0 < male <= 0.5 <= female < 1, got "
+                          f"scale={scale!r}, male={tm!r}, female={tf_!r}")
 
 
 def _require(meta: dict, dotted: str):
@@ -131,6 +177,17 @@ class Bundle:
         models = meta["models"]
         self._in = {n: models[n]["input"] for n in MODEL_NAMES}
         self._out = {n: models[n]["output"] for n in MODEL_NAMES}
+        # optional speech / non-speech check on the stats vector (music, tones, noise get no gender)
+        self.speech_threshold: float | None = None
+        if SPEECH_MODEL in sessions:
+            self.speech_threshold = float(meta["speech"]["threshold"])
+            self._in[SPEECH_MODEL] = meta["speech"]["input"]
+            self._out[SPEECH_MODEL] = meta["speech"]["output"]
+        # file verdicts: p_file = sigmoid(scale * mean window log-odds), its own uncertain band
+        fd = meta.get("file_decision") or {}
+        self.file_scale = float(fd.get("scale", 1.0))
+        self.file_thresholds = {"female": float(fd.get("female", self.thresholds["female"])),
+                                "male": float(fd.get("male", self.thresholds["male"]))}
         self._setup_single()
 
     # -- loading -------------------------------------------------------------------------------------
@@ -195,28 +252,10 @@ class Bundle:
         # model files: present, untampered, loadable, right interface
         sessions = {}
         for name in MODEL_NAMES:
-            m = meta["models"].get(name)
-            if not isinstance(m, dict) or not {"file", "sha256", "input", "output"} <= set(m):
-                raise BundleError(f"{jpath}: models.{name} must give file, sha256, input and output")
-            fpath = path / m["file"]
-            if Path(m["file"]).name != m["file"]:
-                raise BundleError(f"{jpath}: model file name {m['file']!r} must be a plain file name")
-            if not fpath.is_file():
-                raise BundleError(f"{fpath}: model file missing from the bundle")
-            digest = sha256_file(fpath)
-            if digest != m["sha256"]:
-                raise BundleError(f"{fpath.name}: sha256 {digest[:16]}... does not match bundle.json "
-                                  f"({str(m['sha256'])[:16]}...): the file was modified or corrupted")
-            try:
-                sess = _session(fpath)
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise BundleError(f"{fpath.name}: onnxruntime cannot load it ({exc})") from exc
-            ins = [i.name for i in sess.get_inputs()]
-            outs = [o.name for o in sess.get_outputs()]
-            if ins != [m["input"]] or m["output"] not in outs:
-                raise BundleError(f"{fpath.name}: inputs {ins} / outputs {outs} do not match bundle.json "
-                                  f"({m['input']!r} -> {m['output']!r})")
-            sessions[name] = sess
+            sessions[name] = _verified_session(path, jpath, f"models.{name}", meta["models"].get(name))
+        if "speech" in meta:
+            sessions[SPEECH_MODEL] = _load_speech_model(path, jpath, meta["speech"])
+        _check_file_decision(jpath, meta.get("file_decision"))
         return cls(path, meta, sessions, fdef)
 
     # -- batch prediction ------------------------------------------------------------------------------
@@ -299,7 +338,30 @@ class Bundle:
             zsum += self.weights[name] * z
         return _sigmoid1(zsum), comps, stage_ms
 
+    @property
+    def has_speech_model(self) -> bool:
+        return self.speech_threshold is not None
+
+    def p_speech(self, stats) -> np.ndarray:
+        """Probability that each window (stats (N, n_stats) or (n_stats,)) is speech; ones without the model."""
+        s = np.ascontiguousarray(np.asarray(stats, dtype=np.float32).reshape(-1, self.n_stats))
+        if not self.has_speech_model:
+            return np.ones(s.shape[0])
+        out = self._sessions[SPEECH_MODEL].run([self._out[SPEECH_MODEL]], {self._in[SPEECH_MODEL]: s})[0]
+        return np.asarray(out, dtype=np.float64)[:, 1]
+
     # -- decisions --------------------------------------------------------------------------------------
+    def file_verdict(self, window_ps) -> tuple[str, float | None]:
+        """(label, p_female) of a whole recording from its classified windows' p_female: the mean log-odds,
+        scaled as fitted on held-out speakers' files, against the file-level uncertain band. No windows:
+        ('no speech', None)."""
+        ps = np.clip(np.asarray(list(window_ps), dtype=np.float64), 1e-4, 1 - 1e-4)
+        if ps.size == 0:
+            return "no speech", None
+        p = _sigmoid1(self.file_scale * float(np.mean(np.log(ps) - np.log1p(-ps))))
+        th = self.file_thresholds
+        return ("female" if p >= th["female"] else "male" if p <= th["male"] else "uncertain"), p
+
     def label(self, p: float) -> str:
         """'female' if p >= thresholds['female'], 'male' if p <= thresholds['male'], else 'uncertain'."""
         p = float(p)

@@ -149,6 +149,8 @@ class Engine:
         self._frames_done = 0
         self.speech_samples = 0  # all speech seen since reset, for reporting
         self._hop = _HopState()
+        self._not_speech = False  # the last window was judged not speech (music, tones...): hops stay non-speech
+        self.rejected_windows = 0  # windows the bundle's speech check turned away since reset
 
     def _clear_speech(self) -> None:
         self.speech.clear()
@@ -229,19 +231,27 @@ class Engine:
         dt = hop.frames * self.frame_samples / SAMPLE_RATE
         stages = hop.stages
         speech = hop.speech_frames >= cfg.speech_fraction * hop.frames
-        window_p = level = None
+        window_p = level = p_speech = None
         if speech and self.speech.size >= self.first_samples and self._new_speech >= self.min_new:
             t0 = time.perf_counter()
             window, start = self._window()
             stats, mfcc = self.streaming.extract(window, start)
             t1 = time.perf_counter()
             self.last_window = (window.copy(), stats, mfcc)  # what was classified (a copy: the buffer moves on)
-            window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
             level = 10.0 * math.log10(max(float(np.dot(window, window)) / window.size, 1e-12))
             self._classified = True
             stages["features"] = (t1 - t0) * 1000
-            stages.update(model_ms)
             self._new_speech = 0
+            if self.bundle.has_speech_model:
+                t2 = time.perf_counter()
+                p_speech = float(self.bundle.p_speech(stats)[0])
+                stages["speech_check"] = (time.perf_counter() - t2) * 1000
+                self._not_speech = p_speech < self.bundle.speech_threshold
+                self.rejected_windows += self._not_speech
+            if not self._not_speech:
+                window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
+                stages.update(model_ms)
+        speech = speech and not self._not_speech
         t0 = time.perf_counter()
         est = self.smoother.update(window_p, speech, dt)
         if est.label == "no speech" and self.speech.size:
@@ -253,6 +263,7 @@ class Engine:
             "label": est.label,
             "p_female": None if est.p_female is None else round(float(est.p_female), 4),
             "window_p_female": None if window_p is None else round(float(window_p), 4),
+            "p_speech": None if p_speech is None else round(p_speech, 4),
             "level_dbfs": None if level is None else round(level, 1),
             "speech": bool(speech),
             "confidence": round(float(est.confidence), 4),
@@ -300,16 +311,14 @@ def summarise(events: list[dict], engine: Engine) -> dict:
     scores utterances. ``label`` is female, male or unknown (no speech, or p in the uncertain band);
     ``decision`` says which of female / male / uncertain / no speech it was; ``level_dbfs`` is the median
     level of the classified windows and ``warning`` says when it lies outside the training levels."""
-    ps = np.array([e["window_p_female"] for e in events if e["window_p_female"] is not None], dtype=np.float64)
+    ps = [e["window_p_female"] for e in events if e["window_p_female"] is not None]
     speech_s = round(engine.speech_samples / SAMPLE_RATE, 2)
-    if ps.size == 0:
-        return {"label": "unknown", "decision": "no speech", "p_female": None, "windows": 0, "speech_seconds": speech_s,
+    decision, p = engine.bundle.file_verdict(ps)
+    if p is None:
+        return {"label": "unknown", "decision": decision, "p_female": None, "windows": 0, "speech_seconds": speech_s,
                 "level_dbfs": None, "warning": None}
-    levels = [e["level_dbfs"] for e in events if e.get("level_dbfs") is not None]
+    levels = [e["level_dbfs"] for e in events if e.get("level_dbfs") is not None and e["window_p_female"] is not None]
     level = round(float(np.median(levels)), 1) if levels else None
-    ps = np.clip(ps, 1e-4, 1 - 1e-4)
-    p = 1.0 / (1.0 + math.exp(-float(np.mean(np.log(ps / (1 - ps))))))
-    decision = engine.bundle.label(p)
     return {"label": decision if decision in ("female", "male") else "unknown", "decision": decision,
-            "p_female": round(p, 4), "windows": int(ps.size), "speech_seconds": speech_s, "level_dbfs": level,
+            "p_female": round(p, 4), "windows": len(ps), "speech_seconds": speech_s, "level_dbfs": level,
             "warning": level_warning(level, engine.config.level_range_dbfs)}

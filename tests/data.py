@@ -5,6 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 
 LIBRISPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "LibriSpeech"
+SPEECHOCEAN = LIBRISPEECH.parent / "speechocean762"
 
 
 @lru_cache(maxsize=None)
@@ -37,4 +38,30 @@ def readers_by_gender(n: int) -> dict[str, list[Path]]:
         g = gender_of(p)
         if len(out[g]) < n:
             out[g].append(p)
+    return out
+
+
+@lru_cache(maxsize=None)
+def speechocean_speakers() -> dict[str, tuple[str, list[Path]]]:
+    """speechocean762 adults: speaker -> (gender, files in manifest order), from its manifest.csv."""
+    import csv
+
+    out: dict[str, tuple[str, list[Path]]] = {}
+    with (SPEECHOCEAN / "manifest.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            g, files = out.setdefault(row["speaker"], (row["gender"], []))
+            files.append(SPEECHOCEAN / row["path"])
+    assert out, f"no speechocean762 speakers in {SPEECHOCEAN / 'manifest.csv'}"
+    return out
+
+
+def speechocean_sample(n_per_gender: int, files_per_speaker: int = 2) -> dict[str, list[tuple[str, Path]]]:
+    """The first ``n_per_gender`` speakers of each gender (sorted by id): {'F'|'M': [(speaker, file), ...]}."""
+    out: dict[str, list[tuple[str, Path]]] = {"F": [], "M": []}
+    counts = {"F": 0, "M": 0}
+    for spk in sorted(speechocean_speakers()):
+        g, files = speechocean_speakers()[spk]
+        if counts[g] < n_per_gender:
+            counts[g] += 1
+            out[g] += [(spk, f) for f in files[:files_per_speaker]]
     return out

@@ -171,3 +171,37 @@ def test_low_bitrate_codecs_round_trip(female, codec, min_corr):
     assert np.corrcoef(y, female)[0, 1] > min_corr  # no delay: the codec's padding is trimmed
     assert _band_power_db(female, 5000, 8000) > -20 and _band_power_db(y, 5000, 8000) < -60
     assert np.array_equal(y, channel(female, codec))
+
+
+def _spectral_centroid_of_envelope(x: np.ndarray) -> float:
+    """Centroid (Hz) of the long-term average spectrum below 4 kHz: follows the formants, barely the pitch."""
+    f, pxx = scipy.signal.welch(x, fs=SR, nperseg=1024)
+    keep = (f > 300) & (f < 4000)
+    return float(np.sum(f[keep] * pxx[keep]) / np.sum(pxx[keep]))
+
+
+def test_world_voice_moves_pitch_and_keeps_formants(female):
+    from offline.augment import world_voice
+
+    x = female[: 4 * SR]
+    f0, voiced = _f0_voiced(x)
+    y = world_voice(x, 150.0)  # a female voice at a male-like pitch
+    assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() <= 1.0
+    assert abs(np.sqrt(np.mean(y ** 2)) - np.sqrt(np.mean(x ** 2))) < 1e-3  # level kept
+    f0_y, _ = _f0_voiced(y, voiced)
+    got = np.median(f0_y[voiced & (f0_y > 0)])
+    assert 135 < got < 170, got
+    # the spectral envelope stays where it was (within 8 %) although the pitch fell by a third
+    assert abs(_spectral_centroid_of_envelope(y) / _spectral_centroid_of_envelope(x) - 1) < 0.08
+    # a formant warp moves the envelope up and keeps the pitch
+    z = world_voice(x, None, 1.06)
+    assert _spectral_centroid_of_envelope(z) > 1.02 * _spectral_centroid_of_envelope(x)
+
+
+def test_augmenter_voice_changes_are_keyed_and_reproducible(female):
+    x = female[: 2 * SR]
+    off, on = Augmenter(seed=1), Augmenter(seed=1, p_voice=1.0)
+    assert "p_voice" not in off.to_dict() and on.to_dict()["p_voice"] == 1.0
+    a = on(x, on.rng_for("u", 0))
+    assert np.array_equal(a, on(x, on.rng_for("u", 0)))
+    assert not np.allclose(a, off(x, off.rng_for("u", 0)))

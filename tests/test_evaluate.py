@@ -188,6 +188,17 @@ def _manifest(path: Path, n_per_gender: int) -> Path:
     return path
 
 
+def _speechocean_manifest(path: Path, n_per_gender: int, files_per_speaker: int = 2) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "speaker", "gender"])
+        for gender, rows in speechocean_sample(n_per_gender, files_per_speaker).items():
+            for spk, f in rows:
+                w.writerow([str(f), spk, gender])
+    return path
+
+
 def _run_cli(args: list[str], timeout: float) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-m", "offline", "evaluate", *args, "--json", "--no-progress"],
@@ -211,12 +222,14 @@ def _check_model_block(block: dict, *, with_std: bool) -> None:
 
 @pytest.mark.slow
 def test_mini_cross_validation_through_the_command_line(tmp_path):
-    """k=2 on 24 readers (12 F / 12 M) with the quick training config."""
+    """k=2 on two corpora (12 F / 12 M LibriSpeech readers, 6 F / 6 M speechocean762 speakers with two files
+    each) with the quick training config, plus leave-one-corpus-out and the engine-path file verdicts."""
     pytest.importorskip("offline.train", reason="offline.train is not there yet")
     data = _manifest(tmp_path / "mini.csv", 12)
+    so = _speechocean_manifest(tmp_path / "so762" / "manifest.csv", 6)
     plots = tmp_path / "plots"
-    out = _run_cli(["--data", str(data), "--cv", "2", "--quick", "--cache", str(tmp_path / "cache"),
-                    "--plots", str(plots)], timeout=600)
+    out = _run_cli(["--data", str(data), str(so), "--cv", "2", "--quick", "--loco", "--cache",
+                    str(tmp_path / "cache"), "--plots", str(plots)], timeout=900)
 
     assert out["mode"] == "cv" and out["folds"] == 2 and out["config"] == "quick"
     assert {"command", "seconds", "date", "models", "noise", "pooled", "per_reader", "fold_readers",
@@ -237,8 +250,34 @@ def test_mini_cross_validation_through_the_command_line(tmp_path):
         assert train and test and not train & test
         assert not everyone & test
         everyone |= test
-    assert everyone == set(out["per_reader"]) and len(everyone) == 24
+    assert everyone == set(out["per_reader"]) and len(everyone) == 36
     assert all(set(f["train_readers"]) | set(f["test_readers"]) == everyone for f in folds)
+    # folds are stratified by corpus and gender: 6 + 3 of each gender per fold
+    for f in folds:
+        test = set(f["test_readers"])
+        assert sum(r.startswith("so762") for r in test) == 6 and len(test) == 18
+
+    # each corpus's rows separately, per window, file and speaker
+    assert set(out["corpora"]) == {"mini", "so762"}
+    for rows in out["corpora"].values():
+        for block in rows.values():
+            _check_model_block(block, with_std=True)
+    assert out["models"]["ensemble"]["speaker"]["balanced_accuracy"]["mean"] > 0.5
+    # leave-one-corpus-out: both directions, each trained on one corpus and scored on the other
+    assert set(out["loco"]) == {"mini -> so762", "so762 -> mini"}
+    for direction, r in out["loco"].items():
+        assert r["data_summary"] if "data_summary" in r else True
+        assert r["models"]["ensemble"]["speaker"]["n"]["mean"] if "n" in r["models"]["ensemble"]["speaker"] else True
+        assert r["engine_files"]["all"]["balanced_accuracy"]["mean"] is not None
+    # the engine path gave every test file a verdict exactly as `realtime classify` does
+    ef = out["engine_files"]
+    assert ef["files"] == 24 + 24
+    assert 0.5 < ef["all"]["balanced_accuracy"]["mean"] <= 1.0
+    assert set(ef["corpora"]) == {"mini", "so762"}
+    # the speech check: test speech kept, held-out synthetic non-speech rejected
+    sc = out["speech_check"]
+    assert sc["speech_kept"]["clean"]["mean"] >= 0.9
+    assert sc["nonspeech_rejected"]["all synthetic"]["mean"] >= 0.8
 
     ens = out["models"]["ensemble"]
     # two epochs on 12 readers learn the ranking (AUC ~0.9) but not yet a calibrated threshold at 0.5

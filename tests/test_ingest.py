@@ -172,3 +172,19 @@ def test_cli_loads_command_modules_that_exist(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["features", "--help"])
     assert "--data" in capsys.readouterr().out
+
+
+def test_two_corpora_load_as_one_with_their_names():
+    from offline.librispeech import load_corpora
+
+    so = DATA.parent / "speechocean762" / "manifest.csv"
+    utts = load_corpora([DATA, so])
+    corpora = {u.corpus for u in utts}
+    assert corpora == {"LibriSpeech", "speechocean762"}
+    speakers = {c: {(u.reader, u.gender) for u in utts if u.corpus == c} for c in corpora}
+    assert len(speakers["LibriSpeech"]) == 251 and len(speakers["speechocean762"]) == 128
+    assert sum(g == "F" for _, g in speakers["speechocean762"]) == 72
+    assert len({u.utt_id for u in utts}) == len(utts)
+    # the same corpus twice would put its speakers on both sides of a split
+    with pytest.raises(DatasetError, match="appears in both|appears twice"):
+        load_corpora([so, so])

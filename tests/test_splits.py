@@ -71,3 +71,24 @@ def test_holdout_readers(genders):
     assert len(held) == 2 and {tiny[r] for r in held} == {"F", "M"}
     with pytest.raises(ValueError):
         holdout_readers(genders, 1.0, seed=0)
+
+
+def test_folds_and_holdout_are_stratified_by_corpus_too():
+    from offline.librispeech import load_corpora
+
+    utts = load_corpora([DATA, DATA.parent / "speechocean762" / "manifest.csv"])
+    corpus = {u.reader: u.corpus for u in utts}
+    gender = reader_genders(utts)
+    for _, test in reader_folds(utts, k=5, seed=0):
+        for c in ("LibriSpeech", "speechocean762"):
+            for g in "FM":
+                n = sum(corpus[r] == c and gender[r] == g for r in test)
+                total = sum(corpus[r] == c and gender[r] == g for r in gender)
+                assert abs(n - total / 5) <= 1, (c, g, n, total)
+    kept, held = holdout_readers(gender, 0.2, seed=0, strata=corpus)
+    for c in ("LibriSpeech", "speechocean762"):
+        share = sum(corpus[r] == c for r in held) / sum(corpus[r] == c for r in gender)
+        assert 0.15 < share < 0.25, (c, share)
+    # one corpus: the folds are what they were before corpora existed
+    ls = [u for u in utts if u.corpus == "LibriSpeech"]
+    assert reader_folds(ls, k=5, seed=0) == reader_folds(reader_genders(ls), k=5, seed=0)
