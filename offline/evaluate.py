@@ -89,8 +89,8 @@ class FixedNoise:
         return add_noise(x, self.snr_db, self.color, rng, sr=sr)
 
 
-def noise_conditions(seed: int = 0) -> list[FixedNoise]:
-    return [FixedNoise(c, s, seed) for c in NOISE_COLORS for s in NOISE_SNRS]
+def noise_conditions(seed: int = 0, snrs=NOISE_SNRS) -> list[FixedNoise]:
+    return [FixedNoise(c, s, seed) for c in NOISE_COLORS for s in snrs]
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,10 @@ def channel_conditions() -> list[FixedChannel]:
     return [FixedChannel(k) for k in CHANNEL_KINDS]
 
 
-def altered_conditions(*, noise: bool, channel: bool, seed: int = 0) -> list[tuple[str, FixedNoise | FixedChannel]]:
+def altered_conditions(*, noise: bool, channel: bool, seed: int = 0, snrs=NOISE_SNRS
+                       ) -> list[tuple[str, FixedNoise | FixedChannel]]:
     """(result section, condition) for every altered version of the test audio asked for."""
-    return ([("noise", c) for c in noise_conditions(seed)] if noise else []) + \
+    return ([("noise", c) for c in noise_conditions(seed, snrs)] if noise else []) + \
         ([("channel", c) for c in channel_conditions()] if channel else [])
 
 
@@ -291,7 +292,8 @@ def _score_trained(models, ws) -> dict[str, np.ndarray]:
 
 def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise: bool = False,
            channel: bool = False, recipe: dict | None = None, extract_kwargs: dict | None = None,
-           progress: bool = True, log=print, folds=None, engine_path: bool = False) -> tuple[dict, dict]:
+           progress: bool = True, log=print, folds=None, engine_path: bool = False, snrs=NOISE_SNRS
+           ) -> tuple[dict, dict]:
     """Speaker-disjoint k-fold CV (or the given ``folds``, e.g. leave-one-corpus-out). Returns (result dict for
     JSON, {condition: Scored} out-of-fold predictions).
 
@@ -305,7 +307,7 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
 
     extract_kwargs = dict(extract_kwargs or {})
     t0 = time.perf_counter()
-    conditions = altered_conditions(noise=noise, channel=channel, seed=seed)
+    conditions = altered_conditions(noise=noise, channel=channel, seed=seed, snrs=snrs)
     sets = _extract_all(utterances, conditions=conditions, extract_kwargs=extract_kwargs)
     t_features = time.perf_counter() - t0
     clean = sets["clean"]
@@ -755,6 +757,39 @@ def format_markdown(result: dict) -> str:
             cells = [_md(e[lv][k]) for lv in LEVELS for k in ("balanced_accuracy", "recall_female", "recall_male")]
             cells += [_md(models[m]["window"]["balanced_accuracy"]) for m in comps]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+    groups = [("all corpora", result["models"])] + [(c, m) for c, m in (result.get("corpora") or {}).items()]
+    groups += [(f"trained {d}", r["models"]) for d, r in (result.get("loco") or {}).items()]
+    if len(groups) > 1:
+        out += ["", "**Ensemble by corpus and protocol** (balanced accuracy %, recall F / M %)", "",
+                "| rows | per window | per file | per speaker | window recall F / M | file recall F / M |",
+                "|---|---|---|---|---|---|"]
+        for label, models in groups:
+            e = models["ensemble"]
+            rec = lambda lv: f"{_md(e[lv]['recall_female'])} / {_md(e[lv]['recall_male'])}"  # noqa: E731
+            out.append(f"| {label} | {_md(e['window']['balanced_accuracy'])} | "
+                       f"{_md(e['utterance']['balanced_accuracy'])} | {_md(e['speaker']['balanced_accuracy'])} | "
+                       f"{rec('window')} | {rec('utterance')} |")
+    rows = [("K-fold CV", result.get("engine_files"))]
+    rows += [(f"trained {d}", r.get("engine_files")) for d, r in (result.get("loco") or {}).items()]
+    rows = [(n, e) for n, e in rows if e]
+    if rows:
+        out += ["", "**File verdicts through the live engine** (`realtime classify`'s answer; 'uncertain' and "
+                    "'no speech' count wrong)", "",
+                "| protocol | files | balanced accuracy % | recall F / M % | undecided % | decided balanced accuracy % |",
+                "|---|---|---|---|---|---|"]
+        for name, e in rows:
+            for group, m in [("all", e["all"])] + list(e.get("corpora", {}).items()):
+                out.append(f"| {name} | {group} | {_md(m['balanced_accuracy'])} | {_md(m['recall_female'])} / "
+                           f"{_md(m['recall_male'])} | {_md(m['undecided'])} | {_md(m['decided_balanced_accuracy'])} |")
+    sc = result.get("speech_check")
+    if sc:
+        out += ["", "**Speech check**: % of test speech windows kept / % of held-out non-speech windows given no "
+                    "gender", "", "| speech windows kept | % | | non-speech rejected | % |", "|---|---|---|---|---|"]
+        kept, rej = list(sc["speech_kept"].items()), list(sc["nonspeech_rejected"].items())
+        for i in range(max(len(kept), len(rej))):
+            a = kept[i] if i < len(kept) else ("", None)
+            b = rej[i] if i < len(rej) else ("", None)
+            out.append(f"| {a[0]} | {_md(a[1]) if a[1] else ''} | | {b[0]} | {_md(b[1]) if b[1] else ''} |")
     return "\n".join(out)
 
 
@@ -932,7 +967,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         else:
             cv_args = dict(seed=args.seed, quick=args.quick, noise=args.noise, channel=args.channel, recipe=recipe,
                            extract_kwargs=extract_kwargs, progress=progress, log=log,
-                           engine_path=not args.no_engine)
+                           engine_path=not args.no_engine, snrs=tuple(args.snr))
             if args.cv_folds:
                 result, scored = run_cv(utterances, k=args.cv, **cv_args)
             else:
@@ -1003,6 +1038,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="folds of reader-disjoint cross-validation (default: %(default)s)")
     p.add_argument("--noise", action="store_true",
                    help="also score with white and pink noise at 20, 10 and 5 dB SNR added to the test audio")
+    p.add_argument("--snr", type=float, nargs="+", default=list(NOISE_SNRS), metavar="DB",
+                   help="SNRs of the --noise conditions (default: %(default)s)")
     p.add_argument("--channel", action="store_true",
                    help="also score the test audio through other capture channels: sampled at 8 kHz, a telephone "
                         "line (300-3400 Hz, mu-law), MP3 ~21 kbit/s, Opus ~9 kbit/s, 20 dB quieter")

@@ -219,6 +219,12 @@ def training_negatives(*, definition=None, augmenter=None, seed: int = 0, n_per_
 
     definition = definition or DEFAULT
     files = music_files(music)
+    missing = [m for m in music if not Path(MUSIC_DIRS[m]).is_dir()]
+    if missing:
+        import warnings
+
+        warnings.warn(f"music package(s) {', '.join(missing)} not installed: the speech check trains without "
+                      f"them (apt-get install {' '.join(missing)}, or ./setup.sh --dev --train-music)", stacklevel=2)
     key = hashlib.sha256(json.dumps({"v": 1, "f": definition.hash, "seed": seed, "n": n_per_kind,
                                      "aug": augmenter.to_dict() if augmenter else None,
                                      "files": [f"{p}|{p.stat().st_size}" for p in files]},

@@ -190,12 +190,13 @@ def test_world_voice_moves_pitch_and_keeps_formants(female):
     assert abs(np.sqrt(np.mean(y ** 2)) - np.sqrt(np.mean(x ** 2))) < 1e-3  # level kept
     f0_y, _ = _f0_voiced(y, voiced)
     got = np.median(f0_y[voiced & (f0_y > 0)])
-    assert 135 < got < 170, got
+    # WORLD's median is over its own voiced frames, this one over YIN's: a few Hz apart
+    assert 135 < got < 180 and got < 0.85 * np.median(f0[voiced]), (got, np.median(f0[voiced]))
     # the spectral envelope stays where it was (within 8 %) although the pitch fell by a third
     assert abs(_spectral_centroid_of_envelope(y) / _spectral_centroid_of_envelope(x) - 1) < 0.08
-    # a formant warp moves the envelope up and keeps the pitch
-    z = world_voice(x, None, 1.06)
-    assert _spectral_centroid_of_envelope(z) > 1.02 * _spectral_centroid_of_envelope(x)
+    # a formant warp moves the envelope up or down (against the unwarped re-synthesis)
+    c = {w: _spectral_centroid_of_envelope(world_voice(x, None, w)) for w in (0.94, 1.0, 1.06)}
+    assert c[0.94] < 0.985 * c[1.0] and c[1.06] > 1.015 * c[1.0], c
 
 
 def test_augmenter_voice_changes_are_keyed_and_reproducible(female):
