@@ -36,9 +36,12 @@ def _positive_float(text: str) -> float:
 
 def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
     """--data/--subsets/--strict/--window/--hop/--jobs/--cache/--no-progress, shared by corpus commands."""
-    p.add_argument("--data", required=True, type=Path, metavar="DIR_OR_CSV",
+    from realtime.audio import data_dir
+
+    p.add_argument("--data", type=Path, default=data_dir() / "LibriSpeech", metavar="DIR_OR_CSV",
                    help="a LibriSpeech root (holding SPEAKERS.TXT and <subset>/<reader>/<chapter>/*.flac), "
-                        "one subset folder of it, or a CSV manifest with columns path,speaker,gender")
+                        "one subset folder of it, or a CSV manifest with columns path,speaker,gender "
+                        "(default: $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech beside the repository)")
     p.add_argument("--subsets", nargs="+", metavar="NAME",
                    help="LibriSpeech subset folders to use (default: all found), e.g. train-clean-100")
     p.add_argument("--strict", action="store_true",
