@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,11 @@ import soundfile as sf
 from realtime.audio import load_audio
 
 from .data import readers_by_gender
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parents[1]
 GENDER = {"F": "female", "M": "male"}
