@@ -890,6 +890,10 @@ def plot(res: dict, target: Path) -> list[Path]:
 
 
 def run(args) -> int:
+    if args.plot:
+        from .sinks import check_plotting
+
+        check_plotting()  # before minutes of benchmarking, not after
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     res = run_bench(args, log=log)
     if args.plot:

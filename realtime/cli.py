@@ -153,22 +153,23 @@ def expand_paths(paths: list[Path]) -> list[Path]:
 
 
 def _progress(n: int, enabled: bool):
-    """A rich progress bar on stderr for many files (a no-op for one file, --no-progress or a non-terminal)."""
+    """A rich progress bar for many files, on the terminal: on stderr when stdout is piped or redirected (the
+    results stay clean on stdout), drawn below the results when both are the terminal. A no-op for one file,
+    --no-progress, or no terminal at all."""
     import contextlib
 
-    if not enabled or n < 2:
+    out_tty, err_tty = sys.stdout.isatty(), sys.stderr.isatty()
+    if not enabled or n < 2 or not (out_tty or err_tty):
         return contextlib.nullcontext(lambda: None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        return contextlib.nullcontext(lambda: None)
+    console = Console(file=sys.stdout) if out_tty else Console(stderr=True)
 
     @contextlib.contextmanager
     def bar():
         with Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console, transient=True) as progress:
+                      console=console, transient=True, redirect_stdout=out_tty, redirect_stderr=False) as progress:
             task = progress.add_task("files", total=n)
             yield lambda: progress.advance(task)
     return bar()

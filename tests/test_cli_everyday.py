@@ -99,7 +99,8 @@ def test_segments_command_json_and_csv(voices, tmp_path):
 
 def test_a_broken_pipe_ends_quietly(voices):
     """Defect: `... | head` printed 'error: [Errno 32] Broken pipe' with exit status 2."""
-    folder = voices["F"][0].parent  # a chapter: dozens of files, one line each, flushed as they come
+    folder = voices["F"][0].parents[2]  # a LibriSpeech subset: hundreds of files, one line each, flushed as they come
+    assert len(list(folder.glob("*/*/*.flac"))) > 20
     proc = subprocess.Popen([sys.executable, "-m", "realtime", "classify", str(folder), "--no-progress"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
@@ -208,6 +209,8 @@ def test_core_install_runs_classify_bench_help_and_plot_says_what_to_install(voi
     res, modules = _core(tmp_path, "stream", path, "--format", "jsonl", "--plot", png)
     assert res.returncode == 2 and "voicegender[plot]" in res.stderr and "train" not in res.stderr
     assert res.stdout == "" and not png.exists()  # refused before streaming anything
+    res, _ = _core(tmp_path, "bench", "--files", "2", "--plot", tmp_path / "figs")
+    assert res.returncode == 2 and "voicegender[plot]" in res.stderr and "bench:" not in res.stdout + res.stderr
     res, _ = _core(tmp_path, "bench", "--help")
     assert res.returncode == 0 and "--baseline" in res.stdout, res.stderr
     res, _ = _core(tmp_path, "segments", path, "--json")
@@ -220,3 +223,39 @@ def test_plot_with_matplotlib_writes_the_trace(voices, tmp_path):
     out = _cli("stream", voices["M"][0], "--format", "jsonl", "--plot", png)
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_classify_shows_progress_on_a_terminal_only(voices, tmp_path):
+    """Many files: a progress bar on stderr when it is a terminal; nothing on stderr when it is not."""
+    import pty
+    import select
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for p in voices["F"] + voices["M"]:
+        (folder / p.name).symlink_to(p)
+    n = len(voices["F"] + voices["M"])
+    master, slave = pty.openpty()
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="100")
+    proc = subprocess.Popen([sys.executable, "-m", "realtime", "classify", str(folder), "--json"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    err = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        err += chunk
+    out, _ = proc.communicate(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0
+    assert len(out.decode().splitlines()) == n
+    assert b"classifying" in err and f"/{n}".encode() in err, err[-500:]
+    plain = _cli("classify", folder, "--json")
+    assert plain.returncode == 0 and plain.stderr == ""
