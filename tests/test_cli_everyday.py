@@ -259,3 +259,47 @@ def test_classify_shows_progress_on_a_terminal_only(voices, tmp_path):
     assert b"classifying" in err and f"/{n}".encode() in err, err[-500:]
     plain = _cli("classify", folder, "--json")
     assert plain.returncode == 0 and plain.stderr == ""
+
+
+def test_train_out_defaults_to_a_new_run_folder_never_models(tmp_path, monkeypatch):
+    """Defect: `offline train` defaulted --out to models/, overwriting the shipped bundle."""
+    from offline.cli import build_parser
+    from offline.train import default_run_dir
+
+    args = build_parser().parse_args(["train"])
+    assert args.out is None
+    monkeypatch.chdir(tmp_path)
+    first = default_run_dir()
+    assert first.parent == Path("runs") and re.fullmatch(r"\d{8}-\d{6}", first.name)
+    first.mkdir(parents=True)
+    assert default_run_dir() != first  # a taken folder is never reused
+    assert "models" not in default_run_dir().parts
+
+
+def test_data_folder_comes_from_voicegender_data(tmp_path):
+    """One variable points bench, loadtest, the training commands and the tests at the data."""
+    code = ("from realtime.audio import data_dir; from realtime import bench, loadtest; from offline.cli import build_parser;"
+            "print(data_dir()); print(bench.DEFAULT_DATA); print(loadtest._LIBRISPEECH);"
+            "print(build_parser().parse_args(['train']).data); import tests.data as d; print(d.LIBRISPEECH)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env=dict(os.environ, VOICEGENDER_DATA=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[0] == str(tmp_path) and all(line == str(tmp_path / "LibriSpeech") for line in lines[1:5]), lines
+    env = {k: v for k, v in os.environ.items() if k != "VOICEGENDER_DATA"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert out.stdout.split("\n")[0] == str(REPO.parent / "shared" / "data")
+
+
+def test_packaging_metadata():
+    """Defects: no LICENSE though pyproject said MIT; the licence table and `realtime.web` as package data gave
+    deprecation warnings on every install; --plot's hint installed the whole training stack."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert project["license"] == "MIT" and "MIT License" in (REPO / "LICENSE").read_text()
+    assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77
+               for r in meta["build-system"]["requires"])  # the first setuptools that takes an SPDX string
+    assert "realtime.web" in meta["tool"]["setuptools"]["packages"]
+    assert [d.split(">")[0] for d in project["optional-dependencies"]["plot"]] == ["matplotlib"]
+    assert any(d.startswith("threadpoolctl") for d in project["dependencies"])
+    assert all((REPO / "realtime" / "web" / f).is_file() for f in ("index.html", "worklet.js"))
