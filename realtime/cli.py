@@ -124,7 +124,7 @@ def _live(args) -> int:
         return _run_stream(args, "console")
     except AudioError as exc:
         if args.source.startswith("mic"):
-            raise AudioError(f"{exc}. Without a microphone, try: python -m realtime live --source file:PATH --realtime") from exc
+            raise AudioError(f"{exc}. Without a microphone, try: python -m realtime live PATH --realtime") from exc
         raise
 
 
