@@ -121,8 +121,10 @@ def add_parser(subparsers) -> None:
         "bench-features", help="time the shared features per 2 s window beside librosa's own calls",
         description="Median and p95 cost of the statistical vector + MFCC matrix for one 2 s window, on one core, "
                     "side by side with librosa computing the same features on the same real windows.")
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/LibriSpeech",
-                   metavar="DIR", help="folder with .flac files (default: ../shared/data/LibriSpeech)")
+    from realtime.audio import data_dir
+
+    p.add_argument("--data", type=Path, default=data_dir() / "LibriSpeech", metavar="DIR",
+                   help="folder with .flac files (default: $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech)")
     p.add_argument("--windows", type=int, default=40, metavar="N", help="real windows to time (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5, metavar="N",
                    help="passes over the windows for our extractor (librosa: one pass) (default: %(default)s)")

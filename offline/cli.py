@@ -37,11 +37,15 @@ def _positive_float(text: str) -> float:
 
 def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
     """--data/--subsets/--strict/--window/--hop/--jobs/--cache/--no-progress, shared by corpus commands."""
-    p.add_argument("--data", required=True, type=Path, nargs="+", metavar="DIR_OR_CSV",
+    from realtime.audio import data_dir
+
+    p.add_argument("--data", type=Path, nargs="+", metavar="DIR_OR_CSV",
+                   default=[data_dir() / "LibriSpeech", data_dir() / "speechocean762" / "manifest.csv"],
                    help="one or more corpora: a LibriSpeech root (holding SPEAKERS.TXT and "
                         "<subset>/<reader>/<chapter>/*.flac), one subset folder of it, or a CSV manifest with "
                         "columns path,speaker,gender (e.g. speechocean762/manifest.csv); speakers must not repeat "
-                        "across corpora")
+                        "across corpora (default: LibriSpeech and speechocean762 under $VOICEGENDER_DATA, else "
+                        "../shared/data beside the repository)")
     p.add_argument("--subsets", nargs="+", metavar="NAME",
                    help="LibriSpeech subset folders to use (default: all found), e.g. train-clean-100")
     p.add_argument("--strict", action="store_true",

@@ -479,15 +479,13 @@ def _engine_fold(models, utterances, *, fold: int, log=print) -> dict:
         models.export(tmp)
         bundle = Bundle.load(tmp)
     rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": []}
-    engine = None
+    engine = Engine(bundle)
     for u in utterances:
-        engine = Engine(bundle)
-        x = load_audio(u.path)
-        events = list(engine.run([x[i:i + 1600] for i in range(0, len(x), 1600)]))
+        events = list(engine.run(load_audio(u.path)))  # run() starts each file from a clean state
         v = summarise(events, engine)
         rows["y"].append(1 if u.gender == "F" else 0)
         rows["p"].append(math.nan if v["p_female"] is None else v["p_female"])
-        rows["label"].append(v["decision"])
+        rows["label"].append(v["label"])
         rows["utt"].append(u.utt_id)
         rows["reader"].append(u.reader)
         rows["corpus"].append(u.corpus)

@@ -819,7 +819,7 @@ def add_recipe_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """``python -m offline train --data DIR_OR_CSV --out models/ [--quick] [--seed N] [--jobs N] [--json]``."""
+    """``python -m offline train [--data DIR_OR_CSV] [--out DIR (default runs/<timestamp>)] [--quick] [--seed N] [--jobs N] [--json]``."""
     from .cli import add_corpus_arguments
 
     p = subparsers.add_parser(
@@ -828,14 +828,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "every reader of the corpus (20% of the readers are held out inside for early stopping, "
                     "ensemble weights, calibration and thresholds), export the ONNX bundle and print a summary.")
     add_corpus_arguments(p)
-    p.add_argument("--out", type=Path, default=Path("models"), metavar="DIR",
-                   help="output folder of the bundle (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder of the bundle (default: a new runs/<UTC timestamp>/; never the shipped "
+                        "models/ unless given explicitly)")
     p.add_argument("--quick", action="store_true", help="tiny configuration for smoke tests (2 epochs, few trees)")
     p.add_argument("--seed", type=int, default=0, help="seed of splits, augmentation and models (default: 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_recipe_argument(p)
     p.set_defaults(func=run_train)
     return p
+
+
+def default_run_dir(root: Path = Path("runs")) -> Path:
+    """A new folder for a trained bundle: runs/<UTC timestamp> (suffixed if taken), never the shipped models/."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out, n = root / stamp, 1
+    while out.exists():
+        n += 1
+        out = root / f"{stamp}-{n}"
+    return out
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -861,7 +874,7 @@ def run_train(args: argparse.Namespace) -> int:
     summary_data = data_summary(ws, utterances)
     summary_data["source"] = " + ".join(sorted({u.corpus for u in utterances}))
     summary_data["corpora"] = corpus_summary(utterances)
-    out = trained.export(args.out, data_summary=summary_data)
+    out = trained.export(args.out if args.out is not None else default_run_dir(), data_summary=summary_data)
     summary = {"out": str(out), "data": summary_data, "features_s": round(t_feat, 1),
                "timings": trained.history["timings"], "total_s": round(time.perf_counter() - t0, 1),
                "weights": dict(zip(MODEL_NAMES, np.round(trained.weights, 4).tolist())),

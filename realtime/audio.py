@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 16000
+RESAMPLE_QUALITY = "HQ"  # soxr quality of every resampler here, one-shot and streaming
+DATA_ENV = "VOICEGENDER_DATA"  # environment variable: the folder holding LibriSpeech/ (and other corpora)
 
 
 class AudioError(ValueError):
@@ -33,7 +35,44 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray
         return np.asarray(x, dtype=np.float32)
     import soxr
 
-    return soxr.resample(np.asarray(x, dtype=np.float32), sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+    return soxr.resample(np.asarray(x, dtype=np.float32), sr_in, sr_out, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+
+
+class StreamResampler:
+    """Mono float32 streaming resampler to 16 kHz (``soxr.ResampleStream``; a pass-through at 16 kHz).
+
+    State is kept across calls, so chunk boundaries leave no trace; ``last=True`` returns the tail.
+    Output is clipped to [-1, 1].
+    """
+
+    def __init__(self, in_rate: float):
+        self.in_rate = float(in_rate)
+        if not self.in_rate > 0:
+            raise AudioError(f"sample rate must be positive, got {in_rate}")
+        if self.in_rate == SAMPLE_RATE:
+            self._rs = None
+        else:
+            import soxr
+
+            self._rs = soxr.ResampleStream(self.in_rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+
+    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._rs is not None:
+            x = self._rs.resample_chunk(x, last=last)
+        else:
+            x = x.copy() if not x.flags.owndata else x
+        return np.clip(x, -1.0, 1.0, out=x)
+
+
+def data_dir() -> Path:
+    """The data folder (holding LibriSpeech/): ``$VOICEGENDER_DATA`` if set, else ../shared/data beside the repository."""
+    import os
+
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def to_16k_mono(x: np.ndarray, sr: int) -> np.ndarray:

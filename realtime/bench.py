@@ -53,7 +53,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "LibriSpeech"
+def _default_data() -> Path:
+    from .audio import data_dir
+
+    return data_dir() / "LibriSpeech"
+
+
+DEFAULT_DATA = _default_data()  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 DEFAULT_MODELS = REPO / "models"
 HEAVY_MODULES = ("tensorflow", "keras", "librosa", "numba", "xgboost", "torch")
 
@@ -541,7 +547,11 @@ def run_bench(args, log=print) -> dict:
     with threadpool_limits(1):
         stream_utterance(engine, audios[0])  # warm-up, not counted
         baseline = None
-        if args.baseline and args.baseline_windows > 0:
+        missing = [m for m in ("tensorflow", "librosa", "xgboost") if importlib.util.find_spec(m) is None]
+        if args.baseline and args.baseline_windows > 0 and missing:
+            log(f"bench: the naive baseline is skipped: it needs {', '.join(missing)} "
+                "(pip install 'voicegender[train]'); --no-baseline silences this")
+        elif args.baseline and args.baseline_windows > 0:
             log("bench: building the naive baseline (TensorFlow, librosa, xgboost) ...")
             train = xgb_training_set(engine.bundle.definition, utts, audios, engine.extractor, hop_s)
             baseline = NaiveBaseline(engine.bundle.definition, meta, train, log=log)
@@ -880,6 +890,10 @@ def plot(res: dict, target: Path) -> list[Path]:
 
 
 def run(args) -> int:
+    if args.plot:
+        from .sinks import check_plotting
+
+        check_plotting()  # before minutes of benchmarking, not after
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     res = run_bench(args, log=log)
     if args.plot:
@@ -904,7 +918,8 @@ def add_parser(subparsers) -> None:
                     "the naive librosa + Keras + XGBoost pipeline measured side by side and the speedup, "
                     "decision latency after speech onset, cold start and peak RSS, on real utterances.")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
-                   help="LibriSpeech root with SPEAKERS.TXT, or a CSV manifest (default: ../shared/data/LibriSpeech)")
+                   help="LibriSpeech root with SPEAKERS.TXT, or a CSV manifest (default: $VOICEGENDER_DATA/LibriSpeech, "
+                        "else ../shared/data/LibriSpeech beside the repository)")
     p.add_argument("--files", type=int, default=40, metavar="N",
                    help="utterances to stream, alternating female / male readers (default: %(default)s)")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,

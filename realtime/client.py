@@ -148,12 +148,13 @@ class StreamClient:
 
 def _summary_line(msg: dict) -> str:
     p = msg.get("p_female")
-    return (f"summary: {msg.get('label')} ({msg.get('decision')}), p_female={'-' if p is None else f'{p:.3f}'}, "
+    return (f"summary: {msg.get('label')}, p_female={'-' if p is None else f'{p:.3f}'}, "
             f"{msg.get('windows')} windows, {msg.get('speech_seconds')} s speech of {msg.get('audio_seconds')} s")
 
 
 def _client(args) -> int:
     from .audio import float_to_pcm16
+    from .events import Event
     from .sinks import make_sink
     from .sources import parse_source
 
@@ -191,7 +192,7 @@ def _client(args) -> int:
                 for msg in client.messages():
                     ev = msg.get("event")
                     if ev is None:
-                        sink.write(msg)
+                        sink.write(Event.from_dict(msg))
                     elif ev == "end":
                         print(json.dumps(msg) if args.format == "jsonl" else _summary_line(msg), file=sys.stderr)
                     elif ev == "error":
@@ -202,7 +203,7 @@ def _client(args) -> int:
                 sender.join(5)
                 for msg in client.messages():  # the rest, then the summary
                     if msg.get("event") is None:
-                        sink.write(msg)
+                        sink.write(Event.from_dict(msg))
                     elif msg.get("event") == "end":
                         print(_summary_line(msg), file=sys.stderr)
             if send_error and rc == 0 and not isinstance(send_error[0], (OSError, ConnectionError)):

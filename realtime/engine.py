@@ -4,13 +4,14 @@
 
 Use it from Python::
 
-    from realtime.engine import Engine
-    from realtime.sources import FileSource
+    from realtime import Engine
     engine = Engine()                      # loads the bundle in models/
-    for event in engine.run(FileSource("talk.flac")):
-        print(event["t"], event["label"], event["p_female"])
+    for event in engine.run("talk.flac"):  # a path, a Source, or an iterable of 16 kHz chunks
+        print(event.t, event.label, event.p_female)
 
-or push chunks yourself (``engine.push(chunk)`` returns the events that chunk completed).
+or push chunks yourself: ``engine.push(chunk, sample_rate=44100)`` returns the events (:class:`realtime.events.Event`)
+that chunk completed; float or int16 arrays, mono or ``(N, channels)``, any rate (one streaming resampler per
+engine). ``run`` starts every source from a clean state (t = 0).
 
 Decisions, measured with ``python -m offline engine-eval`` on 51 readers held out from training
 (fold 0 of the reader-disjoint split; numbers in the README):
@@ -45,8 +46,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, StreamResampler
 from .bundle import Bundle
+from .events import Event
 from .features import FeatureExtractor, StreamingExtractor, fit_window
 from .smoother import Smoother
 from .vad import VadGate
@@ -114,6 +116,7 @@ class SpeechBuffer:
 class _HopState:
     frames: int = 0
     speech_frames: int = 0
+    sumsq: float = 0.0  # of all samples in the hop, for its input level
     stages: dict = field(default_factory=dict)
 
 
@@ -151,6 +154,7 @@ class Engine:
         self._hop = _HopState()
         self._not_speech = False  # the last window was judged not speech (music, tones...): hops stay non-speech
         self.rejected_windows = 0  # windows the bundle's speech check turned away since reset
+        self._resampler: StreamResampler | None = None  # for push(sample_rate != 16000), kept across pushes
 
     def _clear_speech(self) -> None:
         self.speech.clear()
@@ -172,11 +176,33 @@ class Engine:
         """Stream time in seconds of the audio consumed so far (whole VAD frames)."""
         return self._frames_done * self.frame_samples / SAMPLE_RATE
 
-    def push(self, chunk: np.ndarray) -> list[dict]:
-        """Feed 16 kHz mono float32 audio of any length; return the events of the hops it completed."""
-        chunk = np.asarray(chunk, dtype=np.float32)
-        if chunk.ndim != 1:
-            raise ValueError(f"Engine.push needs 1-D mono 16 kHz audio, got shape {chunk.shape}")
+    def push(self, chunk: np.ndarray, sample_rate: float = SAMPLE_RATE) -> list[Event]:
+        """Feed audio of any length; return the events of the hops it completed.
+
+        ``chunk``: float samples in [-1, 1] or int16 (scaled by 1/32768), 1-D or ``(N, channels)`` (averaged).
+        ``sample_rate``: its rate; anything but 16 kHz goes through one streaming resampler kept by the
+        engine, so a stream may come in chunks of any size. NaN or infinite samples, float samples far
+        outside [-1, 1] (int16 values cast to float?) and other dtypes are a ``ValueError``.
+        """
+        chunk = as_mono_float(chunk)
+        rate = float(sample_rate)
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
+        events: list[Event] = []
+        rs = self._resampler
+        if rs is not None and rs.in_rate != rate:  # the rate changed: drain the old resampler first
+            events += self._push16(rs(np.zeros(0, dtype=np.float32), last=True))
+            rs = self._resampler = None
+        if rate != SAMPLE_RATE:
+            if rs is None:
+                rs = self._resampler = StreamResampler(rate)
+            chunk = rs(chunk)
+        return events + self._push16(chunk)
+
+    def _push16(self, chunk: np.ndarray) -> list[Event]:
+        """The engine proper: 16 kHz mono float32."""
+        if chunk.size == 0:
+            return []
         t0 = time.perf_counter()
         decisions = self.vad.process(chunk)
         vad_ms_per_frame = (time.perf_counter() - t0) * 1000 / max(len(decisions), 1)
@@ -192,8 +218,9 @@ class Engine:
             early = self._first_window_ready_at(sel) if not self._classified else None
             if early is not None:
                 take, sel = early, sel[:early]
+            block = frames[i * fs:(i + take) * fs]
+            self._hop.sumsq += float(np.dot(block, block))
             if sel.any() or not cfg.speech_only:
-                block = frames[i * fs:(i + take) * fs]
                 n_voiced = int(sel.sum()) * fs
                 self.speech.append(block.reshape(take, fs)[sel].ravel() if cfg.speech_only else block)
                 self._speech_pos += n_voiced if cfg.speech_only else block.size
@@ -220,13 +247,18 @@ class Engine:
         speech_frames = hop.speech_frames + int(sel[:take].sum())
         return take if speech_frames >= self.config.speech_fraction * (hop.frames + take) else None
 
-    def flush(self) -> list[dict]:
-        """End of stream: emit the last, partial hop (if any audio is left in it), so short clips still get a verdict."""
-        if self._hop.frames == 0:
-            return []
-        return [self._end_hop()]
+    def flush(self) -> list[Event]:
+        """End of stream: drain the resampler and emit the last, partial hop (if any audio is left in it),
+        so short clips still get a verdict."""
+        events = []
+        if self._resampler is not None:
+            events += self._push16(self._resampler(np.zeros(0, dtype=np.float32), last=True))
+            self._resampler = None
+        if self._hop.frames:
+            events.append(self._end_hop())
+        return events
 
-    def _end_hop(self) -> dict:
+    def _end_hop(self) -> Event:
         cfg, hop = self.config, self._hop
         dt = hop.frames * self.frame_samples / SAMPLE_RATE
         stages = hop.stages
@@ -248,7 +280,9 @@ class Engine:
                 stages["speech_check"] = (time.perf_counter() - t2) * 1000
                 self._not_speech = p_speech < self.bundle.speech_threshold
                 self.rejected_windows += self._not_speech
-            if not self._not_speech:
+            if self._not_speech:
+                level = None  # no window was classified
+            else:
                 window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
                 stages.update(model_ms)
         speech = speech and not self._not_speech
@@ -257,39 +291,85 @@ class Engine:
         if est.label == "no speech" and self.speech.size:
             self._clear_speech()  # a long pause: the next voice may be someone else
         stages["smoother"] = (time.perf_counter() - t0) * 1000
+        n = hop.frames * self.frame_samples
+        input_level = 10.0 * math.log10(max(hop.sumsq / n, 1e-12)) if n else None
         self._hop = _HopState()
-        return {
-            "t": round(self.t, 3),
-            "label": est.label,
-            "p_female": None if est.p_female is None else round(float(est.p_female), 4),
-            "window_p_female": None if window_p is None else round(float(window_p), 4),
-            "p_speech": None if p_speech is None else round(p_speech, 4),
-            "level_dbfs": None if level is None else round(level, 1),
-            "speech": bool(speech),
-            "confidence": round(float(est.confidence), 4),
-            "compute_ms": round(sum(stages.values()), 3),
-            "stages_ms": {k: round(v, 3) for k, v in stages.items()},
-        }
+        return Event(
+            t=round(self.t, 3),
+            label=est.label,
+            p_female=None if est.p_female is None else round(float(est.p_female), 4),
+            window_p_female=None if window_p is None else round(float(window_p), 4),
+            p_speech=None if p_speech is None else round(p_speech, 4),
+            level_dbfs=None if level is None else round(level, 1),
+            input_dbfs=None if input_level is None else round(input_level, 1),
+            speech=bool(speech),
+            confidence=round(float(est.confidence), 4),
+            compute_ms=round(sum(stages.values()), 3),
+            stages_ms={k: round(v, 3) for k, v in stages.items()},
+        )
 
-    def run(self, source: Iterable[np.ndarray] | object) -> Iterator[dict]:
-        """Events for a whole source: anything with ``chunks()`` (a realtime.sources.Source) or an iterable of chunks.
-        The stream's end flushes the last partial hop.
+    def run(self, source, *, sample_rate: float = SAMPLE_RATE) -> Iterator[Event]:
+        """Events for a whole source, from a clean state (t = 0; nothing carried over from an earlier source).
 
+        ``source``: a path (str or Path: any file soundfile reads), anything with ``chunks()`` (a
+        :mod:`realtime.sources` Source), a 1-D / ``(N, channels)`` array, or an iterable of chunks;
+        arrays and chunks are at ``sample_rate``. The stream's end flushes the last partial hop.
         Events carry ``overruns`` when the source counts them (the microphone's ring buffer).
         """
+        import os
+
+        self.reset()
+        if isinstance(source, (str, os.PathLike)):
+            from .sources import FileSource
+
+            with FileSource(source) as src:
+                yield from self.run(src)
+            return
+        if isinstance(source, np.ndarray):
+            step = max(1, int(round(0.1 * sample_rate)))
+            source = [source[i:i + step] for i in range(0, len(source), step)]
         chunks = source.chunks() if hasattr(source, "chunks") else source
         for chunk in chunks:
-            for event in self.push(chunk):
+            for event in self.push(chunk, sample_rate):
                 yield self._with_overruns(event, source)
         for event in self.flush():
             yield self._with_overruns(event, source)
 
     @staticmethod
-    def _with_overruns(event: dict, source) -> dict:
+    def _with_overruns(event: Event, source) -> Event:
         overruns = getattr(source, "overruns", None)
         if overruns is not None:
-            event["overruns"] = int(overruns)
+            event.overruns = int(overruns)
         return event
+
+
+def as_mono_float(chunk) -> np.ndarray:
+    """A chunk as 1-D float32: int16 scaled by 1/32768, ``(N, channels)`` averaged; a ``ValueError`` that says
+    what is wrong for NaN/inf, float samples far outside [-1, 1], other dtypes or shapes."""
+    x = np.asarray(chunk)
+    if x.dtype == np.int16:
+        x = x.astype(np.float32) * np.float32(1.0 / 32768.0)
+    elif x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    else:
+        raise ValueError(f"audio must be a float array in [-1, 1] or int16, got dtype {x.dtype}")
+    if x.ndim == 2:
+        if x.shape[1] > 32:
+            raise ValueError(f"audio must be (N,) or (N, channels), got shape {x.shape}: "
+                             f"{x.shape[1]} channels? pass (samples, channels), e.g. x.T")
+        x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
+    elif x.ndim != 1:
+        raise ValueError(f"audio must be (N,) or (N, channels), got shape {x.shape}")
+    if x.size:
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = x.size - int(finite.sum())
+            raise ValueError(f"audio contains NaN or infinite samples ({bad} of {x.size})")
+        peak = float(np.max(np.abs(x)))
+        if peak > 2.0:
+            raise ValueError(f"float audio must lie in [-1, 1], got a peak of {peak:g} "
+                             f"(int16 values as floats? divide by 32768 or pass the int16 array)")
+    return x
 
 
 def level_warning(level_dbfs: float | None, level_range_dbfs: tuple[float, float]) -> str | None:
@@ -306,19 +386,45 @@ def level_warning(level_dbfs: float | None, level_range_dbfs: tuple[float, float
     return None
 
 
-def summarise(events: list[dict], engine: Engine) -> dict:
-    """One verdict for a whole recording: the mean log-odds of its classified windows, as evaluation
-    scores utterances. ``label`` is female, male or unknown (no speech, or p in the uncertain band);
-    ``decision`` says which of female / male / uncertain / no speech it was; ``level_dbfs`` is the median
-    level of the classified windows and ``warning`` says when it lies outside the training levels."""
-    ps = [e["window_p_female"] for e in events if e["window_p_female"] is not None]
+def file_decision(window_ps, bundle: Bundle) -> tuple[str, float | None]:
+    """The decision for a whole recording (or a segment) from its windows' p_female: the mean log-odds,
+    scaled and read through the file-level band the bundle fitted on held-out speakers' files
+    (``Bundle.file_verdict``). Returns (label, p): ('no speech', None) without windows, else female / male /
+    uncertain and p."""
+    return bundle.file_verdict(p for p in window_ps if p is not None)
+
+
+def summarise(events: list, engine: Engine) -> dict:
+    """One verdict for a whole recording (events: Event objects or their dicts).
+
+    ``label`` is female | male | uncertain | no speech (see :func:`file_decision`); ``p_female`` its p (null
+    without windows); ``speech_seconds`` the speech the VAD heard; ``windows`` how many were classified;
+    ``level_dbfs`` the median level of the classified windows; ``warning`` says why the verdict may be
+    missing or unreliable (speech too short for a window, speech quieter or louder than the training
+    audio), else null."""
+    label, p = file_decision([e["window_p_female"] for e in events], engine.bundle)
+    windows = sum(e["window_p_female"] is not None for e in events)
     speech_s = round(engine.speech_samples / SAMPLE_RATE, 2)
-    decision, p = engine.bundle.file_verdict(ps)
-    if p is None:
-        return {"label": "unknown", "decision": decision, "p_female": None, "windows": 0, "speech_seconds": speech_s,
-                "level_dbfs": None, "warning": None}
     levels = [e["level_dbfs"] for e in events if e.get("level_dbfs") is not None and e["window_p_female"] is not None]
     level = round(float(np.median(levels)), 1) if levels else None
-    return {"label": decision if decision in ("female", "male") else "unknown", "decision": decision,
-            "p_female": round(p, 4), "windows": len(ps), "speech_seconds": speech_s, "level_dbfs": level,
-            "warning": level_warning(level, engine.config.level_range_dbfs)}
+    warning = level_warning(level, engine.config.level_range_dbfs)
+    if windows == 0:
+        first = engine.config.first_window_s
+        if engine.rejected_windows:
+            warning = (f"the VAD passed {speech_s:.2f} s as speech, but the speech check judged all "
+                       f"{engine.rejected_windows} window(s) of it not speech (music, tones or noise)")
+        elif speech_s > 0:
+            warning = (f"only {speech_s:.2f} s of speech, less than the {first:g} s a first estimate needs"
+                       if speech_s < first else
+                       f"{speech_s:.2f} s of speech, but never {first:g} s of it within a hop of speech")
+        else:
+            heard = [e["input_dbfs"] for e in events if e.get("input_dbfs") is not None]
+            loudest = max(heard) if heard else None
+            warning = "the voice activity detector heard no speech" + (
+                f" (loudest hop {loudest:.0f} dBFS)" if loudest is not None else "")
+        speech_levels = [e["input_dbfs"] for e in events if e.get("speech") and e.get("input_dbfs") is not None]
+        if speech_levels:
+            hint = level_warning(float(np.median(speech_levels)), engine.config.level_range_dbfs)
+            warning = f"{warning}; {hint}" if hint else warning
+    return {"label": label, "p_female": None if p is None else round(p, 4), "speech_seconds": speech_s,
+            "windows": int(windows), "level_dbfs": level, "warning": warning}

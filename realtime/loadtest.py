@@ -32,7 +32,9 @@ import numpy as np
 
 __all__ = ["StreamResult", "run_load", "add_parser"]
 
-_LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "LibriSpeech"
+from .audio import data_dir
+
+_LIBRISPEECH = data_dir() / "LibriSpeech"  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 
 
 @dataclass

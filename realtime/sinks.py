@@ -1,18 +1,8 @@
 """Where live estimates go: JSON lines, CSV, a console display, or a PNG trace.
 
-An event is a plain dict::
-
-    {"t": 1.5,                  # seconds of audio since the stream started (end of the hop)
-     "label": "female",         # 'female' | 'male' | 'uncertain' | 'no speech'
-     "p_female": 0.93,          # smoothed, or None
-     "window_p_female": 0.88,   # this hop's window, or None when no window was classified
-     "speech": True,
-     "compute_ms": 1.7,         # processing time for this hop
-     # optional:
-     "stages_ms": {"vad": 0.1, "features": 1.2, "model": 0.4},
-     "overruns": 0}
-
-Every sink has ``write(event)`` and ``close()`` and is a context manager.
+An event is a :class:`realtime.events.Event` (or its dict, as the client receives it): the fields and
+their units are in :mod:`realtime.events`. Every sink has ``write(event)`` and ``close()`` and is a
+context manager.
 """
 from __future__ import annotations
 
@@ -20,15 +10,21 @@ import csv
 import json
 import math
 import sys
+from collections.abc import Mapping
 from typing import IO, Any, Callable
+
+from .events import EVENT_FIELDS, STAGES
 
 __all__ = [
     "EVENT_KEYS", "Sink", "JsonlSink", "CsvSink", "ConsoleSink", "TracePlotSink", "make_sink",
     "SINK_FORMATS", "clean_event",
 ]
 
-EVENT_KEYS = ("t", "label", "p_female", "window_p_female", "level_dbfs", "speech", "compute_ms")
-LABEL_STYLES = {"female": "bold magenta", "male": "bold cyan", "uncertain": "bold yellow", "no speech": "dim"}
+EVENT_KEYS = tuple(k for k in EVENT_FIELDS if k != "stages_ms")  # the scalar fields, in schema order
+#: the CSV columns, always all of them: the scalar fields, then one ms_<stage> per stage
+CSV_FIELDS = EVENT_KEYS + tuple(f"ms_{s}" for s in STAGES)
+LABEL_STYLES = {"female": "bold magenta", "male": "bold cyan", "uncertain": "bold yellow", "no speech": "dim",
+                "waiting": "italic"}
 
 
 def _round_for(key: str | None, v: float) -> float:
@@ -42,7 +38,9 @@ def _round_for(key: str | None, v: float) -> float:
 
 def clean_event(value: Any, key: str | None = None) -> Any:
     """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, floats rounded sensibly."""
-    if isinstance(value, dict):
+    if hasattr(value, "to_dict") and not isinstance(value, dict):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
         return {str(k): clean_event(v, str(k) if key != "stages_ms" else "stages_ms") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clean_event(v, key) for v in value]
@@ -101,30 +99,24 @@ class JsonlSink(_TextStreamSink):
 
 
 class CsvSink(_TextStreamSink):
-    """CSV with the header written once, at the first event.
-
-    Columns: the schema keys, ``overruns``, then one ``ms_<stage>`` column per stage found in the
-    first event's ``stages_ms`` (stages that appear only later are not added; missing -> empty).
-    None/NaN are written as empty cells, booleans as 1/0.
+    """CSV with a fixed header (:data:`CSV_FIELDS`), written with the first event: every scalar field of the
+    event schema, then one ``ms_<stage>`` column per stage of :data:`realtime.events.STAGES`, whether or not
+    the first event ran that stage. None/NaN (and a stage a hop did not run) are empty cells, booleans 1/0.
     """
 
     def __init__(self, stream: IO[str] | None = None):
         super().__init__(stream)
         self._writer: csv.DictWriter | None = None
-        self._stages: list[str] = []
 
-    def write(self, event: dict) -> None:
+    def write(self, event) -> None:
         ev = clean_event(event)
         if self._writer is None:
-            self._stages = list((ev.get("stages_ms") or {}).keys())
-            fields = list(EVENT_KEYS) + ["overruns"] + [f"ms_{s}" for s in self._stages]
-            self._writer = csv.DictWriter(self.stream, fieldnames=fields, extrasaction="ignore",
+            self._writer = csv.DictWriter(self.stream, fieldnames=list(CSV_FIELDS), extrasaction="ignore",
                                           lineterminator="\n")
             self._writer.writeheader()
         row = {k: ev.get(k) for k in EVENT_KEYS}
-        row["overruns"] = ev.get("overruns")
         stages = ev.get("stages_ms") or {}
-        for s in self._stages:
+        for s in STAGES:
             row[f"ms_{s}"] = stages.get(s)
         row = {k: ("" if v is None else int(v) if isinstance(v, bool) else v) for k, v in row.items()}
         self._writer.writerow(row)
@@ -140,6 +132,26 @@ def gauge_text(p: float | None, width: int = 31) -> str:
         cells[i] = "●"
     cells[width // 2] = "┼" if cells[width // 2] == "─" else cells[width // 2]
     return "male ◀" + "".join(cells) + "▶ female"
+
+
+def input_hint(level_dbfs: float, speech: bool, label: str) -> str | None:
+    """What the console says beside this hop's input level: too quiet or too loud for the models, or why a
+    voice gets no estimate yet."""
+    from .engine import EngineConfig, level_warning
+
+    if speech:
+        hint = level_warning(level_dbfs, EngineConfig.level_range_dbfs)
+        if hint:
+            return hint
+        if label == "waiting":
+            return f"listening: an estimate needs {EngineConfig.first_window_s:g} s of speech"
+        return None
+    lo = EngineConfig.level_range_dbfs[0]
+    if level_dbfs > lo:
+        return None
+    if level_dbfs <= -90:
+        return "digital silence: is the input muted?"
+    return None
 
 
 def _fmt_p(p) -> str:
@@ -164,7 +176,6 @@ class ConsoleSink(Sink):
         self._last_label: str | None = None
         self._n = 0
         self._overruns = 0
-        self._level: float | None = None  # level of the last classified window
         if self.console.is_terminal:
             from rich.live import Live
 
@@ -188,24 +199,21 @@ class ConsoleSink(Sink):
             return table
         label = ev.get("label") or "no speech"
         p = ev.get("p_female")
+        speech = ev.get("speech")
         style = LABEL_STYLES.get(label, "")
         gauge = Text(gauge_text(p, 41))
         if p is not None:
             start = 6  # after "male ◀"
             idx = start + min(40, max(0, int(round(p * 40))))
             gauge.stylize(style or "bold", idx, idx + 1)
-        speech = ev.get("speech")
         table.add_row("voice", Text(label.upper(), style=style))
         table.add_row("p_female", Text(f"{_fmt_p(p)}   window {_fmt_p(ev.get('window_p_female'))}"))
         table.add_row("", gauge)
         table.add_row("speech", Text("● speaking" if speech else "○ silent", style="green" if speech else "dim"))
-        if ev.get("level_dbfs") is not None:
-            self._level = ev["level_dbfs"]
-        if self._level is not None:
-            from .engine import EngineConfig, level_warning
-
-            hint = level_warning(self._level, EngineConfig.level_range_dbfs)
-            table.add_row("level", Text(f"{self._level:.0f} dBFS" + (f"   {hint}" if hint else ""),
+        level = ev.get("input_dbfs")
+        if level is not None:  # this hop's input, so silence reads as silence
+            hint = input_hint(level, bool(speech), label)
+            table.add_row("level", Text(f"{level:.0f} dBFS" + (f"   {hint}" if hint else ""),
                                         style="yellow" if hint else ""))
         stages = ev.get("stages_ms") or {}
         lat = "  ".join(f"{k} {v:.2f}" for k, v in stages.items() if isinstance(v, (int, float)))
@@ -226,7 +234,7 @@ class ConsoleSink(Sink):
                  f"p_female={_fmt_p(ev.get('p_female'))}",
                  f"window={_fmt_p(ev.get('window_p_female'))}",
                  "speech" if ev.get("speech") else "silent",
-                 f"level={ev['level_dbfs']:.0f}dBFS" if isinstance(ev.get("level_dbfs"), (int, float)) else "",
+                 f"level={ev['input_dbfs']:.0f}dBFS" if isinstance(ev.get("input_dbfs"), (int, float)) else "",
                  f"{cm:.1f}ms" if isinstance(cm, (int, float)) else ""]
         if self._overruns:
             parts.append(f"overruns={self._overruns}")
@@ -251,13 +259,32 @@ class ConsoleSink(Sink):
             self._live = None
 
 
+PLOT_HINT = ("the PNG trace needs matplotlib, which is not a core dependency: "
+             "pip install 'voicegender[plot]' (or pip install matplotlib)")
+
+
+def check_plotting() -> None:
+    """Raise ImportError with :data:`PLOT_HINT` now, before streaming, when matplotlib is missing."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # sys.modules["matplotlib"] is None: blocked
+        found = False
+    if not found or sys.modules.get("matplotlib", 0) is None:
+        raise ImportError(PLOT_HINT)
+
+
 class TracePlotSink(Sink):
     """Collects events; at ``close()`` writes a PNG of p_female and window_p_female over time with
-    speech shaded. matplotlib is imported only then (it is in the ``train`` extra, not core)."""
+    speech shaded. matplotlib is imported only then (it is the ``plot`` extra, not core); with ``check=True``
+    (default) the constructor already refuses when it is missing, so a stream does not run for nothing."""
 
-    def __init__(self, png_path, *, title: str | None = None):
+    def __init__(self, png_path, *, title: str | None = None, check: bool = True):
         from pathlib import Path
 
+        if check:
+            check_plotting()
         self.png_path = Path(png_path)
         self.title = title
         self.events: list[dict] = []
@@ -274,9 +301,7 @@ class TracePlotSink(Sink):
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError as exc:
-            raise ImportError(
-                "TracePlotSink needs matplotlib, which is not a core dependency: "
-                "pip install 'voicegender[train]' (or pip install matplotlib)") from exc
+            raise ImportError(PLOT_HINT) from exc
         ev = self.events
         t = [e.get("t") if e.get("t") is not None else i for i, e in enumerate(ev)]
         nan = float("nan")

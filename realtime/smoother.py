@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["Estimate", "Smoother", "LABELS"]
 
-LABELS = ("female", "male", "uncertain", "no speech")
+LABELS = ("waiting", "female", "male", "uncertain", "no speech")
 
 
 def _logit(p: float) -> float:
@@ -66,7 +66,7 @@ def _sigmoid(z: float) -> float:
 class Estimate:
     """The live answer after one update."""
 
-    label: str  # 'female' | 'male' | 'uncertain' | 'no speech'
+    label: str  # 'waiting' (speech, no window yet) | 'female' | 'male' | 'uncertain' | 'no speech'
     p_female: float | None  # smoothed probability; None when there is no evidence
     confidence: float  # |2 p - 1| in [0, 1]; 0 without evidence
     speech: bool  # whether this update was speech
@@ -143,7 +143,7 @@ class Smoother:
             self._label = self._next_label(self._p)
         else:
             self._p = None
-            self._label = "uncertain"
+            self._label = "waiting"  # speech, but no window yet: not the model's "cannot decide"
         return self._estimate(True)
 
     __call__ = update

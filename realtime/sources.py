@@ -27,6 +27,7 @@ from typing import IO, Any, Callable, Iterator
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError
+from .audio import StreamResampler as _StreamResampler
 from .ringbuffer import RingBuffer
 
 __all__ = [
@@ -35,30 +36,6 @@ __all__ = [
 ]
 
 NO_MIC_MESSAGE = "no microphone found; see --list-devices"
-_RESAMPLE_QUALITY = "HQ"  # same as realtime.audio.resample
-
-
-class _StreamResampler:
-    """Mono float32 streaming resampler to 16 kHz (a pass-through when the rate already is)."""
-
-    def __init__(self, in_rate: float):
-        self.in_rate = float(in_rate)
-        if self.in_rate <= 0:
-            raise AudioError(f"sample rate must be positive, got {in_rate}")
-        if self.in_rate == SAMPLE_RATE:
-            self._rs = None
-        else:
-            import soxr
-
-            self._rs = soxr.ResampleStream(self.in_rate, SAMPLE_RATE, 1, dtype="float32", quality=_RESAMPLE_QUALITY)
-
-    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._rs is not None:
-            x = self._rs.resample_chunk(x, last=last)
-        else:
-            x = x.copy() if not x.flags.owndata else x
-        return np.clip(x, -1.0, 1.0, out=x)
 
 
 def _mono(block: np.ndarray) -> np.ndarray:

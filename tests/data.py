@@ -1,11 +1,13 @@
-"""Where the tests find real audio: ../shared/data/LibriSpeech beside the repository."""
+"""Where the tests find real audio: $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech beside the repository."""
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-LIBRISPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "LibriSpeech"
-SPEECHOCEAN = LIBRISPEECH.parent / "speechocean762"
+from realtime.audio import data_dir
+
+LIBRISPEECH = data_dir() / "LibriSpeech"
+SPEECHOCEAN = data_dir() / "speechocean762"
 
 
 @lru_cache(maxsize=None)

@@ -10,8 +10,9 @@ import scipy.signal
 from offline.augment import Augmenter, add_noise, band_limit, channel, colored_noise, gain, pitch_shift, telephone
 from offline.librispeech import load_librispeech
 from realtime.audio import load_audio
+from .data import LIBRISPEECH
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+DATA = LIBRISPEECH  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 SR = 16000
 
 

@@ -11,8 +11,9 @@ import soundfile as sf
 
 from offline.librispeech import (DatasetError, Utterance, load_corpus, load_librispeech, load_manifest,
                                  read_speakers)
+from .data import LIBRISPEECH
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+DATA = LIBRISPEECH  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 SUBSET = DATA / "train-clean-100"
 
 

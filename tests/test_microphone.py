@@ -14,8 +14,9 @@ from tests.pulse import virtual_microphone
 from realtime.audio import load_audio
 from realtime.sources import MicSource, list_devices
 from realtime.vad import VadGate
+from .data import LIBRISPEECH
 
-LIBRI = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+LIBRI = LIBRISPEECH  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 CAPTURE_S = 3.0
 
 

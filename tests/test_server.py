@@ -24,6 +24,7 @@ import soxr
 from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
 from realtime.bundle import Bundle
 from realtime.engine import Engine, summarise
+from realtime.events import EVENT_FIELDS, LABELS
 from realtime.server import ServerConfig, ServerThread, engine_factory
 from realtime.sinks import clean_event
 
@@ -31,8 +32,7 @@ from .data import readers_by_gender
 
 REPO = Path(__file__).resolve().parents[1]
 GENDER = {"F": "female", "M": "male"}
-EVENT_KEYS = {"t", "label", "p_female", "window_p_female", "level_dbfs", "speech", "confidence", "compute_ms", "stages_ms"}
-LABELS = {"female", "male", "uncertain", "no speech"}
+EVENT_KEYS = set(EVENT_FIELDS)  # the one event schema (realtime.events)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -126,7 +126,7 @@ def check_stream(msgs: list[dict], *, hop_s: float = 0.5) -> tuple[dict, list[di
     steps = np.diff(ts)
     assert np.all(steps > 0) and np.all(steps <= hop_s + 1e-9), ts
     assert np.allclose(np.round(np.array(ts) / 0.02) * 0.02, ts, atol=1e-6)
-    assert {"label", "decision", "p_female", "windows", "speech_seconds", "events", "audio_seconds",
+    assert {"label", "p_female", "windows", "speech_seconds", "events", "audio_seconds",
             "dropped_bytes"} <= set(end)
     assert end["events"] == len(events)
     return ready, events, end

@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 
 from realtime.audio import float_to_pcm16, load_audio
 from realtime.protocol import ProtocolError, parse_config
+from realtime.events import EVENT_FIELDS, LABELS
 from realtime.server import ServerConfig, ServerThread, engine_factory
 
 from .data import readers_by_gender
 
-EVENT_KEYS = {"t", "label", "p_female", "window_p_female", "level_dbfs", "speech", "confidence", "compute_ms", "stages_ms"}
+EVENT_KEYS = set(EVENT_FIELDS)  # the one event schema (realtime.events)
 FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
 

@@ -20,9 +20,10 @@ def test_no_speech_means_no_speech():
     assert e == Estimate(label="no speech", p_female=None, confidence=0.0, speech=False)
 
 
-def test_speech_without_a_window_is_uncertain():
+def test_speech_without_a_window_is_waiting_not_uncertain():
+    """Before the first window the answer is 'waiting': 'uncertain' is kept for windows that cannot decide."""
     e = Smoother().update(None, True, HOP)
-    assert e.label == "uncertain" and e.p_female is None and e.speech
+    assert e.label == "waiting" and e.p_female is None and e.speech
 
 
 def test_single_window_gives_its_own_probability():

@@ -14,8 +14,9 @@ from realtime.audio import AudioError, load_audio
 from realtime.ringbuffer import RingBuffer
 from realtime.sources import (SOURCE_SCHEMES, FileSource, MicSource, StdinSource, parse_source,
                               register_source_scheme)
+from .data import LIBRISPEECH
 
-LIBRI = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+LIBRI = LIBRISPEECH  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import pytest
 
 from offline.librispeech import load_librispeech
 from offline.splits import holdout_readers, reader_folds, reader_genders
+from .data import LIBRISPEECH
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+DATA = LIBRISPEECH  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import pytest
 
 from realtime.audio import load_audio
 from realtime.vad import VadGate
+from .data import LIBRISPEECH
 
-LIBRI = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+LIBRI = LIBRISPEECH  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 
 
 def _flacs(n):

@@ -13,8 +13,9 @@ from offline.librispeech import load_librispeech
 from offline.windows import iter_windows, window_starts
 from realtime.audio import AudioError, load_audio
 from realtime.features import DEFAULT, MIN_SAMPLES, FeatureExtractor, fit_window
+from .data import LIBRISPEECH
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/LibriSpeech"
+DATA = LIBRISPEECH  # $VOICEGENDER_DATA/LibriSpeech, else ../shared/data/LibriSpeech
 SR = 16000
 W, HOP = 2 * SR, SR // 2
 
