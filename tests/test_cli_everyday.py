@@ -280,12 +280,14 @@ def test_data_folder_comes_from_voicegender_data(tmp_path):
     """One variable points bench, loadtest, the training commands and the tests at the data."""
     code = ("from realtime.audio import data_dir; from realtime import bench, loadtest; from offline.cli import build_parser;"
             "print(data_dir()); print(bench.DEFAULT_DATA); print(loadtest._LIBRISPEECH);"
-            "print(build_parser().parse_args(['train']).data); import tests.data as d; print(d.LIBRISPEECH)")
+            "print(build_parser().parse_args(['train']).data[0]); import tests.data as d; print(d.LIBRISPEECH);"
+            "print(build_parser().parse_args(['train']).data[1])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                          env=dict(os.environ, VOICEGENDER_DATA=str(tmp_path)))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
     assert lines[0] == str(tmp_path) and all(line == str(tmp_path / "LibriSpeech") for line in lines[1:5]), lines
+    assert lines[5] == str(tmp_path / "speechocean762" / "manifest.csv"), lines  # training reads both corpora
     env = {k: v for k, v in os.environ.items() if k != "VOICEGENDER_DATA"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
     assert out.stdout.split("\n")[0] == str(REPO.parent / "shared" / "data")

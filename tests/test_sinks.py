@@ -20,6 +20,7 @@ def _events(n=30):
             "label": ("female" if i < 15 else "male") if speech else "no speech",
             "p_female": (0.9 - 0.03 * i) if speech else None,
             "window_p_female": np.float32(0.9 - 0.03 * i) if speech else float("nan"),
+            "p_speech": 0.99 if speech else None,
             "level_dbfs": (-25.0 - 1.0 * i) if speech else None,
             "input_dbfs": (-25.0 - 1.0 * i) if speech else -70.0,
             "speech": speech,
