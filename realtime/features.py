@@ -192,13 +192,6 @@ def tonnetz_matrix(n_chroma: int = 12) -> np.ndarray:
     return (r[:, None] * np.cos(np.pi * v)).astype(np.float32)
 
 
-def _power_to_db(x: np.ndarray, amin: float, top_db: float | None) -> np.ndarray:
-    db = 10.0 * np.log10(np.maximum(amin, x))
-    if top_db is not None:
-        db = np.maximum(db, db.max() - top_db)
-    return db
-
-
 # --- the extractor ---------------------------------------------------------------------------------
 
 FRAME_FEATURES = ("zcr", "tonnetz", "rolloff", "flatness", "contrast", "bandwidth", "centroid", "rms")
@@ -296,11 +289,11 @@ class FeatureExtractor:
         return bands
 
     def _make_rows(self) -> dict[str, slice]:
-        """Row layout of Q: FRAME_FEATURES first (the summarised block), then what is summarised otherwise."""
+        """Row layout of Q: FRAME_FEATURES first (the summarised block), then pitch and the mel spectrum in dB
+        (before the window's top_db clipping, so that a reused frame keeps its logarithms)."""
         d = self.definition
         sizes = {"zcr": 1, "tonnetz": 6, "rolloff": 1, "flatness": 1, "contrast": d.contrast_bands + 1, "bandwidth": 1,
-                 "centroid": 1, "rms": 1, "f0": 1, "periodicity": 1, "peak": d.contrast_bands + 1,
-                 "valley": d.contrast_bands + 1, "mel": d.n_mels}
+                 "centroid": 1, "rms": 1, "f0": 1, "periodicity": 1, "mel_db": d.n_mels}
         rows, r = {}, 0
         for name, size in sizes.items():  # FRAME_FEATURES order first
             rows[name] = slice(r, r + size)
@@ -351,8 +344,9 @@ class FeatureExtractor:
         return np.ndarray(shape, np.float32, zpad, 0, strides), np.ndarray(shape, np.float32, epad, 0, strides)
 
     def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, *, keep_spectrum: bool = False):
-        """Per-frame quantities of the given frames: Q's rows (``self.rows``) for those columns; the contrast
-        rows are left for :meth:`_assemble` (they need the whole window). Returns Q-columns, and S if asked.
+        """Per-frame quantities of the given frames: Q's rows (``self.rows``) for those columns, and D, the dB of
+        spectral contrast's peaks and valleys (float64, as librosa; rows: peaks then valleys). The contrast rows
+        of Q are left for :meth:`_assemble`: they need the whole window. Returns (Q, D), and S if asked.
 
         ``zframes`` are zero-padded frames (STFT and YIN), ``eframes`` the same frames edge-padded (ZCR).
         Each quantity is the arithmetic of the definition, operation for operation, so the result does
@@ -364,7 +358,7 @@ class FeatureExtractor:
         spec = scipy.fft.rfft(zframes * self._win, axis=1)  # (T, F) complex64
         S = np.abs(spec)  # magnitude
         P = S * S
-        out[R["mel"]] = (P @ self._mel.T).T  # power
+        out[R["mel_db"]] = (10.0 * np.log10(np.maximum(d.db_amin, P @ self._mel.T))).T
         total = S.sum(axis=1, keepdims=True)
         Sn = S / np.where(total > _TINY32, total, 1.0)
         centroid = out[R["centroid"].start] = Sn @ self.freqs
@@ -375,7 +369,12 @@ class FeatureExtractor:
         Sp = np.maximum(d.flatness_amin, P)
         n_bins = S.shape[1]  # means as sum / n: np.mean's own arithmetic without its Python wrapper
         out[R["flatness"].start] = np.exp(np.add.reduce(np.log(Sp), axis=1) / n_bins) / (np.add.reduce(Sp, axis=1) / n_bins)
-        self._peaks_valleys(S, out[R["peak"]], out[R["valley"]])
+        nb = len(self._contrast_bands)
+        D = np.empty((2 * nb, T))
+        self._peaks_valleys(S, D[:nb], D[nb:])
+        np.maximum(d.db_amin, D, out=D)  # power_to_db, in place
+        np.log10(D, out=D)
+        D *= 10.0
         # tonnetz over STFT chroma (chroma normalised by its max, then L1, per frame)
         chroma = P @ self._chroma.T  # (T, 12)
         cmax = np.max(np.abs(chroma), axis=1, keepdims=True)
@@ -391,13 +390,13 @@ class FeatureExtractor:
         signs = eframes < -d.zcr_threshold
         out[R["zcr"].start] = np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / d.n_fft
         self._yin(zframes, out[R["f0"].start], out[R["periodicity"].start])
-        return (out, S) if keep_spectrum else out
+        return (out, D, S) if keep_spectrum else (out, D)
 
     def frame_features(self, window: np.ndarray) -> dict[str, np.ndarray]:
         """Every per-frame feature of one window in librosa's orientation, {name: (rows, n_frames)}:
         the stat features, 'mfcc', 'S' (magnitude spectrogram), 'f0' and 'periodicity'."""
-        Q, S = self._frame_block(*self._frame_views(self._check(window)), keep_spectrum=True)
-        self._contrast(Q)
+        Q, D, S = self._frame_block(*self._frame_views(self._check(window)), keep_spectrum=True)
+        self._contrast(Q, D)
         out = {name: Q[self.rows[name]].copy() for name in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
                                                              "tonnetz", "zcr", "f0", "periodicity", "contrast")}
         out["S"] = S.T
@@ -415,21 +414,19 @@ class FeatureExtractor:
             valley[k] = np.add.reduce(sub[:, :n_q], axis=1) / n_q  # the mean
             peak[k] = np.add.reduce(sub[:, -n_q:], axis=1) / n_q
 
-    def _contrast(self, Q: np.ndarray) -> None:
+    def _contrast(self, Q: np.ndarray, D: np.ndarray) -> None:
         """librosa.feature.spectral_contrast into Q's contrast rows: dB of peaks minus dB of valleys, top_db=80
         over the window (in float64, as librosa)."""
-        R, nb = self.rows, self.definition.contrast_bands + 1
-        # peak and valley rows are adjacent: one log for both, then each clipped at its own max - 80 dB
-        db = 10.0 * np.log10(np.maximum(self.definition.db_amin, Q[R["peak"].start: R["valley"].stop].astype(np.float64)))
-        peak, valley = db[:nb], db[nb:]
-        Q[R["contrast"]] = np.maximum(peak, peak.max() - 80.0) - np.maximum(valley, valley.max() - 80.0)
+        nb = len(self._contrast_bands)
+        peak, valley = D[:nb], D[nb:]  # dB per frame; each clipped at its own window max - 80 dB
+        Q[self.rows["contrast"]] = np.maximum(peak, peak.max() - 80.0) - np.maximum(valley, valley.max() - 80.0)
 
     def _mfcc(self, Q: np.ndarray) -> np.ndarray:
         """MFCC from per-frame mel power: dB with top_db over the window, then DCT-II ortho. (n_mfcc, T)"""
         d = self.definition
-        db = _power_to_db(Q[self.rows["mel"]].T, d.db_amin, d.mfcc_top_db)
         # BLAS rounds by operand layout: a frames-first dB matrix, as the definition's reference had, keeps the bits
-        return self._dct @ np.ascontiguousarray(db).T
+        db = np.ascontiguousarray(Q[self.rows["mel_db"]].T)
+        return self._dct @ np.maximum(db, db.max() - d.mfcc_top_db).T
 
     def _yin(self, frames: np.ndarray, f0_out: np.ndarray, periodicity_out: np.ndarray) -> None:
         """librosa.yin on the shared zero-padded frames; also the periodicity 1 - min CMNDF."""
@@ -476,11 +473,11 @@ class FeatureExtractor:
         p10, p50, p90 = _percentiles(lf, _PITCH_QUANTILES)
         return np.array([p50, lf.mean(), lf.std(), p10, p90, frac, periodicity.mean()], dtype=np.float32)
 
-    def _assemble(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame quantities of one window (Q) -> (stats, mfcc). Fills Q's contrast rows."""
+    def _assemble(self, Q: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame quantities of one window (Q, D from :meth:`_frame_block`) -> (stats, mfcc). Fills Q's contrast rows."""
         d, R = self.definition, self.rows
         mfcc = self._mfcc(Q)
-        self._contrast(Q)
+        self._contrast(Q, D)
         # (rows, T) in FRAME_FEATURES order. Column-major, as the reference implementation happened to stack it:
         # numpy then sums each row frame by frame rather than pairwise, and these are the bits the models know.
         m = np.asfortranarray(Q[: self._n_summarised])
@@ -492,12 +489,12 @@ class FeatureExtractor:
         pitch = self._pitch_summary(Q[R["f0"].start], Q[R["periodicity"].start])
         return np.concatenate((frame_stats, pitch, mfcc_stats)), mfcc
 
-    def _window_block(self, x: np.ndarray) -> np.ndarray:
+    def _window_block(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._frame_block(*self._frame_views(x))
 
     def extract(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One window -> (stats (n_stats,), mfcc (n_mfcc, n_frames)), both float32."""
-        return self._assemble(self._window_block(self._check(window)))
+        return self._assemble(*self._window_block(self._check(window)))
 
     def stats(self, window: np.ndarray) -> np.ndarray:
         return self.extract(window)[0]
@@ -532,7 +529,8 @@ class StreamingExtractor:
 
     def reset(self) -> None:
         self._start: int | None = None
-        self._Q: np.ndarray | None = None
+        self._Q: np.ndarray | None = None  # the previous window's per-frame quantities (FeatureExtractor._frame_block)
+        self._D: np.ndarray | None = None
         self.reused_frames = 0
         self.computed_frames = 0
 
@@ -555,16 +553,17 @@ class StreamingExtractor:
         if start is not None and self._start is not None and start >= self._start and (start - self._start) % self.hop == 0:
             shift = (start - self._start) // self.hop
         if shift is None or shift >= n:
-            Q = fe._window_block(x)
+            Q, D = fe._window_block(x)
             self.computed_frames += n
         else:
-            Q = self._Q
-            if shift:
-                Q[:, : n - shift] = Q[:, shift:]  # frame j of the new window is frame j + shift of the old one
+            Q, D = self._Q, self._D
+            if shift:  # frame j of the new window is frame j + shift of the old one
+                Q[:, : n - shift] = Q[:, shift:]
+                D[:, : n - shift] = D[:, shift:]
             todo = self._fresh(shift)
             zv, ev = fe._frame_views(x)
-            Q[:, todo] = fe._frame_block(zv[todo], ev[todo])
+            Q[:, todo], D[:, todo] = fe._frame_block(zv[todo], ev[todo])
             self.reused_frames += n - todo.size
             self.computed_frames += todo.size
-        self._start, self._Q = start, Q
-        return fe._assemble(Q)
+        self._start, self._Q, self._D = start, Q, D
+        return fe._assemble(Q, D)
