@@ -229,10 +229,13 @@ class FeatureExtractor:
     columns = frames) so they compare directly with the librosa calls they stand for.
 
     Internally every per-frame quantity of a window lives in one float32 matrix ``Q`` (rows =
-    quantities, columns = frames; row layout in ``self.rows``): the summarised rows come first, in
-    ``FRAME_FEATURES`` order, so the summaries are four reductions over one block, and the
-    streaming extractor moves reused frames with one copy. The extractor keeps no per-call state,
-    so one instance may serve many streams.
+    quantities, columns = frames; row layout in ``self.rows``), beside a float64 ``D`` for spectral
+    contrast's peak / valley dB (librosa computes those in float64). The summarised rows of Q come
+    first, in ``FRAME_FEATURES`` order, so the summaries are a few reductions over one block, and
+    the streaming extractor moves reused frames with one copy per matrix. Every step repeats the
+    previous implementation's arithmetic (tests/test_features_pinned.py keeps that implementation),
+    so the outputs are the same to the bit on the real windows compared. The extractor keeps no
+    per-call state, so one instance may serve many streams.
     """
 
     def __init__(self, definition: FeatureDefinition = DEFAULT):
