@@ -470,11 +470,13 @@ class FeatureExtractor:
         voiced = (periodicity > 1.0 - d.voicing_threshold) & (f0 >= d.pitch_fmin) & (f0 <= d.pitch_fmax)
         n_voiced = np.count_nonzero(voiced)
         frac = n_voiced / voiced.size
+        per_mean = np.add.reduce(periodicity) / periodicity.size  # the mean
         if n_voiced < 3:  # no usable pitch: fixed fill values, distinguishable by voiced_fraction
-            return np.array([0, 0, 0, 0, 0, frac, periodicity.mean()], dtype=np.float32)
+            return np.array([0, 0, 0, 0, 0, frac, per_mean], dtype=np.float32)
         lf = np.log2(f0[voiced])
         p10, p50, p90 = _percentiles(lf, _PITCH_QUANTILES)
-        return np.array([p50, lf.mean(), lf.std(), p10, p90, frac, periodicity.mean()], dtype=np.float32)
+        (mean,), (std,) = _mean_std(lf[None, :])
+        return np.array([p50, mean, std, p10, p90, frac, per_mean], dtype=np.float32)
 
     def _assemble(self, Q: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-frame quantities of one window (Q, D from :meth:`_frame_block`) -> (stats, mfcc). Fills Q's contrast rows."""
