@@ -192,17 +192,34 @@ def tonnetz_matrix(n_chroma: int = 12) -> np.ndarray:
     return (r[:, None] * np.cos(np.pi * v)).astype(np.float32)
 
 
-def _power_to_db(x: np.ndarray, amin: float, top_db: float | None) -> np.ndarray:
-    db = 10.0 * np.log10(np.maximum(amin, x))
-    if top_db is not None:
-        db = np.maximum(db, db.max() - top_db)
-    return db
-
-
 # --- the extractor ---------------------------------------------------------------------------------
 
 FRAME_FEATURES = ("zcr", "tonnetz", "rolloff", "flatness", "contrast", "bandwidth", "centroid", "rms")
 PITCH_SUMMARY = ("f0_median", "f0_mean", "f0_std", "f0_p10", "f0_p90", "voiced_fraction", "periodicity_mean")
+_PITCH_QUANTILES = np.array([0.1, 0.5, 0.9])  # f0_p10, f0_median, f0_p90
+
+
+def _percentiles(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.percentile(x, 100 * q)`` (method 'linear', same arithmetic, same result to the bit) without
+    its ~30 us of Python: one sort and numpy's own lerp. ``x`` 1-D and finite, ``q`` in [0, 1)."""
+    a = np.sort(x)
+    vi = (a.size - 1) * q
+    prev = vi.astype(np.intp)  # floor, vi >= 0
+    nxt = np.minimum(prev + 1, a.size - 1)
+    g = vi - prev
+    lo, hi = a[prev], a[nxt]
+    diff = hi - lo
+    return np.where(g >= 0.5, hi - diff * (1 - g), lo + diff * g)
+
+
+def _mean_std(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(m.mean(axis=1), m.std(axis=1))`` with numpy's own arithmetic (same bits, same memory order), sharing
+    the mean and skipping the Python of np.mean / np.std (~15 us a call)."""
+    n = m.shape[1]
+    mean = np.add.reduce(m, axis=1, keepdims=True) / n
+    dev = m - mean
+    np.multiply(dev, dev, out=dev)
+    return mean[:, 0], np.sqrt(np.add.reduce(dev, axis=1) / n)
 
 
 class FeatureExtractor:
@@ -210,6 +227,15 @@ class FeatureExtractor:
 
     All public arrays are float32. Per-frame matrices use librosa's orientation (rows = features,
     columns = frames) so they compare directly with the librosa calls they stand for.
+
+    Internally every per-frame quantity of a window lives in one float32 matrix ``Q`` (rows =
+    quantities, columns = frames; row layout in ``self.rows``), beside a float64 ``D`` for spectral
+    contrast's peak / valley dB (librosa computes those in float64). The summarised rows of Q come
+    first, in ``FRAME_FEATURES`` order, so the summaries are a few reductions over one block, and
+    the streaming extractor moves reused frames with one copy per matrix. Every step repeats the
+    previous implementation's arithmetic (tests/test_features_pinned.py keeps that implementation),
+    so the outputs are the same to the bit on the real windows compared. The extractor keeps no
+    per-call state, so one instance may serve many streams.
     """
 
     def __init__(self, definition: FeatureDefinition = DEFAULT):
@@ -228,9 +254,16 @@ class FeatureExtractor:
         self._chroma = chroma_filterbank(d)
         self._tonnetz = tonnetz_matrix(d.n_chroma)
         self._contrast_bands = self._make_contrast_bands()
+        # contrast bands are consecutive runs of bins; those whose quantile is a single bin reduce to min / max
+        self._band_starts = np.array([rows[0] for rows, _ in self._contrast_bands])
+        self._sorted_bands = [(k, rows[0], rows[-1] + 1, n_q) for k, (rows, n_q) in enumerate(self._contrast_bands) if n_q > 1]
         self._min_period = int(np.floor(d.sr / d.pitch_fmax))
         self._max_period = min(int(np.ceil(d.sr / d.pitch_fmin)), d.n_fft - 1)
         self._acf_n = scipy.fft.next_fast_len(2 * d.n_fft - 1, real=True)
+        self._lag_count = np.arange(1, self._max_period + 1, dtype=np.float32)
+        self._frame_index = np.arange(d.n_frames)
+        self._neighbours = np.array([-1, 0, 1])
+        self.rows = self._make_rows()
         self.stat_names = self._make_names()
         self.n_stats = len(self.stat_names)
 
@@ -254,7 +287,24 @@ class FeatureExtractor:
             if k < d.contrast_bands:
                 rows = rows[:-1]
             bands.append((rows, n_q))
+        if not np.array_equal(np.concatenate([r for r, _ in bands]), np.arange(len(freq))):
+            raise ValueError("spectral contrast bands must tile the bins in order")  # _peaks_valleys' reduceat needs it
         return bands
+
+    def _make_rows(self) -> dict[str, slice]:
+        """Row layout of Q: FRAME_FEATURES first (the summarised block), then pitch and the mel spectrum in dB
+        (before the window's top_db clipping, so that a reused frame keeps its logarithms)."""
+        d = self.definition
+        sizes = {"zcr": 1, "tonnetz": 6, "rolloff": 1, "flatness": 1, "contrast": d.contrast_bands + 1, "bandwidth": 1,
+                 "centroid": 1, "rms": 1, "f0": 1, "periodicity": 1, "mel_db": d.n_mels}
+        rows, r = {}, 0
+        for name, size in sizes.items():  # FRAME_FEATURES order first
+            rows[name] = slice(r, r + size)
+            r += size
+        assert tuple(sizes)[:len(FRAME_FEATURES)] == FRAME_FEATURES
+        self._n_summarised = rows[FRAME_FEATURES[-1]].stop
+        self._n_rows = r
+        return rows
 
     def _make_names(self) -> list[str]:
         d = self.definition
@@ -279,148 +329,177 @@ class FeatureExtractor:
             raise AudioError("window contains NaN or infinite samples")
         return x
 
-    def _frames(self, x: np.ndarray, mode: str) -> np.ndarray:
+    def _frame_views(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All frames of a window as strided views, (T, n_fft): zero-padded (STFT, YIN) and edge-padded (ZCR).
+        Two small buffers instead of np.pad, whose Python costs more than the copies."""
         d = self.definition
+        if not d.center:
+            v = np.lib.stride_tricks.sliding_window_view(x, d.n_fft)[:: d.hop_length]
+            return v, v
         half = d.n_fft // 2
-        padded = np.pad(x, half, mode=mode) if d.center else x
-        return np.lib.stride_tricks.sliding_window_view(padded, d.n_fft)[:: d.hop_length]
+        zpad = np.zeros(x.size + 2 * half, dtype=np.float32)
+        zpad[half:-half] = x
+        epad = zpad.copy()
+        epad[:half] = x[0]
+        epad[-half:] = x[-1]
+        # frame j = pad[j * hop : j * hop + n_fft]; the plain constructor, as sliding_window_view costs ~10 us of Python
+        shape, strides = (d.n_frames, d.n_fft), (d.hop_length * 4, 4)
+        return np.ndarray(shape, np.float32, zpad, 0, strides), np.ndarray(shape, np.float32, epad, 0, strides)
 
-    def _frame_quantities(self, zframes: np.ndarray, eframes: np.ndarray, *, keep_spectrum: bool = False) -> dict[str, np.ndarray]:
-        """Per-frame quantities, frames first: everything a window needs that depends on one frame alone.
+    def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, *, keep_spectrum: bool = False):
+        """Per-frame quantities of the given frames: Q's rows (``self.rows``) for those columns, and D, the dB of
+        spectral contrast's peaks and valleys (float64, as librosa; rows: peaks then valleys). The contrast rows
+        of Q are left for :meth:`_assemble`: they need the whole window. Returns (Q, D), and S if asked.
 
         ``zframes`` are zero-padded frames (STFT and YIN), ``eframes`` the same frames edge-padded (ZCR).
-        Window-level steps (top_db clipping, DCT, summaries) happen in :meth:`_assemble`.
+        Each quantity is the arithmetic of the definition, operation for operation, so the result does
+        not depend on which frames are computed together.
         """
-        d = self.definition
+        d, R = self.definition, self.rows
+        T = zframes.shape[0]
+        out = np.empty((self._n_rows, T), dtype=np.float32)
         spec = scipy.fft.rfft(zframes * self._win, axis=1)  # (T, F) complex64
         S = np.abs(spec)  # magnitude
         P = S * S
-        q: dict[str, np.ndarray] = {"mel": P @ self._mel.T}  # (T, n_mels) power
-        if keep_spectrum:
-            q["S"] = S
+        out[R["mel_db"]] = (10.0 * np.log10(np.maximum(d.db_amin, P @ self._mel.T))).T
         total = S.sum(axis=1, keepdims=True)
         Sn = S / np.where(total > _TINY32, total, 1.0)
-        centroid = Sn @ self.freqs
-        q["centroid"] = centroid
+        centroid = out[R["centroid"].start] = Sn @ self.freqs
         dev = self.freqs[None, :] - centroid[:, None]
-        q["bandwidth"] = np.sqrt(np.einsum("tf,tf->t", Sn, dev * dev))
+        out[R["bandwidth"].start] = np.sqrt(np.einsum("tf,tf->t", Sn, dev * dev))
         csum = np.cumsum(S, axis=1)
-        q["rolloff"] = self.freqs[np.argmax(csum >= d.rolloff_percent * csum[:, -1:], axis=1)]
+        out[R["rolloff"].start] = self.freqs[np.argmax(csum >= d.rolloff_percent * csum[:, -1:], axis=1)]
         Sp = np.maximum(d.flatness_amin, P)
-        q["flatness"] = np.exp(np.mean(np.log(Sp), axis=1)) / np.mean(Sp, axis=1)
-        q["peak"], q["valley"] = self._peaks_valleys(S)
-        Pr = P.copy()
-        Pr[:, 0] *= 0.5
-        if d.n_fft % 2 == 0:
-            Pr[:, -1] *= 0.5
-        q["rms"] = np.sqrt(2.0 * Pr.sum(axis=1) / d.n_fft**2)
+        n_bins = S.shape[1]  # means as sum / n: np.mean's own arithmetic without its Python wrapper
+        out[R["flatness"].start] = np.exp(np.add.reduce(np.log(Sp), axis=1) / n_bins) / (np.add.reduce(Sp, axis=1) / n_bins)
+        nb = len(self._contrast_bands)
+        D = np.empty((2 * nb, T))
+        self._peaks_valleys(S, D[:nb], D[nb:])
+        np.maximum(d.db_amin, D, out=D)  # power_to_db, in place
+        np.log10(D, out=D)
+        D *= 10.0
         # tonnetz over STFT chroma (chroma normalised by its max, then L1, per frame)
         chroma = P @ self._chroma.T  # (T, 12)
         cmax = np.max(np.abs(chroma), axis=1, keepdims=True)
         chroma = chroma / np.where(cmax > _TINY32, cmax, 1.0)
         c1 = np.sum(np.abs(chroma), axis=1, keepdims=True)
-        q["tonnetz"] = (chroma / np.where(c1 > _TINY32, c1, 1.0)) @ self._tonnetz.T  # (T, 6)
-        signs = np.signbit(np.where(np.abs(eframes) <= d.zcr_threshold, 0.0, eframes))
-        q["zcr"] = (np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / d.n_fft).astype(np.float32)
-        q["f0"], q["periodicity"] = self._yin(zframes)
-        return q
-
-    def _window_quantities(self, x: np.ndarray, **kw) -> dict[str, np.ndarray]:
-        return self._frame_quantities(self._frames(x, "constant"), self._frames(x, "edge"), **kw)
+        out[R["tonnetz"]] = ((chroma / np.where(c1 > _TINY32, c1, 1.0)) @ self._tonnetz.T).T
+        # rms last: it halves the DC and Nyquist bins of P in place
+        P[:, 0] *= 0.5
+        if d.n_fft % 2 == 0:
+            P[:, -1] *= 0.5
+        out[R["rms"].start] = np.sqrt(2.0 * P.sum(axis=1) / d.n_fft**2)
+        # sign bits after zeroing |x| <= threshold: exactly "x < -threshold"
+        signs = eframes < -d.zcr_threshold
+        out[R["zcr"].start] = np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / d.n_fft
+        self._yin(zframes, out[R["f0"].start], out[R["periodicity"].start])
+        return (out, D, S) if keep_spectrum else (out, D)
 
     def frame_features(self, window: np.ndarray) -> dict[str, np.ndarray]:
         """Every per-frame feature of one window in librosa's orientation, {name: (rows, n_frames)}:
         the stat features, 'mfcc', 'S' (magnitude spectrogram), 'f0' and 'periodicity'."""
-        q = self._window_quantities(self._check(window), keep_spectrum=True)
-        out = {name: np.atleast_2d(q[name].T) for name in ("S", "centroid", "bandwidth", "rolloff", "flatness", "rms",
-                                                          "tonnetz", "zcr", "f0", "periodicity")}
-        out["contrast"] = self._contrast(q)
-        out["mfcc"] = self._mfcc(q)
+        Q, D, S = self._frame_block(*self._frame_views(self._check(window)), keep_spectrum=True)
+        self._contrast(Q, D)
+        out = {name: Q[self.rows[name]].copy() for name in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
+                                                             "tonnetz", "zcr", "f0", "periodicity", "contrast")}
+        out["S"] = S.T
+        out["mfcc"] = self._mfcc(Q)
         return out
 
-    def _peaks_valleys(self, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Spectral contrast's per-frame part: mean of the top / bottom quantile of each octave band, (T, bands)."""
-        T = S.shape[0]
-        peak = np.empty((T, len(self._contrast_bands)), dtype=np.float64)
-        valley = np.empty_like(peak)
-        for k, (rows, n_q) in enumerate(self._contrast_bands):
-            sub = np.sort(S[:, rows], axis=1)
-            valley[:, k] = sub[:, :n_q].mean(axis=1)
-            peak[:, k] = sub[:, -n_q:].mean(axis=1)
-        return peak, valley
+    def _peaks_valleys(self, S: np.ndarray, peak: np.ndarray, valley: np.ndarray) -> None:
+        """Spectral contrast's per-frame part into ``peak`` / ``valley`` (bands, T): mean of the top / bottom
+        quantile of each octave band. A one-bin quantile is the band's max / min: one reduceat for all such
+        bands; only the wide bands are sorted."""
+        valley[:] = np.minimum.reduceat(S, self._band_starts, axis=1).T
+        peak[:] = np.maximum.reduceat(S, self._band_starts, axis=1).T
+        for k, a, b, n_q in self._sorted_bands:
+            sub = np.sort(S[:, a:b], axis=1)
+            valley[k] = np.add.reduce(sub[:, :n_q], axis=1) / n_q  # the mean
+            peak[k] = np.add.reduce(sub[:, -n_q:], axis=1) / n_q
 
-    def _contrast(self, q: dict) -> np.ndarray:
-        """librosa.feature.spectral_contrast: dB of peaks minus dB of valleys, top_db=80 over the window. (bands, T)"""
-        amin = self.definition.db_amin
-        return (_power_to_db(q["peak"].T, amin, 80.0) - _power_to_db(q["valley"].T, amin, 80.0)).astype(np.float32)
+    def _contrast(self, Q: np.ndarray, D: np.ndarray) -> None:
+        """librosa.feature.spectral_contrast into Q's contrast rows: dB of peaks minus dB of valleys, top_db=80
+        over the window (in float64, as librosa)."""
+        nb = len(self._contrast_bands)
+        peak, valley = D[:nb], D[nb:]  # dB per frame; each clipped at its own window max - 80 dB
+        Q[self.rows["contrast"]] = np.maximum(peak, peak.max() - 80.0) - np.maximum(valley, valley.max() - 80.0)
 
-    def _mfcc(self, q: dict) -> np.ndarray:
+    def _mfcc(self, Q: np.ndarray) -> np.ndarray:
         """MFCC from per-frame mel power: dB with top_db over the window, then DCT-II ortho. (n_mfcc, T)"""
         d = self.definition
-        db = _power_to_db(q["mel"], d.db_amin, d.mfcc_top_db).astype(np.float32)
-        return self._dct @ db.T
+        # BLAS rounds by operand layout: a frames-first dB matrix, as the definition's reference had, keeps the bits
+        db = np.ascontiguousarray(Q[self.rows["mel_db"]].T)
+        return self._dct @ np.maximum(db, db.max() - d.mfcc_top_db).T
 
-    def _yin(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _yin(self, frames: np.ndarray, f0_out: np.ndarray, periodicity_out: np.ndarray) -> None:
         """librosa.yin on the shared zero-padded frames; also the periodicity 1 - min CMNDF."""
         d = self.definition
         lo, hi = self._min_period, self._max_period
         spec = scipy.fft.rfft(frames, n=self._acf_n, axis=1)
         acf = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=self._acf_n, axis=1)[:, : hi + 1]
-        energy = np.cumsum(frames[:, :hi] * frames[:, :hi], axis=1)
+        head = frames[:, :hi]
+        energy = np.cumsum(head * head, axis=1)
         energy[:, 0] = 0.0
         diff = 2.0 * (acf[:, :1] - acf[:, 1: hi + 1]) - energy  # d(k), k = 1..hi
-        cmean = np.cumsum(diff, axis=1) / np.arange(1, hi + 1, dtype=np.float32)
+        cmean = np.cumsum(diff, axis=1) / self._lag_count
         cmndf = diff[:, lo - 1: hi] / (cmean[:, lo - 1: hi] + _TINY32)  # tau = lo..hi, (T, K)
         T, K = cmndf.shape
-        # parabolic interpolation shifts
-        a = cmndf[:, 2:] + cmndf[:, :-2] - 2 * cmndf[:, 1:-1]
-        b = (cmndf[:, 2:] - cmndf[:, :-2]) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inner = np.where(np.abs(b) >= np.abs(a), 0.0, -b / a)
-        shifts = np.zeros_like(cmndf)
-        shifts[:, 1:-1] = inner
         # troughs: x[i] < x[i-1] and x[i] <= x[i+1] (edge-padded); first bin: x[0] < x[1]
         trough = np.empty_like(cmndf, dtype=bool)
-        trough[:, 1:-1] = (cmndf[:, 1:-1] < cmndf[:, :-2]) & (cmndf[:, 1:-1] <= cmndf[:, 2:])
+        mid = cmndf[:, 1:-1]
+        np.less(mid, cmndf[:, :-2], out=trough[:, 1:-1])
+        trough[:, 1:-1] &= mid <= cmndf[:, 2:]
         trough[:, -1] = cmndf[:, -1] < cmndf[:, -2]
         trough[:, 0] = cmndf[:, 0] < cmndf[:, 1]
-        good = trough & (cmndf < d.yin_trough_threshold)
-        period = np.where(good.any(axis=1), np.argmax(good, axis=1), np.argmin(cmndf, axis=1))
-        rows = np.arange(T)
-        f0 = d.sr / (lo + period + shifts[rows, period])
-        periodicity = 1.0 - np.clip(cmndf[rows, period], 0.0, 1.0)
-        return f0.astype(np.float32), periodicity.astype(np.float32)
+        trough &= cmndf < d.yin_trough_threshold
+        period = np.where(trough.any(axis=1), np.argmax(trough, axis=1), np.argmin(cmndf, axis=1))
+        # parabolic interpolation, only at the chosen lag (none at the first and last lag)
+        rows = self._frame_index[:T]
+        q = np.clip(period, 1, K - 2)
+        c0, c1, c2 = cmndf[rows[:, None], q[:, None] + self._neighbours].T
+        a = c2 + c0 - 2 * c1
+        b = (c2 - c0) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = np.where((np.abs(b) >= np.abs(a)) | (q != period), 0.0, -b / a)
+        f0_out[:] = d.sr / (lo + period + shift)
+        periodicity_out[:] = 1.0 - np.clip(cmndf[rows, period], 0.0, 1.0)
 
     # -- window-level outputs
-    def _summarise(self, m: np.ndarray) -> np.ndarray:
-        """(rows, T) -> each row's summaries, row by row: [r0_mean, r0_min, r0_max, r0_std, r1_mean, ...]."""
-        fns = {"mean": np.mean, "min": np.min, "max": np.max, "std": np.std}
-        return np.stack([fns[s](m, axis=1) for s in self.definition.summaries], axis=1).ravel()
-
     def _pitch_summary(self, f0: np.ndarray, periodicity: np.ndarray) -> np.ndarray:
         d = self.definition
         voiced = (periodicity > 1.0 - d.voicing_threshold) & (f0 >= d.pitch_fmin) & (f0 <= d.pitch_fmax)
-        frac = float(voiced.mean())
-        if voiced.sum() < 3:  # no usable pitch: fixed fill values, distinguishable by voiced_fraction
-            return np.array([0, 0, 0, 0, 0, frac, periodicity.mean()], dtype=np.float32)
+        n_voiced = np.count_nonzero(voiced)
+        frac = n_voiced / voiced.size
+        per_mean = np.add.reduce(periodicity) / periodicity.size  # the mean
+        if n_voiced < 3:  # no usable pitch: fixed fill values, distinguishable by voiced_fraction
+            return np.array([0, 0, 0, 0, 0, frac, per_mean], dtype=np.float32)
         lf = np.log2(f0[voiced])
-        p10, p50, p90 = np.percentile(lf, [10, 50, 90])
-        return np.array([p50, lf.mean(), lf.std(), p10, p90, frac, periodicity.mean()], dtype=np.float32)
+        p10, p50, p90 = _percentiles(lf, _PITCH_QUANTILES)
+        (mean,), (std,) = _mean_std(lf[None, :])
+        return np.array([p50, mean, std, p10, p90, frac, per_mean], dtype=np.float32)
 
-    def _assemble(self, q: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame quantities of one window -> (stats, mfcc)."""
-        mfcc = self._mfcc(q)
-        rows = {"contrast": self._contrast(q)}
-        frame_rows = np.vstack([rows[name] if name in rows else np.atleast_2d(q[name].T) for name in FRAME_FEATURES])
-        parts = [self._summarise(frame_rows.astype(np.float32, copy=False))]
-        parts.append(self._pitch_summary(q["f0"], q["periodicity"]))
-        m = mfcc[: self.definition.mfcc_summary_coeffs]
-        parts.append(np.stack([m.mean(axis=1), m.std(axis=1)], axis=1).ravel())
-        return np.concatenate(parts).astype(np.float32), np.ascontiguousarray(mfcc, dtype=np.float32)
+    def _assemble(self, Q: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame quantities of one window (Q, D from :meth:`_frame_block`) -> (stats, mfcc). Fills Q's contrast rows."""
+        d, R = self.definition, self.rows
+        mfcc = self._mfcc(Q)
+        self._contrast(Q, D)
+        # (rows, T) in FRAME_FEATURES order. Column-major, as the reference implementation happened to stack it:
+        # numpy then sums each row frame by frame rather than pairwise, and these are the bits the models know.
+        m = np.asfortranarray(Q[: self._n_summarised])
+        mean, std = _mean_std(m)
+        fns = {"mean": lambda: mean, "min": lambda: np.minimum.reduce(m, axis=1),
+               "max": lambda: np.maximum.reduce(m, axis=1), "std": lambda: std}
+        frame_stats = np.stack([fns[s]() for s in d.summaries], axis=1).ravel()
+        mfcc_stats = np.stack(_mean_std(mfcc[: d.mfcc_summary_coeffs]), axis=1).ravel()
+        pitch = self._pitch_summary(Q[R["f0"].start], Q[R["periodicity"].start])
+        return np.concatenate((frame_stats, pitch, mfcc_stats)), mfcc
+
+    def _window_block(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._frame_block(*self._frame_views(x))
 
     def extract(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One window -> (stats (n_stats,), mfcc (n_mfcc, n_frames)), both float32."""
-        return self._assemble(self._window_quantities(self._check(window)))
+        return self._assemble(*self._window_block(self._check(window)))
 
     def stats(self, window: np.ndarray) -> np.ndarray:
         return self.extract(window)[0]
@@ -450,13 +529,26 @@ class StreamingExtractor:
         self.hop = d.hop_length
         j = np.arange(d.n_frames)
         self._interior = (j * d.hop_length - d.n_fft // 2 >= 0) & (j * d.hop_length + d.n_fft // 2 <= d.window_samples)
+        self._todo: dict[int, np.ndarray] = {}  # shift -> frames to compute afresh
         self.reset()
 
     def reset(self) -> None:
         self._start: int | None = None
-        self._q: dict | None = None
+        self._Q: np.ndarray | None = None  # the previous window's per-frame quantities (FeatureExtractor._frame_block)
+        self._D: np.ndarray | None = None
         self.reused_frames = 0
         self.computed_frames = 0
+
+    def _fresh(self, shift: int) -> np.ndarray:
+        """Frames of the new window that are not interior frames of both windows, shift hops apart."""
+        todo = self._todo.get(shift)
+        if todo is None:
+            n = len(self._interior)
+            j = np.arange(n)
+            reuse = self._interior & (j + shift < n)
+            reuse[reuse] &= self._interior[j[reuse] + shift]
+            todo = self._todo[shift] = np.flatnonzero(~reuse)
+        return todo
 
     def extract(self, window: np.ndarray, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         fe = self.fe
@@ -466,22 +558,17 @@ class StreamingExtractor:
         if start is not None and self._start is not None and start >= self._start and (start - self._start) % self.hop == 0:
             shift = (start - self._start) // self.hop
         if shift is None or shift >= n:
-            q = fe._window_quantities(x)
+            Q, D = fe._window_block(x)
             self.computed_frames += n
         else:
-            j = np.arange(n)
-            reuse = self._interior & (j + shift < n)
-            reuse[reuse] &= self._interior[j[reuse] + shift]
-            todo = np.flatnonzero(~reuse)
-            fresh = fe._frame_quantities(fe._frames(x, "constant")[todo], fe._frames(x, "edge")[todo])
-            keep = np.flatnonzero(reuse)
-            q = {}
-            for name, new_rows in fresh.items():
-                arr = np.empty((n,) + new_rows.shape[1:], dtype=new_rows.dtype)
-                arr[todo] = new_rows
-                arr[keep] = self._q[name][keep + shift]
-                q[name] = arr
-            self.reused_frames += keep.size
+            Q, D = self._Q, self._D
+            if shift:  # frame j of the new window is frame j + shift of the old one
+                Q[:, : n - shift] = Q[:, shift:]
+                D[:, : n - shift] = D[:, shift:]
+            todo = self._fresh(shift)
+            zv, ev = fe._frame_views(x)
+            Q[:, todo], D[:, todo] = fe._frame_block(zv[todo], ev[todo])
+            self.reused_frames += n - todo.size
             self.computed_frames += todo.size
-        self._start, self._q = start, q
-        return fe._assemble(q)
+        self._start, self._Q, self._D = start, Q, D
+        return fe._assemble(Q, D)

@@ -36,3 +36,24 @@ def test_unaligned_or_unknown_start_recomputes_everything():
     assert sx.reused_frames == 0
     sx.extract(y[:n], start=None)
     assert sx.reused_frames == 0
+
+
+def test_streaming_equals_full_extraction_for_any_whole_hop_shift():
+    """The reused frames move in place by the shift: short, long, zero and too-long shifts all still equal extract()."""
+    fe = FeatureExtractor()
+    sx = StreamingExtractor(fe)
+    y = load_audio(librispeech_files()[7])
+    n, hop = DEFAULT.window_samples, DEFAULT.hop_length
+    start, reused = 0, []
+    for shift in (0, 1, 5, 22, 0, 40, 3, 86, 87, 100, 2):
+        start += shift * hop
+        assert start + n <= len(y)
+        before = sx.reused_frames
+        s_stream, m_stream = sx.extract(y[start:start + n], start=start)
+        s_full, m_full = fe.extract(y[start:start + n])
+        np.testing.assert_allclose(m_stream, m_full, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(s_stream, s_full, rtol=1e-4, atol=1e-4)
+        reused.append(sx.reused_frames - before)
+    # 84 of 87 frames are interior (away from the padded edges); a shift of k hops shares 84 - k of them.
+    # First window: nothing to reuse; shifts of 87 frames or more: nothing shared.
+    assert reused == [0, 83, 79, 62, 84, 44, 81, 0, 0, 0, 82]
