@@ -26,7 +26,7 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError
+from .audio import SAMPLE_RATE, AudioError, check_audio_path
 from .ringbuffer import RingBuffer
 
 __all__ = [
@@ -39,10 +39,13 @@ _RESAMPLE_QUALITY = "HQ"  # same as realtime.audio.resample
 
 
 class _StreamResampler:
-    """Mono float32 streaming resampler to 16 kHz (a pass-through when the rate already is)."""
+    """Mono float32 streaming resampler to 16 kHz (a pass-through when the rate already is). Output
+    that is not finite (finite but huge input overflows in the filter) raises AudioError naming the
+    cause, so the engine never sees a NaN window."""
 
-    def __init__(self, in_rate: float):
+    def __init__(self, in_rate: float, name: str = "audio"):
         self.in_rate = float(in_rate)
+        self.name = name
         if self.in_rate <= 0:
             raise AudioError(f"sample rate must be positive, got {in_rate}")
         if self.in_rate == SAMPLE_RATE:
@@ -55,7 +58,12 @@ class _StreamResampler:
     def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self._rs is not None:
-            x = self._rs.resample_chunk(x, last=last)
+            y = self._rs.resample_chunk(x, last=last)
+            if y.size and not np.all(np.isfinite(y)):
+                peak = f" (largest |x| {float(np.max(np.abs(x))):.3g})" if x.size else ""
+                raise AudioError(f"{self.name}: audio became NaN/infinite when resampled from {self.in_rate:g} Hz to "
+                                 f"{SAMPLE_RATE} Hz: samples are far outside [-1, 1]{peak}")
+            x = y
         else:
             x = x.copy() if not x.flags.owndata else x
         return np.clip(x, -1.0, 1.0, out=x)
@@ -128,8 +136,7 @@ class FileSource(Source):
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         self.chunk_seconds = float(chunk_seconds)
         self._closed = False
-        if not self.path.is_file():
-            raise AudioError(f"{self.path}: no such audio file")
+        check_audio_path(self.path)
         try:
             info = sf.info(str(self.path))
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -149,7 +156,7 @@ class FileSource(Source):
         import soundfile as sf
 
         block = max(1, int(round(self.chunk_seconds * self.file_sample_rate)))
-        resample = _StreamResampler(self.file_sample_rate)
+        resample = _StreamResampler(self.file_sample_rate, str(self.path))
         emitted = 0
         t0 = None
         try:
@@ -182,6 +189,12 @@ class FileSource(Source):
 
 # ---------------------------------------------------------------------------------------- stdin
 _PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
+MIN_PCM_RATE, MAX_PCM_RATE = 4000, 384000  # as the server's protocol (realtime.protocol.MIN_RATE / MAX_RATE)
+
+
+def _short_int(v) -> str:
+    s = str(v) if not isinstance(v, int) or abs(v) < 10 ** 30 else f"{str(v)[:12]}... ({len(str(abs(v)))} digits)"
+    return s if len(s) <= 40 else s[:37] + "..."
 
 
 class StdinSource(Source):
@@ -198,8 +211,9 @@ class StdinSource(Source):
                  stream: IO[bytes] | None = None, chunk_seconds: float = 0.1):
         if fmt not in _PCM_FORMATS:
             raise ValueError(f"fmt must be one of {', '.join(_PCM_FORMATS)}, got {fmt!r}")
-        if int(rate) <= 0:
-            raise ValueError(f"rate must be positive, got {rate}")
+        if not MIN_PCM_RATE <= int(rate) <= MAX_PCM_RATE:
+            raise AudioError(f"stdin PCM rate must be between {MIN_PCM_RATE} and {MAX_PCM_RATE} Hz, got {_short_int(rate)} "
+                             "(give the input's real rate with --rate)")
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if not chunk_seconds > 0:
@@ -219,7 +233,7 @@ class StdinSource(Source):
         frame_bytes = np.dtype(dtype).itemsize * self.channels
         want = max(1, int(round(self.chunk_seconds * self.rate))) * frame_bytes
         read = getattr(stream, "read1", None) or stream.read
-        resample = _StreamResampler(self.rate)
+        resample = _StreamResampler(self.rate, self.name)
         pending = bytearray()
         while not self._closed:
             buf = read(want)
@@ -413,7 +427,7 @@ class MicSource(Source):
 
     def chunks(self) -> Iterator[np.ndarray]:
         self.start()
-        resample = _StreamResampler(self.device_sample_rate)
+        resample = _StreamResampler(self.device_sample_rate, self.name)
         try:
             while True:
                 x = self._ring.read(timeout=1.0)
@@ -509,5 +523,7 @@ def parse_source(spec: str, rate: int = SAMPLE_RATE, **options) -> Source:
         return SOURCE_SCHEMES[m.group(1).lower()](m.group(2), opts)
     if Path(spec).is_file():
         return SOURCE_SCHEMES["file"](spec, opts)
+    if Path(spec).exists():  # a directory, FIFO or device: say what it is
+        check_audio_path(spec)
     raise AudioError(f"{spec!r} is not an existing file nor a known source; expected one of "
                      f"file:PATH, PATH, mic, mic:DEVICE, stdin ({', '.join(sorted(SOURCE_SCHEMES))})")
