@@ -1251,25 +1251,25 @@ def add_parser(subparsers) -> None:
     p.add_argument("--token", default=None,
                    help="shared secret every client must send as \"token\" in its config (default: $VOICEGENDER_TOKEN, "
                         "else none)")
-    p.add_argument("--max-connections", type=_arg_int(1), default=d.max_connections, metavar="N",
+    p.add_argument("--max-connections", type=_arg_int(1, 1_000_000), default=d.max_connections, metavar="N",
                    help="concurrent streams; more are refused (default: %(default)s)")
-    p.add_argument("--max-message-bytes", type=_arg_int(1), default=d.max_message_bytes, metavar="B",
+    p.add_argument("--max-message-bytes", type=_arg_int(1, 1 << 30), default=d.max_message_bytes, metavar="B",
                    help="largest WebSocket message; also the TCP read size (default: %(default)s)")
     p.add_argument("--idle-timeout", type=_arg_seconds, default=d.idle_timeout, metavar="S",
                    help="close a connection that sends nothing (or reads nothing) for this long (default: %(default)s)")
     p.add_argument("--handshake-timeout", type=_arg_seconds, default=d.handshake_timeout, metavar="S",
                    help="a connection must send its complete config (and token) within this long of connecting; "
                         "trickling bytes does not extend it (default: %(default)s)")
-    p.add_argument("--max-pending", type=_arg_int(1), default=d.max_pending, metavar="N",
+    p.add_argument("--max-pending", type=_arg_int(1, 1_000_000), default=d.max_pending, metavar="N",
                    help="connections not yet authenticated, whole server (they do not take --max-connections slots); "
                         "when full, a newcomer evicts the oldest one older than 0.5 s (default: %(default)s)")
-    p.add_argument("--max-pending-per-address", type=_arg_int(1), default=d.max_pending_per_address, metavar="N",
+    p.add_argument("--max-pending-per-address", type=_arg_int(1, 1_000_000), default=d.max_pending_per_address, metavar="N",
                    help="of those, from one client address (default: %(default)s)")
     p.add_argument("--max-stream-seconds", type=_arg_seconds, default=d.max_stream_seconds, metavar="S",
                    help="longest stream, in seconds of audio (default: %(default)s)")
-    p.add_argument("--workers", type=_arg_int(1), default=None, metavar="N",
+    p.add_argument("--workers", type=_arg_int(1, 1024), default=None, metavar="N",
                    help="inference threads per process, shared by its streams (default: CPU count / --processes)")
-    p.add_argument("--processes", type=_arg_int(1), default=1, metavar="N",
+    p.add_argument("--processes", type=_arg_int(1, 1024), default=1, metavar="N",
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="log only warnings (refusals) and errors")
