@@ -552,11 +552,33 @@ class _Stream:
 
 
 # ------------------------------------------------------------------------------------ admission
+# Accept-rate limiting: asyncio accepts up to its ``backlog`` argument connections per event-loop turn and
+# listening socket. ACCEPT_BATCH keeps that small, while the kernel's queue keeps LISTEN_BACKLOG: a storm
+# is taken in at the pace the loop serves its connections, and waits in the kernel (where a bare
+# connect/close costs the server nothing until accepted) instead of arriving as one batch of a thousand
+# handshakes. A client's handshake deadline starts when it is accepted, so queueing never refuses it.
+ACCEPT_BATCH = 32
+LISTEN_BACKLOG = 1024
+
+
+def _relisten(sock, backlog: int) -> None:
+    """Set the kernel accept queue of a listening socket (asyncio's ``backlog`` set it to ACCEPT_BATCH)."""
+    import socket as _socket
+
+    with contextlib.suppress(OSError, ValueError):
+        dup = _socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            dup.listen(backlog)
+        finally:
+            dup.close()
+
+
 STAT_NAMES = ("active", "pending", "connections_total", "streams_completed", "refused", "busy", "client_gone",
               "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
 _GAUGES = ("active", "pending")  # levels, not running totals: zeroed when a --processes child is replaced
 EVICT_AFTER_S = 0.5  # a connection still in its handshake can be evicted for a newcomer only after this long
-SHED_FACTOR = 4  # past this many times a pre-auth budget (all younger than EVICT_AFTER_S), newcomers are closed
+SHED_FACTOR = 8  # past this many times a pre-auth budget (all younger than EVICT_AFTER_S), newcomers are closed
+SLOT_POLL_S = 0.02  # how often an authenticated client waiting for a stream slot looks again
 LOG_EVERY_S = 10.0  # storms of the same kind of refusal are logged once, then summed up at most this often
 
 
@@ -624,8 +646,11 @@ class _Pending:
     ``max_pending_per_address`` per client address. A newcomer over a budget evicts the oldest
     connection of that budget once it has had ``EVICT_AFTER_S`` to finish its handshake: a good client
     sends its config at once and is long authenticated by then, while silent, trickling or guessing
-    connections are the oldest. Only when more than ``SHED_FACTOR`` times a budget is too young to
-    evict (a storm faster than any handshake) is the newcomer itself closed, unread.
+    connections are the oldest. When the whole budget is younger than that (a storm: asyncio accepts
+    hundreds of connections in one go), the newcomer is admitted over the budget on a short fuse: it
+    has ``EVICT_AFTER_S`` instead of the handshake deadline, enough for a client whose config is already
+    on its way, while bare connect/close connections end by themselves. Only past ``SHED_FACTOR`` times
+    a budget is a newcomer closed unread (bounding file descriptors).
     """
 
     def __init__(self, max_total: int, max_per_address: int):
@@ -636,24 +661,30 @@ class _Pending:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def admit(self, conn, address: str, task, now: float) -> tuple[bool, list]:
-        """Register ``conn``; returns (admitted, the connections to evict for it)."""
-        evict = []
+    def admit(self, conn, address: str, task, now: float) -> tuple[float | None, list]:
+        """Register ``conn``. Returns (its handshake fuse in seconds: None for the normal deadline, 0 when
+        it is shed unread, EVICT_AFTER_S when it came over a full budget of young connections; the
+        connections to evict for it)."""
+        evict, fuse = [], None
         if self.per_address[address] >= self.max_per_address:
             old = next(c for c, e in self.entries.items() if e[0] == address)
             if now - self.entries[old][1] >= EVICT_AFTER_S:
                 evict.append(old)
             elif self.per_address[address] >= SHED_FACTOR * self.max_per_address:
-                return False, []
+                return 0.0, []
+            else:
+                fuse = EVICT_AFTER_S
         if len(self.entries) - len(evict) >= self.max_total:
             old = next(c for c in self.entries if c not in evict)
             if now - self.entries[old][1] >= EVICT_AFTER_S:
                 evict.append(old)
             elif len(self.entries) >= SHED_FACTOR * self.max_total:
-                return False, []
+                return 0.0, []
+            else:
+                fuse = EVICT_AFTER_S
         self.entries[conn] = (address, now, task)
         self.per_address[address] += 1
-        return True, evict
+        return fuse, evict
 
     def task_of(self, conn):
         entry = self.entries.get(conn)
@@ -726,6 +757,7 @@ class StreamServer:
         self.tcp_port: int | None = None
         self.stats = counters if counters is not None else Counters()  # whole-server counters (shared under --processes)
         self._pending = _Pending(self.config.max_pending, self.config.max_pending_per_address)
+        self._slot_waiters = 0
         self._auth = _AuthThrottle()
         self._quiet = _LogAggregate(log)
         self._static: dict[str, tuple[bytes, str]] = {}
@@ -754,19 +786,24 @@ class StreamServer:
             create_connection=_ws_connection_class(),
             max_size=ws_limit, max_queue=(4, 1), write_limit=2 ** 16, server_header="voicegender",
             open_timeout=min(cfg.handshake_timeout, cfg.idle_timeout), close_timeout=2.0, ping_interval=None,
-            backlog=1024)
+            backlog=ACCEPT_BATCH)
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         if self._socks:
             if self._socks[1] is not None:
-                self._tcp_server = await asyncio.start_server(self._tcp_handler, sock=self._socks[1], backlog=1024)
+                self._tcp_server = await asyncio.start_server(self._tcp_handler, sock=self._socks[1],
+                                                              backlog=ACCEPT_BATCH)
         else:
             tcp_port = cfg.tcp_port
             if tcp_port is None:
                 tcp_port = 0 if cfg.port == 0 else self.ws_port + 1
             if tcp_port >= 0:
-                self._tcp_server = await asyncio.start_server(self._tcp_handler, cfg.host, tcp_port, backlog=1024)
+                self._tcp_server = await asyncio.start_server(self._tcp_handler, cfg.host, tcp_port,
+                                                              backlog=ACCEPT_BATCH)
         if self._tcp_server is not None:
             self.tcp_port = self._tcp_server.sockets[0].getsockname()[1]
+        for srv in (self._ws_server, self._tcp_server):
+            for sock in (srv.sockets if srv is not None else ()):
+                _relisten(sock, LISTEN_BACKLOG)
 
     async def serve_forever(self) -> None:
         await asyncio.gather(self._ws_server.serve_forever(),
@@ -860,7 +897,7 @@ class StreamServer:
             config = await self._handshake(conn, task)
             if config is None:
                 return  # evicted or shed (already counted and closed)
-            n = self.stats.acquire_stream(self.config.max_connections)
+            n = await self._stream_slot(t0)
             if n is None:
                 self.stats["busy"] += 1
                 raise _Refusal(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
@@ -896,6 +933,25 @@ class StreamServer:
             self._tasks.discard(task)
             await conn.close()
 
+    async def _stream_slot(self, t0: float) -> int | None:
+        """Take a stream slot of the whole server. When all are taken, an authenticated client waits for
+        one, polling, until its handshake deadline (counted from its accept), instead of being refused at
+        once: a burst (a storm of clients that send a config and vanish) is absorbed. At most
+        ``max_connections`` clients of a process wait; past that, or past the deadline: None (busy)."""
+        cfg = self.config
+        n = self.stats.acquire_stream(cfg.max_connections)
+        if n is not None or self._slot_waiters >= cfg.max_connections:
+            return n
+        self._slot_waiters += 1
+        try:
+            deadline = t0 + min(cfg.handshake_timeout, cfg.idle_timeout)
+            while n is None and time.monotonic() < deadline:
+                await asyncio.sleep(SLOT_POLL_S)
+                n = self.stats.acquire_stream(cfg.max_connections)
+            return n
+        finally:
+            self._slot_waiters -= 1
+
     async def _send_error(self, conn, message: str) -> None:
         try:
             await asyncio.wait_for(conn.send(encode(error_message(message))), 2.0)
@@ -908,8 +964,8 @@ class StreamServer:
         cfg = self.config
         now = time.monotonic()
         address = _address(conn)
-        admitted, evict = self._pending.admit(conn, address, task, now)
-        if not admitted:
+        fuse, evict = self._pending.admit(conn, address, task, now)
+        if fuse == 0.0:
             self.stats["shed"] += 1
             self._quiet.note("shed connections", address, f"{conn.kind} {conn.peer}: closed unread: more than "
                              f"{SHED_FACTOR} x the pre-auth budget opened within {EVICT_AFTER_S:g} s", now)
@@ -919,13 +975,15 @@ class StreamServer:
             self._evict(old)
         self.stats["pending"] += 1
         try:
-            deadline = min(cfg.handshake_timeout, cfg.idle_timeout)
+            deadline = min(cfg.handshake_timeout, cfg.idle_timeout, fuse or math.inf)
             try:
                 raw = await asyncio.wait_for(conn.read_config(), deadline)
             except asyncio.TimeoutError:
                 self.stats["handshake_timeouts"] += 1
-                raise _Quiet("handshake timeouts", f"no complete config within {deadline:g} s of connecting "
-                             "(--handshake-timeout) while waiting for the config message; closing") from None
+                why = ("--handshake-timeout" if fuse is None else
+                       "the pre-auth budget (--max-pending) was full of connections younger than that")
+                raise _Quiet("handshake timeouts", f"no complete config within {deadline:g} s of connecting ({why}) "
+                             "while waiting for the config message; closing") from None
             if conn.kind == "tcp" and raw[:8].split(b" ")[0] in (b"GET", b"HEAD", b"POST", b"PUT", b"OPTIONS"):
                 raise ProtocolError(f"this is the raw TCP port (JSON config line, then PCM), not HTTP or WebSocket: "
                                     f"use ws://HOST:{self.ws_port}/ for WebSocket, or tcp://HOST:{self.tcp_port} "
@@ -1276,7 +1334,8 @@ def add_parser(subparsers) -> None:
     add_engine_arguments(p)
     p.set_defaults(func=_serve)
 
-    from . import client, loadtest  # their commands plug in here (realtime.cli imports only this module)
+    from . import client, loadtest, soak  # their commands plug in here (realtime.cli imports only this module)
 
     client.add_parser(subparsers)
     loadtest.add_parser(subparsers)
+    soak.add_parser(subparsers)
