@@ -573,9 +573,9 @@ def _relisten(sock, backlog: int) -> None:
             dup.close()
 
 
-STAT_NAMES = ("active", "pending", "connections_total", "streams_completed", "refused", "busy", "client_gone",
+STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "client_gone",
               "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
-_GAUGES = ("active", "pending")  # levels, not running totals: zeroed when a --processes child is replaced
+_GAUGES = ("active", "pending", "streams")  # levels, not running totals: zeroed when a --processes child is replaced
 EVICT_AFTER_S = 0.5  # a connection still in its handshake can be evicted for a newcomer only after this long
 SHED_FACTOR = 8  # past this many times a pre-auth budget (all younger than EVICT_AFTER_S), newcomers are closed
 SLOT_POLL_S = 0.02  # how often an authenticated client waiting for a stream slot looks again
@@ -850,13 +850,19 @@ class StreamServer:
         return self._response(connection, *resp, head=method == "HEAD")
 
     @property
+    def open_connections(self) -> int:
+        """Connections of this process whose handler has not finished (closing ones included)."""
+        return len(self._tasks)
+
+    @property
     def active(self) -> int:
         """Authenticated streams open in the whole server (every --processes process)."""
         return self.stats.total("active")
 
     def health(self) -> dict:
         """What /healthz answers: counters of the whole server (summed over every --processes process).
-        ``connections`` = authenticated streams open, ``pending`` = connections still in their handshake."""
+        ``connections`` = stream slots taken, ``streams`` = streams with an Engine (``open_streams``),
+        ``pending`` = connections still in their handshake."""
         totals = self.stats.totals()
         return {"status": "ok", "connections": totals.pop("active"), "processes": self.stats.processes, **totals}
 
@@ -930,8 +936,10 @@ class StreamServer:
         finally:
             if counted:
                 self.stats.release_stream()
-            self._tasks.discard(task)
-            await conn.close()
+            try:
+                await conn.close()
+            finally:
+                self._tasks.discard(task)  # after the lingering close, so that aclose() cancels that too
 
     async def _stream_slot(self, t0: float) -> int | None:
         """Take a stream slot of the whole server. When all are taken, an authenticated client waits for
@@ -1019,12 +1027,14 @@ class StreamServer:
         # registered only inside the block that always unregisters it: a client that resets before (or
         # while) the ready message goes out must not leave its stream (and its Engine) behind
         self.open_streams.add(stream)
+        self.stats["streams"] += 1
         try:
             await self._send(conn, ready_message(config, hop_s=hop_s, limits=self.config.limits()))
             log.info("%s %s: stream started %s", conn.kind, conn.peer, config.public())
             await stream.run()
         finally:
             self.open_streams.discard(stream)
+            self.stats["streams"] -= 1
         await self._send(conn, stream.summary())
 
 

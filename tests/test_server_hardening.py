@@ -6,9 +6,8 @@ port). Real audio, the real bundle, ephemeral ports; assertions on counts and ou
 deadlines (only lower bounds on time, which a slow machine cannot break)."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import ctypes
-import gc
 import json
 import logging
 import os
@@ -124,45 +123,73 @@ def _ws_vanish(url: str, stage: str, audio: bytes) -> None:
 STAGES = ("before config", "after config", "before ready", "after ready", "mid audio")
 
 
-def test_three_thousand_clients_vanishing_at_every_stage_leak_nothing(make_server, pcm):
-    srv = make_server()
-    port = srv.server.tcp_port
+def spawn_server(*args: str) -> tuple[subprocess.Popen, int, int]:
+    """`python -m realtime serve --port 0` as a child (its RSS is the server's alone); (proc, ws, tcp port)."""
+    proc = subprocess.Popen([sys.executable, "-m", "realtime", "serve", "--port", "0", "--quiet", *args], cwd=REPO,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    line = ""
+    deadline = time.monotonic() + 120
+    while "serving:" not in line and time.monotonic() < deadline and proc.poll() is None:
+        line = proc.stderr.readline()
+    m = re.search(r"websocket ws://127\.0\.0\.1:(\d+)/\s+tcp tcp://127\.0\.0\.1:(\d+)", line)
+    if not m:
+        proc.kill()
+        raise AssertionError(f"server did not start: {line!r}")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+    return proc, int(m.group(1)), int(m.group(2))
+
+
+def health(port: int) -> dict:
+    return json.loads(http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").split(b"\r\n\r\n", 1)[1])
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_three_thousand_clients_vanishing_at_every_stage_leak_nothing(pcm):
+    """The server runs as its own process, so its RSS is not mixed with the clients' (the websockets
+    sync client starts a thread per connection); /healthz gives its open streams (``open_streams``)."""
+    proc, ws_port, port = spawn_server("--workers", "2")
+    url = f"ws://127.0.0.1:{ws_port}/"
     audio = pcm["F"][: 16000 * 2 * 3]  # 3 s: estimates are being computed when the client vanishes
+    pool = concurrent.futures.ThreadPoolExecutor(4)
 
     def run(n: int) -> None:
         def worker(k: int) -> None:
             for i in range(k, n, 4):
                 stage = STAGES[i % len(STAGES)]
                 if i % 10 == 9:
-                    _ws_vanish(srv.ws_url, "mid audio" if stage == "mid audio" else "after config", audio)
+                    _ws_vanish(url, "mid audio" if stage == "mid audio" else "after config", audio)
                 else:
                     _vanish(port, stage, audio)
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert wait_for(lambda: not srv.server.open_streams and srv.server.active == 0
-                        and srv.server.stats.total("pending") == 0, 60)
+        for f in [pool.submit(worker, k) for k in range(4)]:
+            f.result()
 
-    def settled_rss() -> float:
-        """RSS after a GC and after glibc returns its free heap pages (what is still held, not cached)."""
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        return rss_mb()
+        def settled():
+            h = health(ws_port)
+            return h["streams"] == 0 and h["connections"] == 0 and h["pending"] == 0
+        assert wait_for(settled, 60), health(ws_port)
+        time.sleep(3)  # lingering closes (at most 2 s) are over
 
-    run(600)  # warm: allocator pools, engine buffers, thread-local state
-    before = settled_rss()
-    run(3000)
-    after = settled_rss()
-    assert not srv.server.open_streams
-    assert srv.server.active == 0
-    assert after - before < 40, f"RSS {before:.0f} -> {after:.0f} MB after 3,000 vanishing clients"
-    assert srv.server.stats.total("internal_errors") == 0
-    # and the server still serves
-    _, _, end = check_stream(session(srv, "tcp", {}, pieces(pcm["M"], 3200)))
-    assert end["label"] == "male"
+    try:
+        run(600)  # warm: allocator pools, engine buffers, thread-local state
+        before = proc_rss_mb(proc.pid)
+        run(3000)
+        after = proc_rss_mb(proc.pid)
+        h = health(ws_port)
+        assert h["streams"] == 0 and h["connections"] == 0 and h["internal_errors"] == 0, h
+        assert after - before < 40, f"server RSS {before:.0f} -> {after:.0f} MB after 3,000 vanishing clients"
+        # and the server still serves
+        _, _, end = check_stream(tcp_session(port, {}, pieces(pcm["M"], 3200)))
+        assert end["label"] == "male"
+    finally:
+        pool.shutdown()
+        proc.terminate()
+        proc.wait(30)
 
 
 # ------------------------------------------------------------------------------------ pre-auth slots
@@ -239,10 +266,11 @@ def test_storm_of_connect_close_cycles_refuses_no_good_client(make_server, pcm):
         stop.set()
         for t in threads:
             t.join()
-    for msgs in good:
+    for msgs in good:  # every good client: ready, its estimates, end (none refused busy or closed unread)
         check_stream(msgs)
     assert sum(done) > 2000, done  # it was a storm
-    assert srv.server.stats.total("busy") == 0
+    # (config-then-close storm clients may get "busy" when they outrun the server: they are authenticated
+    # streams and the server is at capacity; the good clients above are what must never be refused)
     assert wait_for(lambda: srv.server.active == 0 and not srv.server.open_streams)
 
 
