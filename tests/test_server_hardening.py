@@ -373,7 +373,10 @@ def test_processes_share_one_connection_limit_and_healthz_sums_them(tmp_path):
     from websockets.sync.client import connect
 
     proc = subprocess.Popen([sys.executable, "-m", "realtime", "serve", "--port", "0", "--processes", "2",
-                             "--max-connections", "10", "--workers", "1"], cwd=REPO, stderr=subprocess.PIPE,
+                             "--max-connections", "10", "--workers", "1",
+                             # a refused client waits for a slot until its handshake deadline: keep that short,
+                             # and the idle timeout long enough that no ready stream is closed meanwhile
+                             "--handshake-timeout", "1", "--idle-timeout", "300"], cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
     try:
         line = ""
