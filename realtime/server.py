@@ -724,21 +724,32 @@ class _LogAggregate:
 
     def __init__(self, logger: logging.Logger, every: float = LOG_EVERY_S):
         self.logger, self.every = logger, every
-        self.kinds: dict[str, list] = {}  # kind -> [count since the last line, time of the last line, addresses]
+        self.kinds: dict[str, list] = {}  # kind -> [count since the last line, its time, addresses, last message]
 
     def note(self, kind: str, address: str, message: str, now: float) -> None:
         st = self.kinds.get(kind)
         if st is None:
-            self.kinds[kind] = [0, now, collections.Counter()]
+            self.kinds[kind] = [0, now, collections.Counter(), message]
             self.logger.warning("%s (more of these are summed up every %g s)", message, self.every)
             return
         st[0] += 1
         st[2][address] += 1
+        st[3] = message
         if now - st[1] >= self.every:
-            top = ", ".join(f"{a} x{c}" for a, c in st[2].most_common(3))
-            self.logger.warning("%d more %s in the last %.0f s (from %s); last: %s", st[0], kind, now - st[1], top,
-                                message)
-            self.kinds[kind] = [0, now, collections.Counter()]
+            self._emit(kind, now)
+
+    def _emit(self, kind: str, now: float) -> None:
+        st = self.kinds[kind]
+        top = ", ".join(f"{a} x{c}" for a, c in st[2].most_common(3))
+        self.logger.warning("%d more %s in the last %.0f s (from %s); last: %s", st[0], kind, now - st[1], top, st[3])
+        self.kinds[kind] = [0, now, collections.Counter(), st[3]]
+
+    def flush(self, now: float) -> None:
+        """Log the counts that are due (the server calls this every ``every`` seconds, so the tail of a storm
+        that then stops is logged too)."""
+        for kind, st in list(self.kinds.items()):
+            if st[0] and now - st[1] >= self.every:
+                self._emit(kind, now)
 
 
 # ------------------------------------------------------------------------------------ server
@@ -758,6 +769,7 @@ class StreamServer:
         self.stats = counters if counters is not None else Counters()  # whole-server counters (shared under --processes)
         self._pending = _Pending(self.config.max_pending, self.config.max_pending_per_address)
         self._slot_waiters = 0
+        self._flusher: asyncio.Task | None = None
         self._auth = _AuthThrottle()
         self._quiet = _LogAggregate(log)
         self._static: dict[str, tuple[bytes, str]] = {}
@@ -801,6 +813,7 @@ class StreamServer:
                                                               backlog=ACCEPT_BATCH)
         if self._tcp_server is not None:
             self.tcp_port = self._tcp_server.sockets[0].getsockname()[1]
+        self._flusher = asyncio.ensure_future(self._flush_logs())
         for srv in (self._ws_server, self._tcp_server):
             for sock in (srv.sockets if srv is not None else ()):
                 _relisten(sock, LISTEN_BACKLOG)
@@ -809,7 +822,14 @@ class StreamServer:
         await asyncio.gather(self._ws_server.serve_forever(),
                              *([self._tcp_server.serve_forever()] if self._tcp_server else []))
 
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_EVERY_S)
+            self._quiet.flush(time.monotonic())
+
     async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         for srv in (self._tcp_server, self._ws_server):
             if srv is not None:
                 srv.close()
