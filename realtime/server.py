@@ -576,7 +576,8 @@ def _relisten(sock, backlog: int) -> None:
 STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "client_gone",
               "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
 _GAUGES = ("active", "pending", "streams")  # levels, not running totals: zeroed when a --processes child is replaced
-EVICT_AFTER_S = 0.5  # a connection still in its handshake can be evicted for a newcomer only after this long
+EVICT_AFTER_S = 2.0  # a connection still in its handshake can be evicted for a newcomer only after this long
+# (long enough for a client whose config waits behind a busy event loop; silent ones are older)
 SHED_FACTOR = 8  # past this many times a pre-auth budget (all younger than EVICT_AFTER_S), newcomers are closed
 SLOT_POLL_S = 0.02  # how often an authenticated client waiting for a stream slot looks again
 LOG_EVERY_S = 10.0  # storms of the same kind of refusal are logged once, then summed up at most this often
@@ -1274,8 +1275,9 @@ def _supervise(args, processes: int) -> int:
 
 
 def _serve(args) -> int:
+    where = {"filename": str(args.log_file)} if args.log_file else {"stream": sys.stderr}
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", **where)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     processes = args.processes
     if processes < 1:
@@ -1350,7 +1352,7 @@ def add_parser(subparsers) -> None:
                         "trickling bytes does not extend it (default: %(default)s)")
     p.add_argument("--max-pending", type=_arg_int(1, 1_000_000), default=d.max_pending, metavar="N",
                    help="connections not yet authenticated, whole server (they do not take --max-connections slots); "
-                        "when full, a newcomer evicts the oldest one older than 0.5 s (default: %(default)s)")
+                        "when full, a newcomer evicts the oldest one older than 2 s (default: %(default)s)")
     p.add_argument("--max-pending-per-address", type=_arg_int(1, 1_000_000), default=d.max_pending_per_address, metavar="N",
                    help="of those, from one client address (default: %(default)s)")
     p.add_argument("--max-stream-seconds", type=_arg_seconds, default=d.max_stream_seconds, metavar="S",
@@ -1361,6 +1363,7 @@ def add_parser(subparsers) -> None:
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="log only warnings (refusals) and errors")
+    p.add_argument("--log-file", type=Path, default=None, metavar="FILE", help="log there instead of stderr")
     add_engine_arguments(p)
     p.set_defaults(func=_serve)
 

@@ -333,7 +333,12 @@ def _run(args) -> int:
     files = [Path(f) for f in args.files] if args.files else _default_files(12)
     pcms = _load_pcm(files, args.seconds)
     solos = [_solo(p) for p in pcms]
-    proc, ws_url, tcp_url = _spawn(f"--token {TOKEN} " + args.server_args)
+    server_args = f"--token {TOKEN} " + args.server_args
+    if args.server_log:  # the spawned server logs its warnings (refusals, evictions, errors) to this file
+        import shlex
+
+        server_args += f" --log-file {shlex.quote(str(args.server_log))}"
+    proc, ws_url, tcp_url = _spawn(server_args)
     stats = _Stats()
     ok = True
     try:
@@ -367,7 +372,10 @@ def _run(args) -> int:
                        "healthz": h}
             print("soak:", json.dumps(summary), flush=True)
             if stats.good_errors:
-                print("  first failure:", stats.good_errors[0], flush=True)
+                import collections
+
+                kinds = collections.Counter(e[:80] for e in stats.good_errors)
+                print("  failures:", json.dumps(dict(kinds.most_common(5))), flush=True)
             ok &= not stats.good_errors and last - first < args.max_growth_mb
     finally:
         proc.terminate()
@@ -393,4 +401,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-growth-mb", type=float, default=40.0, help="allowed RSS growth (default: %(default)s)")
     p.add_argument("--files", nargs="+", default=None, help="recordings (default: 12 LibriSpeech files)")
     p.add_argument("--server-args", default="", metavar="ARGS", help="extra arguments for the spawned server")
+    p.add_argument("--server-log", type=Path, default=None, metavar="FILE", help="the spawned server's log (warnings)")
     p.set_defaults(func=_run)

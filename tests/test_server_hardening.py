@@ -197,7 +197,7 @@ def test_300_silent_connections_do_not_stop_a_token_holder(make_server, pcm):
     srv = make_server(token="s3cret")  # defaults: max_connections 256, max_pending 256
     silent = [socket.create_connection(("127.0.0.1", srv.server.tcp_port), timeout=30) for _ in range(300)]
     try:
-        time.sleep(1.0)  # older than the eviction grace: the next connection may evict one of them
+        time.sleep(2.5)  # older than the eviction grace (2 s): the next connection may evict one of them
         for transport in ("tcp", "ws"):
             _, _, end = check_stream(session(srv, transport, {"token": "s3cret"}, pieces(pcm["F"], 3200)))
             assert end["label"] == "female"
