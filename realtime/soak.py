@@ -21,6 +21,7 @@ soak) to the last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
@@ -100,7 +101,10 @@ async def _open(url: str):
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    ws = await connect(f"{scheme}://{host}:{port}{path}", compression=None, max_size=2 ** 20, open_timeout=30)
+    # no keepalive pings (as the server): a pong queued behind audio on a loaded machine would make the
+    # client itself close a healthy stream with 1011 "keepalive ping timeout"
+    ws = await connect(f"{scheme}://{host}:{port}{path}", compression=None, max_size=2 ** 20, open_timeout=30,
+                       ping_interval=None)
 
     async def recv():
         try:
@@ -132,9 +136,9 @@ async def _good_stream(url: str, pcm: bytes, solo: list[tuple], stats: _Stats, *
                        paced: bool = True) -> None:
     loop = asyncio.get_running_loop()
     events, err = [], None
-    close = None
+    close = sock = None
     try:
-        recv, send, end, close, _ = await asyncio.wait_for(_open(url), 30)
+        recv, send, end, close, sock = await asyncio.wait_for(_open(url), 30)
         await send(json.dumps({"token": token}))
         ready = await asyncio.wait_for(recv(), 30)
         if not ready or ready.get("event") != "ready":
@@ -166,6 +170,9 @@ async def _good_stream(url: str, pcm: bytes, solo: list[tuple], stats: _Stats, *
             await asyncio.gather(task, return_exceptions=True)
     except Exception as exc:  # noqa: BLE001 - a soak test reports every failure
         err = f"{type(exc).__name__}: {exc}"
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                err += f" [{url.split(':')[0]} client port {sock.getsockname()[1]}]"
     finally:
         if close is not None:
             close()
@@ -317,6 +324,29 @@ def _storm(ws_url: str, tcp_url: str, pcm: bytes, solo: list[tuple], n: int, sta
             "good_clients": n_good}
 
 
+def _spawn(server_args: str, *, quiet: bool = True):
+    """`python -m realtime serve --port 0` as a child: (proc, ws url, tcp url)."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "realtime", "serve", "--port", "0", *(["--quiet"] if quiet else []),
+           *shlex.split(server_args)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    t_end = time.monotonic() + 120
+    while time.monotonic() < t_end:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        m = re.search(r"websocket (\S+).*?tcp (\S+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep draining
+            return proc, m.group(1), m.group(2)
+    proc.kill()
+    raise RuntimeError(f"the spawned server did not start: {' '.join(cmd)}")
+
+
 def _health(ws_url: str) -> dict:
     host, port = ws_url[len("ws://"):].rstrip("/").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -328,17 +358,17 @@ def _health(ws_url: str) -> dict:
 
 
 def _run(args) -> int:
-    from .loadtest import _default_files, _load_pcm, _rss_mb, _spawn
+    from .loadtest import _default_files, _load_pcm, _rss_mb
 
     files = [Path(f) for f in args.files] if args.files else _default_files(12)
     pcms = _load_pcm(files, args.seconds)
     solos = [_solo(p) for p in pcms]
     server_args = f"--token {TOKEN} " + args.server_args
-    if args.server_log:  # the spawned server logs its warnings (refusals, evictions, errors) to this file
+    if args.server_log:  # the spawned server logs everything (INFO: every connection's end) to this file
         import shlex
 
         server_args += f" --log-file {shlex.quote(str(args.server_log))}"
-    proc, ws_url, tcp_url = _spawn(server_args)
+    proc, ws_url, tcp_url = _spawn(server_args, quiet=not args.server_log)
     stats = _Stats()
     ok = True
     try:
@@ -374,8 +404,9 @@ def _run(args) -> int:
             if stats.good_errors:
                 import collections
 
-                kinds = collections.Counter(e[:80] for e in stats.good_errors)
+                kinds = collections.Counter(e.split(" [")[0][:80] for e in stats.good_errors)
                 print("  failures:", json.dumps(dict(kinds.most_common(5))), flush=True)
+                print("  e.g.:", "; ".join(stats.good_errors[:5]), flush=True)
             ok &= not stats.good_errors and last - first < args.max_growth_mb
     finally:
         proc.terminate()
