@@ -9,7 +9,8 @@ Files written into the output folder:
   Exporting the logit keeps full precision for the ensemble; p_female = sigmoid(logit).
 * ``bundle.json`` - format version, feature definition + hash + stat names, MFCC normalisation, ensemble
   weights/bias, thresholds, sha256 of every model file, library versions, training data summary, training
-  configuration and validation, XGBoost feature importances, metrics (filled by evaluation), timestamp.
+  configuration and validation, XGBoost feature importances, metrics (filled by evaluation), timestamp, and
+  ``digest``: the sha256 of all the rest (``realtime.bundle.seal``), verified by ``Bundle.load``.
 
 Every exported model is run with onnxruntime on real windows and compared with the in-memory model:
 p_female must agree within ``TOLERANCE`` (1e-4) or ``ExportError`` is raised. Finally the written bundle
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.bundle import sha256_file
+from realtime.bundle import seal, sha256_file
 
 from .metrics import json_safe
 
@@ -214,7 +215,8 @@ def export_bundle(trained, out_dir: str | Path, *, metrics: dict | None = None, 
                                    "rule": "p_file = sigmoid(scale * mean of the file's window logits); female if "
                                            "p_file >= female, male if p_file <= male, else uncertain"}
     tmp = out / ".bundle.json.tmp"
-    tmp.write_text(json.dumps(json_safe(bundle, nan_to_none=False), indent=1, allow_nan=False) + "\n")
+    # the digest covers every byte of meaning in bundle.json (and, through models.*.sha256, the model files)
+    tmp.write_text(json.dumps(seal(json_safe(bundle, nan_to_none=False)), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, out / "bundle.json")
 
     # end-to-end: the written bundle, loaded as the live engine loads it, reproduces TrainedModels.predict
@@ -232,6 +234,7 @@ def update_metrics(out_dir: str | Path, metrics: dict) -> Path:
     path = Path(out_dir) / "bundle.json"
     data = json.loads(path.read_text())
     data["metrics"] = json_safe(metrics, nan_to_none=False)
+    data = seal(data)  # renewed: the metrics are part of what the digest covers
     tmp = path.with_name(".bundle.json.tmp")
     tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)

@@ -42,11 +42,13 @@ class StreamResampler:
     """Mono float32 streaming resampler to 16 kHz (``soxr.ResampleStream``; a pass-through at 16 kHz).
 
     State is kept across calls, so chunk boundaries leave no trace; ``last=True`` returns the tail.
-    Output is clipped to [-1, 1].
+    Output is clipped to [-1, 1]. Output that is not finite (finite but huge input overflows in the filter)
+    raises AudioError naming the cause, so the engine never sees a NaN window.
     """
 
-    def __init__(self, in_rate: float):
+    def __init__(self, in_rate: float, name: str = "audio"):
         self.in_rate = float(in_rate)
+        self.name = name
         if not self.in_rate > 0:
             raise AudioError(f"sample rate must be positive, got {in_rate}")
         if self.in_rate == SAMPLE_RATE:
@@ -59,7 +61,12 @@ class StreamResampler:
     def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self._rs is not None:
-            x = self._rs.resample_chunk(x, last=last)
+            y = self._rs.resample_chunk(x, last=last)
+            if y.size and not np.all(np.isfinite(y)):
+                peak = f" (largest |x| {float(np.max(np.abs(x))):.3g})" if x.size else ""
+                raise AudioError(f"{self.name}: audio became NaN/infinite when resampled from {self.in_rate:g} Hz to "
+                                 f"{SAMPLE_RATE} Hz: samples are far outside [-1, 1]{peak}")
+            x = y
         else:
             x = x.copy() if not x.flags.owndata else x
         return np.clip(x, -1.0, 1.0, out=x)
@@ -77,10 +84,41 @@ def data_dir() -> Path:
 
 def to_16k_mono(x: np.ndarray, sr: int) -> np.ndarray:
     """Any (n,) or (n, channels) array at any rate -> 16 kHz mono float32, finite, clipped to [-1, 1]."""
-    y = resample(to_mono(x), int(sr), SAMPLE_RATE)
-    if y.size and not np.all(np.isfinite(y)):
+    m = to_mono(x)
+    if m.size and not np.all(np.isfinite(m)):
         raise AudioError("audio contains NaN or infinite samples")
+    y = resample(m, int(sr), SAMPLE_RATE)
+    if y.size and not np.all(np.isfinite(y)):  # finite but huge samples overflow in the resampling filter
+        raise AudioError(f"audio became NaN/infinite when resampled from {int(sr)} Hz to {SAMPLE_RATE} Hz: samples are "
+                         f"far outside [-1, 1] (largest |x| {float(np.max(np.abs(m))):.3g})")
     return np.clip(y, -1.0, 1.0, out=y)
+
+
+def check_audio_path(path: str | Path) -> Path:
+    """``path`` as a Path if it is a readable regular file; else AudioError saying precisely what it is
+    (missing, a directory, a FIFO or device, unreadable)."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise AudioError(f"{path}: no such audio file") from None
+    except PermissionError:
+        raise AudioError(f"{path}: permission denied (cannot look up the file; check the folder's permissions)") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot access it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a character device" if stat.S_ISCHR(st.st_mode)
+                else "a block device" if stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "not a regular file")
+        raise AudioError(f"{path}: is {kind}, not an audio file (for raw PCM from a pipe use --source stdin)")
+    if not os.access(path, os.R_OK):
+        raise AudioError(f"{path}: permission denied (the file is not readable by this user)")
+    return path
 
 
 def load_audio(path: str | Path, *, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -90,9 +128,7 @@ def load_audio(path: str | Path, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     """
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file")
+    path = check_audio_path(path)
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ import onnxruntime as ort
 
 from .features import DEFAULT, FeatureDefinition
 
-__all__ = ["Bundle", "BundleError", "DEFAULT_MODELS_DIR", "MODEL_NAMES", "SUPPORTED_VERSIONS"]
+__all__ = ["Bundle", "BundleError", "DEFAULT_MODELS_DIR", "MODEL_NAMES", "SUPPORTED_VERSIONS", "bundle_digest", "seal",
+           "seal_file"]
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLE_FORMAT = "voicegender-bundle"
@@ -95,26 +97,6 @@ def _verified_session(path: Path, jpath: Path, field: str, m) -> ort.InferenceSe
     return sess
 
 
-def _load_speech_model(path: Path, jpath: Path, entry) -> ort.InferenceSession:
-    sess = _verified_session(path, jpath, "speech", entry)
-    t = entry.get("threshold")
-    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t < 1.0):
-        raise BundleError(f"{jpath}: speech.threshold must be a number in (0, 1), got {t!r}")
-    return sess
-
-
-def _check_file_decision(jpath: Path, fd) -> None:
-    if fd is None:
-        return
-    if not isinstance(fd, dict):
-        raise BundleError(f"{jpath}: file_decision must be an object")
-    scale, tf_, tm = fd.get("scale"), fd.get("female"), fd.get("male")
-    nums = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (scale, tf_, tm))
-    if not nums or not scale > 0 or not 0.0 < tm <= 0.5 <= tf_ < 1.0:
-        raise BundleError(f"{jpath}: file_decision needs scale > 0 and 0 < male <= 0.5 <= female < 1, got "
-                          f"scale={scale!r}, male={tm!r}, female={tf_!r}")
-
-
 def _require(meta: dict, dotted: str):
     cur = meta
     for key in dotted.split("."):
@@ -122,6 +104,207 @@ def _require(meta: dict, dotted: str):
             raise BundleError(f"bundle.json lacks '{dotted}'")
         cur = cur[key]
     return cur
+
+
+# -- value validation, one function per section ---------------------------------------------------------
+# Each checks every number and name of its section and raises one BundleError naming the field. A new
+# section is one function plus one entry in SECTIONS (required) or OPTIONAL_SECTIONS (checked when present).
+def _short(v, n: int = 40) -> str:
+    s = repr(v) if not isinstance(v, (dict, list)) else f"{type(v).__name__} of {len(v)}"
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _number(field: str, v, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            hi_open: bool = False) -> float:
+    """``v`` as a finite float within the bounds, else BundleError naming ``field``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BundleError(f"bundle.json: {field} must be a number, got {_short(v)}")
+    x = float(v)
+    if not math.isfinite(x):
+        raise BundleError(f"bundle.json: {field} must be finite, got {x}")
+    if lo is not None and (x < lo or (lo_open and x == lo)):
+        raise BundleError(f"bundle.json: {field} must be {'>' if lo_open else '>='} {lo:g}, got {x:g}")
+    if hi is not None and (x > hi or (hi_open and x == hi)):
+        raise BundleError(f"bundle.json: {field} must be {'<' if hi_open else '<='} {hi:g}, got {x:g}")
+    return x
+
+
+def _numbers(field: str, v, n: int, **bounds) -> list[float]:
+    if not isinstance(v, list) or len(v) != n:
+        got = f"{len(v)} values" if isinstance(v, list) else _short(v)
+        raise BundleError(f"bundle.json: {field} must be a list of {n} numbers, got {got}")
+    return [_number(f"{field}[{i}]", x, **bounds) for i, x in enumerate(v)]
+
+
+def _name(field: str, v) -> str:
+    if not isinstance(v, str) or not v:
+        raise BundleError(f"bundle.json: {field} must be a non-empty string, got {_short(v)}")
+    return v
+
+
+def _check_feature(meta: dict, fdef: FeatureDefinition) -> None:
+    from .features import FeatureExtractor
+
+    names = meta["feature"]["stat_names"]
+    expected = FeatureExtractor(fdef).stat_names
+    if not isinstance(names, list):
+        raise BundleError(f"bundle.json: feature.stat_names must be a list of names, got {_short(names)}")
+    if len(names) != len(expected):
+        raise BundleError(f"bundle.json: feature.stat_names has {len(names)} names, the feature definition gives "
+                          f"{len(expected)}")
+    for i, (got, want) in enumerate(zip(names, expected)):
+        if got != want:
+            raise BundleError(f"bundle.json: feature.stat_names[{i}] is {_short(got)}, the feature definition names "
+                              f"it {want!r}")
+
+
+def _check_normalisation(meta: dict, fdef: FeatureDefinition) -> None:
+    norm = meta["normalisation"]
+    _numbers("normalisation.mfcc_mean", norm["mfcc_mean"], fdef.n_mfcc)
+    _numbers("normalisation.mfcc_std", norm["mfcc_std"], fdef.n_mfcc, lo=0.0, lo_open=True)
+
+
+def _check_models(meta: dict, fdef: FeatureDefinition) -> None:
+    models = meta["models"]
+    if not isinstance(models, dict) or not models:
+        raise BundleError(f"bundle.json: models must be an object naming the model files {list(MODEL_NAMES)}, got "
+                          f"{_short(models)}")
+    missing = [n for n in MODEL_NAMES if n not in models]
+    if missing:
+        raise BundleError(f"bundle.json: models lacks {', '.join(missing)} (the engine needs {', '.join(MODEL_NAMES)})")
+    for name, m in models.items():
+        if not isinstance(m, dict) or not {"file", "sha256", "input", "output"} <= set(m):
+            raise BundleError(f"bundle.json: models.{name} must give file, sha256, input and output")
+        for key in ("file", "input", "output"):
+            _name(f"models.{name}.{key}", m[key])
+        digest = m["sha256"]
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise BundleError(f"bundle.json: models.{name}.sha256 must be 64 lowercase hex digits, got {_short(digest)}")
+
+
+def _check_ensemble(meta: dict, fdef: FeatureDefinition) -> None:
+    ens = meta["ensemble"]
+    if not isinstance(ens, dict):
+        raise BundleError(f"bundle.json: ensemble must be an object, got {_short(ens)}")
+    order = ens.get("order", list(MODEL_NAMES))
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(MODEL_NAMES) or len(set(order)) != len(order):
+        unknown = [o for o in order if o not in MODEL_NAMES] if isinstance(order, list) else []
+        hint = f" (unknown: {', '.join(map(_short, unknown))})" if unknown else ""
+        raise BundleError(f"bundle.json: ensemble.order must name each of {', '.join(MODEL_NAMES)} once, got "
+                          f"{_short(order, 80)}{hint}")
+    _numbers("ensemble.weights", ens["weights"], len(order))
+    _number("ensemble.bias", ens["bias"])
+    if "p_clip" in ens:
+        _number("ensemble.p_clip", ens["p_clip"], lo=0.0, hi=0.5, lo_open=True, hi_open=True)
+
+
+def _check_thresholds(meta: dict, fdef: FeatureDefinition) -> None:
+    th = meta["thresholds"]
+    female = _number("thresholds.female", th["female"], lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    male = _number("thresholds.male", th["male"], lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    if not male <= 0.5 <= female:
+        raise BundleError(f"bundle.json: thresholds must satisfy 0 < male <= 0.5 <= female < 1, got male {male:g}, "
+                          f"female {female:g}")
+
+
+SECTIONS = (("feature", _check_feature), ("normalisation", _check_normalisation), ("models", _check_models),
+            ("ensemble", _check_ensemble), ("thresholds", _check_thresholds))
+def _check_speech(meta: dict, fdef: FeatureDefinition) -> None:
+    sp = meta["speech"]
+    if not isinstance(sp, dict) or not {"file", "sha256", "input", "output", "threshold"} <= set(sp):
+        raise BundleError("bundle.json: speech must give file, sha256, input, output and threshold")
+    for key in ("file", "input", "output"):
+        _name(f"speech.{key}", sp[key])
+    _number("speech.threshold", sp["threshold"], lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+
+
+def _check_file_decision(meta: dict, fdef: FeatureDefinition) -> None:
+    fd = meta["file_decision"]
+    if not isinstance(fd, dict):
+        raise BundleError(f"bundle.json: file_decision must be an object, got {_short(fd)}")
+    _number("file_decision.scale", fd.get("scale"), lo=0.0, lo_open=True)
+    female = _number("file_decision.female", fd.get("female"), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    male = _number("file_decision.male", fd.get("male"), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    if not male <= 0.5 <= female:
+        raise BundleError(f"bundle.json: file_decision must satisfy 0 < male <= 0.5 <= female < 1, got male "
+                          f"{male:g}, female {female:g}")
+
+
+# (name, check) of sections an older bundle may lack: the speech check and the file-level decision
+OPTIONAL_SECTIONS: tuple = (("speech", _check_speech), ("file_decision", _check_file_decision))
+
+
+# -- the digest over bundle.json ----------------------------------------------------------------------------
+DIGEST_KEY = "digest"
+
+
+def bundle_digest(meta: dict) -> str:
+    """sha256 of bundle.json's content without its ``digest`` key, as canonical JSON (sorted keys, no
+    whitespace), so it does not depend on indentation. It covers the model files' sha256 values too."""
+    body = {k: v for k, v in meta.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # NaN: refused by the value checks
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal(meta: dict) -> dict:
+    """``meta`` with its digest (what ``offline.export`` writes and :meth:`Bundle.load` verifies)."""
+    body = {k: v for k, v in meta.items() if k != DIGEST_KEY}
+    return {**body, DIGEST_KEY: {"sha256": bundle_digest(body),
+                                 "covers": "this file without this key, as JSON with sorted keys and no whitespace"}}
+
+
+def seal_file(folder: str | Path) -> str:
+    """Add (or renew) the digest of ``folder/bundle.json`` in place; returns it. For bundles exported before
+    digests existed, or after a deliberate edit: ``python -m realtime.bundle seal models/``."""
+    jpath = Path(folder) / "bundle.json"
+    meta = json.loads(jpath.read_text(encoding="utf-8"))
+    sealed = seal(meta)
+    tmp = jpath.with_name(".bundle.json.tmp")
+    tmp.write_text(json.dumps(sealed, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, jpath)
+    return sealed[DIGEST_KEY]["sha256"]
+
+
+def _check_digest(meta: dict, jpath: Path) -> bool:
+    """True if bundle.json carries a digest (it must match); False for a bundle from before digests."""
+    if DIGEST_KEY not in meta:
+        return False
+    d = meta[DIGEST_KEY]
+    want = d.get("sha256") if isinstance(d, dict) else None
+    if not isinstance(want, str):
+        raise BundleError(f"{jpath}: digest must be an object with a sha256 string")
+    got = bundle_digest(meta)
+    if got != want:
+        raise BundleError(f"{jpath}: content does not match its digest (sha256 {got[:16]}... vs recorded {want[:16]}...): "
+                          "bundle.json was modified or corrupted after export; if the edit is deliberate, renew the "
+                          "digest with `python -m realtime.bundle seal DIR`")
+    return True
+
+
+def _feature_mismatch(stored, stored_hash, definition: FeatureDefinition) -> str:
+    """Why the bundle's feature definition is not this engine's, naming each distinct hash once."""
+    mine = definition.to_dict()
+    actual = None
+    if isinstance(stored, dict):
+        try:
+            actual = FeatureDefinition.from_dict(stored).hash
+        except (TypeError, ValueError):
+            actual = None
+    diff = []
+    if isinstance(stored, dict):
+        diff = [f"{k}: bundle {stored.get(k)!r} vs engine {mine.get(k)!r}"
+                for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
+    detail = f" ({'; '.join(diff[:6])})" if diff else ""
+    fix = "; retrain the bundle or use the matching engine version"
+    if stored == mine:  # only the recorded hash differs
+        return (f"bundle was trained with feature definition {stored_hash}, this engine computes {definition.hash}, "
+                f"yet its feature.definition is this engine's: feature.hash in bundle.json was edited or corrupted")
+    if stored_hash == definition.hash or actual is not None and actual != stored_hash:
+        shown = actual if actual is not None else "(unreadable)"
+        stale = "" if stored_hash == definition.hash else f"; feature.hash in bundle.json ({stored_hash}) is stale"
+        return (f"bundle was trained with feature definition {shown}, this engine computes {definition.hash}{detail}"
+                + (stale or "; feature.hash in bundle.json is stale") + fix)
+    return f"bundle was trained with feature definition {stored_hash}, this engine computes {definition.hash}{detail}{fix}"
 
 
 class _Single:
@@ -151,6 +334,8 @@ class _Single:
 class Bundle:
     """A loaded, verified bundle. Build with ``Bundle.load``. One Bundle can serve many streams and
     threads: onnxruntime sessions are thread-safe and ``predict_one`` keeps its buffers per thread."""
+
+    sealed = False  # whether bundle.json carried a digest (verified by load); bundles from before digests lack one
 
     def __init__(self, path: Path, meta: dict, sessions: dict[str, ort.InferenceSession],
                  definition: FeatureDefinition):
@@ -224,39 +409,29 @@ class Bundle:
         # feature definition: hash and full dict must both equal this engine's
         stored, stored_hash = meta["feature"]["definition"], meta["feature"]["hash"]
         if stored_hash != definition.hash or stored != definition.to_dict():
-            diff = []
-            if isinstance(stored, dict):
-                mine = definition.to_dict()
-                diff = [f"{k}: bundle {stored.get(k)!r} vs engine {mine.get(k)!r}"
-                        for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
-            detail = f" ({'; '.join(diff[:6])})" if diff else ""
-            raise BundleError(f"bundle was trained with feature definition {stored_hash}, this engine computes "
-                              f"{definition.hash}{detail}; retrain the bundle or use the matching engine version")
+            raise BundleError(_feature_mismatch(stored, stored_hash, definition))
         try:
             fdef = FeatureDefinition.from_dict(stored)
         except TypeError as exc:
             raise BundleError(f"{jpath}: bad feature definition ({exc})") from exc
 
-        # sizes
-        n_mfcc = fdef.n_mfcc
-        if len(meta["normalisation"]["mfcc_mean"]) != n_mfcc or len(meta["normalisation"]["mfcc_std"]) != n_mfcc:
-            raise BundleError(f"{jpath}: MFCC normalisation must have {n_mfcc} values per vector")
-        if not np.all(np.asarray(meta["normalisation"]["mfcc_std"], dtype=np.float64) > 0):
-            raise BundleError(f"{jpath}: MFCC std must be positive")
-        if len(meta["ensemble"]["weights"]) != len(MODEL_NAMES):
-            raise BundleError(f"{jpath}: ensemble needs {len(MODEL_NAMES)} weights")
-        tf_, tm = meta["thresholds"]["female"], meta["thresholds"]["male"]
-        if not (isinstance(tf_, (int, float)) and isinstance(tm, (int, float)) and 0.0 < tm <= 0.5 <= tf_ < 1.0):
-            raise BundleError(f"{jpath}: thresholds must satisfy 0 < male <= 0.5 <= female < 1, got {tm}, {tf_}")
+        # every number and name, section by section; then the digest over the whole file
+        for section, check in SECTIONS:
+            check(meta, fdef)
+        for section, check in OPTIONAL_SECTIONS:
+            if section in meta:
+                check(meta, fdef)
+        sealed = _check_digest(meta, jpath)
 
         # model files: present, untampered, loadable, right interface
         sessions = {}
         for name in MODEL_NAMES:
-            sessions[name] = _verified_session(path, jpath, f"models.{name}", meta["models"].get(name))
+            sessions[name] = _verified_session(path, jpath, f"models.{name}", meta["models"][name])
         if "speech" in meta:
-            sessions[SPEECH_MODEL] = _load_speech_model(path, jpath, meta["speech"])
-        _check_file_decision(jpath, meta.get("file_decision"))
-        return cls(path, meta, sessions, fdef)
+            sessions[SPEECH_MODEL] = _verified_session(path, jpath, "speech", meta["speech"])
+        bundle = cls(path, meta, sessions, fdef)
+        bundle.sealed = sealed
+        return bundle
 
     # -- batch prediction ------------------------------------------------------------------------------
     def _check_inputs(self, stats, mfcc) -> tuple[np.ndarray, np.ndarray]:
@@ -374,3 +549,28 @@ class Bundle:
     def __repr__(self) -> str:
         return (f"Bundle({str(self.path)!r}, features {self.definition.hash}, weights {self.weights}, "
                 f"thresholds {self.thresholds})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m realtime.bundle seal DIR``: add or renew bundle.json's digest (no retraining), then load
+    the bundle to check it. ``python -m realtime.bundle check DIR``: load and verify only."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m realtime.bundle", description=main.__doc__)
+    ap.add_argument("command", choices=("seal", "check"))
+    ap.add_argument("folder", type=Path, nargs="?", default=DEFAULT_MODELS_DIR)
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "seal":
+            print(f"{args.folder / 'bundle.json'}: digest sha256 {seal_file(args.folder)}")
+        b = Bundle.load(args.folder)
+    except (BundleError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ok: {b!r}{'' if b.sealed else ' (no digest: run `seal` to add one)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -78,12 +78,18 @@ class StreamClient:
             self._rfile = self._sock.makefile("rb")
             self._sock.sendall(line.encode() + b"\n")
         else:
+            from websockets.exceptions import InvalidHandshake
             from websockets.sync.client import connect
 
             self._stack = contextlib.ExitStack()
-            self._ws = self._stack.enter_context(connect(
-                f"{self.scheme}://{self.host}:{self.port}{self.path}", compression=None, open_timeout=self.timeout,
-                max_size=2 ** 20, close_timeout=2))
+            try:
+                self._ws = self._stack.enter_context(connect(
+                    f"{self.scheme}://{self.host}:{self.port}{self.path}", compression=None, open_timeout=self.timeout,
+                    max_size=2 ** 20, close_timeout=2))
+            except (InvalidHandshake, EOFError) as exc:
+                raise ConnectionError(
+                    f"{self.url}: no WebSocket server answered there ({exc}); is this the server's raw TCP port? "
+                    f"use tcp://{self.host}:{self.port} for raw TCP, or the WebSocket port (serve --port)") from None
             self._ws.send(line)
         msg = self.recv()
         if msg is None:

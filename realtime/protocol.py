@@ -92,11 +92,15 @@ def _int_field(obj: dict, key: str, default: int, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ProtocolError(f"config: {key!r} must be an integer, got {_short(v)}")
     if not lo <= v <= hi:
-        raise ProtocolError(f"config: {key!r} must be between {lo} and {hi}, got {v}")
+        raise ProtocolError(f"config: {key!r} must be between {lo} and {hi}, got {_short(v)}")
     return v
 
 
 def _short(v: Any, n: int = 40) -> str:
+    """A value for an error message or log line, at most ``n`` characters (a 3,000-digit number is cut)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10 ** (n - 4):
+        digits = len(str(abs(v))) if abs(v) < 10 ** 4000 else None  # str() of a huge int is slow / limited
+        return f"{'-' if v < 0 else ''}{str(abs(v))[:12]}... ({digits or 'over 4000'} digits)"
     s = json.dumps(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
     return s if len(s) <= n else s[: n - 3] + "..."
 
@@ -222,7 +226,14 @@ class PcmDecoder:
 
     def _out(self, x: np.ndarray, last: bool) -> np.ndarray:
         if self._rs is not None:
-            x = self._rs.resample_chunk(np.ascontiguousarray(x, dtype=np.float32), last=last)
+            y = self._rs.resample_chunk(np.ascontiguousarray(x, dtype=np.float32), last=last)
+            if y.size and not np.all(np.isfinite(y)):  # finite but huge f32 input overflows in the filter
+                peak = float(np.max(np.abs(x))) if x.size else float("nan")
+                raise ProtocolError(
+                    f"{self.config.encoding} audio at {self.config.rate} Hz became NaN/infinite when resampled to "
+                    f"{SAMPLE_RATE} Hz: samples are far outside [-1, 1]" + (f" (largest |x| {peak:.3g})" if x.size else "")
+                    + "; f32le samples must be in [-1, 1]")
+            x = y
         elif self.scale != 1.0:
             return x  # s16 samples are already in [-1, 1)
         return np.clip(x, -1.0, 1.0, out=np.asarray(x, dtype=np.float32))

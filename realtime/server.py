@@ -41,6 +41,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -77,21 +78,38 @@ class ServerConfig:
     max_message_bytes: int = 65536  # one WebSocket message (2 s of 16 kHz s16le mono)
     max_config_bytes: int = MAX_CONFIG_BYTES
     idle_timeout: float = 30.0  # seconds without a byte from the client (or without it reading events)
+    handshake_timeout: float = 5.0  # from accept to a complete, authenticated config (trickling does not extend it)
+    max_pending: int = 256  # connections not yet authenticated (whole server); see _Admission
+    max_pending_per_address: int = 64  # of those, from one client address
     max_stream_seconds: float = 4 * 3600.0  # of audio, at the declared rate
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
 
     def __post_init__(self):
-        for name in ("max_connections", "max_message_bytes", "max_config_bytes", "workers"):
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ValueError(f"port must be 0-65535 (0: any free port), got {_short_value(self.port)}")
+        if self.tcp_port is not None and not (isinstance(self.tcp_port, int) and -1 <= self.tcp_port <= 65535):
+            raise ValueError(f"tcp_port must be 0-65535 (0: any free port, -1: no TCP), got {_short_value(self.tcp_port)}")
+        for name in ("max_connections", "max_message_bytes", "max_config_bytes", "workers", "max_pending",
+                     "max_pending_per_address"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.idle_timeout > 0 or not self.max_stream_seconds > 0:
-            raise ValueError("idle_timeout and max_stream_seconds must be positive")
+        for name in ("idle_timeout", "max_stream_seconds", "handshake_timeout"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number of seconds, got {v}")
 
     def limits(self) -> dict:
         """What a client is told in the ready message."""
         return {"max_message_bytes": self.max_message_bytes, "idle_timeout_s": self.idle_timeout,
                 "max_stream_seconds": self.max_stream_seconds}
+
+
+def _short_value(v, n: int = 40) -> str:
+    """A value for an error message or log line, cut to ``n`` characters (a 3,000-digit number too)."""
+    from .protocol import _short
+
+    return _short(v, n)
 
 
 class _ClientGone(Exception):
@@ -100,6 +118,14 @@ class _ClientGone(Exception):
 
 class _Refusal(Exception):
     """Refuse the connection with this message (a ProtocolError or a server-side limit)."""
+
+
+class _Quiet(_Refusal):
+    """A refusal that storms repeat (wrong tokens, handshake timeouts): logged in aggregate by ``kind``."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 # ------------------------------------------------------------------------------------ native threads
@@ -233,6 +259,50 @@ try:
     from websockets.exceptions import ConnectionClosed as _ConnectionClosed
 except ImportError:  # pragma: no cover - websockets is a core dependency
     _ConnectionClosed = ConnectionError
+
+
+def _ws_connection_class():
+    """websockets' ServerConnection, with two answers its protocol does not give by itself:
+
+    * a frame over ``max_size`` is refused by the library from its header with close code 1009; a JSON
+      ``{"event": "error"}`` text frame now goes out just before that close frame, as for every other
+      refusal;
+    * an HTTP request that cannot be parsed (e.g. a POST with a body) gets ``405`` / ``400`` instead of a
+      silent close.
+    """
+    from websockets.asyncio.server import ServerConnection
+    from websockets.exceptions import InvalidMessage
+    from websockets.protocol import OPEN
+
+    class _Connection(ServerConnection):
+        def __init__(self, protocol, *args, **kwargs):
+            fail, send_eof = protocol.fail, protocol.send_eof
+
+            def fail_with_error(code, reason=""):
+                if code == 1009 and protocol.state is OPEN:
+                    with contextlib.suppress(Exception):
+                        protocol.send_text(encode(error_message(
+                            f"message too big ({reason}); the limit is set by --max-message-bytes; send audio in "
+                            "smaller messages")).encode("utf-8"))
+                fail(code, reason)
+
+            def eof_with_response():
+                exc = getattr(protocol, "handshake_exc", None)
+                if (isinstance(exc, InvalidMessage) and exc.__cause__ is not None and not isinstance(exc.__cause__, EOFError)
+                        and protocol.state is not OPEN and not protocol.eof_sent):
+                    cause = str(exc.__cause__ or "")
+                    status, text = ((405, "method not allowed: only GET and HEAD, without a body\n")
+                                    if "request body" in cause else (400, "bad request: not a valid HTTP request\n"))
+                    with contextlib.suppress(Exception):
+                        protocol.writes.append(StreamServer._response(None, status, text.encode(),
+                                                                      "text/plain; charset=utf-8").serialize())
+                send_eof()
+
+            protocol.fail = fail_with_error
+            protocol.send_eof = eof_with_response
+            super().__init__(protocol, *args, **kwargs)
+
+    return _Connection
 
 
 class _WsConn:
@@ -481,12 +551,214 @@ class _Stream:
                            audio_seconds=self.decoder.seconds_in, dropped_bytes=self.decoder.pending_bytes)
 
 
+# ------------------------------------------------------------------------------------ admission
+# Accept-rate limiting: asyncio accepts up to its ``backlog`` argument connections per event-loop turn and
+# listening socket. ACCEPT_BATCH keeps that small, while the kernel's queue keeps LISTEN_BACKLOG: a storm
+# is taken in at the pace the loop serves its connections, and waits in the kernel (where a bare
+# connect/close costs the server nothing until accepted) instead of arriving as one batch of a thousand
+# handshakes. A client's handshake deadline starts when it is accepted, so queueing never refuses it.
+ACCEPT_BATCH = 32
+LISTEN_BACKLOG = 1024
+
+
+def _relisten(sock, backlog: int) -> None:
+    """Set the kernel accept queue of a listening socket (asyncio's ``backlog`` set it to ACCEPT_BATCH)."""
+    import socket as _socket
+
+    with contextlib.suppress(OSError, ValueError):
+        dup = _socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            dup.listen(backlog)
+        finally:
+            dup.close()
+
+
+STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "client_gone",
+              "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
+_GAUGES = ("active", "pending", "streams")  # levels, not running totals: zeroed when a --processes child is replaced
+EVICT_AFTER_S = 2.0  # a connection still in its handshake can be evicted for a newcomer only after this long
+# (long enough for a client whose config waits behind a busy event loop; silent ones are older)
+SHED_FACTOR = 8  # past this many times a pre-auth budget (all younger than EVICT_AFTER_S), newcomers are closed
+SLOT_POLL_S = 0.02  # how often an authenticated client waiting for a stream slot looks again
+LOG_EVERY_S = 10.0  # storms of the same kind of refusal are logged once, then summed up at most this often
+
+
+class Counters:
+    """The server's counters (``/healthz``) and its count of open streams, for the whole server.
+
+    One process: a plain list. ``--processes N``: a table in shared memory made before the fork (one
+    row per process, so a process only writes its own row and a sum needs no lock) plus one lock that
+    makes "is there a free stream slot? take it" atomic across processes. ``counters[name] += 1``
+    works on this process's row; :meth:`total` sums the rows.
+    """
+
+    def __init__(self, processes: int = 1, *, shared: bool = False):
+        self.processes, self.index = int(processes), 0
+        n = self.processes * len(STAT_NAMES)
+        if shared:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("fork")
+            self._cells, self._lock = ctx.RawArray("q", n), ctx.Lock()
+        else:
+            self._cells, self._lock = [0] * n, None
+
+    def _at(self, name: str, row: int | None = None) -> int:
+        return (self.index if row is None else row) * len(STAT_NAMES) + STAT_NAMES.index(name)
+
+    def __getitem__(self, name: str) -> int:
+        return self._cells[self._at(name)]
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self._cells[self._at(name)] = value
+
+    def total(self, name: str) -> int:
+        return sum(self._cells[self._at(name, r)] for r in range(self.processes))
+
+    def totals(self) -> dict[str, int]:
+        return {name: self.total(name) for name in STAT_NAMES}
+
+    def acquire_stream(self, limit: int) -> int | None:
+        """Take one of ``limit`` stream slots of the whole server; None when all are taken, else the
+        number open after taking it."""
+        with (self._lock if self._lock is not None else contextlib.nullcontext()):
+            n = self.total("active")
+            if n >= limit:
+                return None
+            self["active"] += 1
+            return n + 1
+
+    def release_stream(self) -> None:
+        with (self._lock if self._lock is not None else contextlib.nullcontext()):
+            self["active"] -= 1
+
+    def reset_gauges(self, row: int) -> None:
+        """A --processes child died: its open streams and handshakes died with it."""
+        with (self._lock if self._lock is not None else contextlib.nullcontext()):
+            for name in _GAUGES:
+                self._cells[self._at(name, row)] = 0
+
+
+class _Pending:
+    """The connections of one process that have not yet authenticated, oldest first.
+
+    They do not count against ``--max-connections`` (only authenticated streams do, so those always
+    have room), but against a separate, small budget: ``max_pending`` in all and
+    ``max_pending_per_address`` per client address. A newcomer over a budget evicts the oldest
+    connection of that budget once it has had ``EVICT_AFTER_S`` to finish its handshake: a good client
+    sends its config at once and is long authenticated by then, while silent, trickling or guessing
+    connections are the oldest. When the whole budget is younger than that (a storm: asyncio accepts
+    hundreds of connections in one go), the newcomer is admitted over the budget on a short fuse: it
+    has ``EVICT_AFTER_S`` instead of the handshake deadline, enough for a client whose config is already
+    on its way, while bare connect/close connections end by themselves. Only past ``SHED_FACTOR`` times
+    a budget is a newcomer closed unread (bounding file descriptors).
+    """
+
+    def __init__(self, max_total: int, max_per_address: int):
+        self.max_total, self.max_per_address = max_total, max_per_address
+        self.entries: collections.OrderedDict = collections.OrderedDict()  # conn -> (address, t0, task)
+        self.per_address: collections.Counter = collections.Counter()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def admit(self, conn, address: str, task, now: float) -> tuple[float | None, list]:
+        """Register ``conn``. Returns (its handshake fuse in seconds: None for the normal deadline, 0 when
+        it is shed unread, EVICT_AFTER_S when it came over a full budget of young connections; the
+        connections to evict for it)."""
+        evict, fuse = [], None
+        if self.per_address[address] >= self.max_per_address:
+            old = next(c for c, e in self.entries.items() if e[0] == address)
+            if now - self.entries[old][1] >= EVICT_AFTER_S:
+                evict.append(old)
+            elif self.per_address[address] >= SHED_FACTOR * self.max_per_address:
+                return 0.0, []
+            else:
+                fuse = EVICT_AFTER_S
+        if len(self.entries) - len(evict) >= self.max_total:
+            old = next(c for c in self.entries if c not in evict)
+            if now - self.entries[old][1] >= EVICT_AFTER_S:
+                evict.append(old)
+            elif len(self.entries) >= SHED_FACTOR * self.max_total:
+                return 0.0, []
+            else:
+                fuse = EVICT_AFTER_S
+        self.entries[conn] = (address, now, task)
+        self.per_address[address] += 1
+        return fuse, evict
+
+    def task_of(self, conn):
+        entry = self.entries.get(conn)
+        return entry[2] if entry else None
+
+    def remove(self, conn) -> None:
+        entry = self.entries.pop(conn, None)
+        if entry is not None:
+            self.per_address[entry[0]] -= 1
+            if self.per_address[entry[0]] <= 0:
+                del self.per_address[entry[0]]
+
+
+class _AuthThrottle:
+    """Wrong or missing tokens, per client address: each failure waits before its error is sent,
+    ``base * 2 ** (recent failures)`` up to ``cap`` seconds; the count decays after ``forget_s`` without
+    a failure. A waiting connection is still unauthenticated, so it holds a pre-auth slot (and is
+    evicted first), which bounds the guesses one address gets per second."""
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0, forget_s: float = 60.0):
+        self.base, self.cap, self.forget_s = base, cap, forget_s
+        self.failures: dict[str, tuple[int, float]] = {}
+
+    def delay(self, address: str, now: float) -> float:
+        n, last = self.failures.get(address, (0, now))
+        if now - last > self.forget_s:
+            n = 0
+        self.failures[address] = (n + 1, now)
+        if len(self.failures) > 10000:  # many addresses: drop the stale ones
+            self.failures = {a: v for a, v in self.failures.items() if now - v[1] <= self.forget_s}
+        return min(self.cap, self.base * 2 ** min(n, 16))
+
+
+class _LogAggregate:
+    """Log the first event of a kind at once, then at most one line per ``every`` seconds with the count,
+    so that a storm (wrong tokens, silent connections, evictions) cannot flood the log."""
+
+    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY_S):
+        self.logger, self.every = logger, every
+        self.kinds: dict[str, list] = {}  # kind -> [count since the last line, its time, addresses, last message]
+
+    def note(self, kind: str, address: str, message: str, now: float) -> None:
+        st = self.kinds.get(kind)
+        if st is None:
+            self.kinds[kind] = [0, now, collections.Counter(), message]
+            self.logger.warning("%s (more of these are summed up every %g s)", message, self.every)
+            return
+        st[0] += 1
+        st[2][address] += 1
+        st[3] = message
+        if now - st[1] >= self.every:
+            self._emit(kind, now)
+
+    def _emit(self, kind: str, now: float) -> None:
+        st = self.kinds[kind]
+        top = ", ".join(f"{a} x{c}" for a, c in st[2].most_common(3))
+        self.logger.warning("%d more %s in the last %.0f s (from %s); last: %s", st[0], kind, now - st[1], top, st[3])
+        self.kinds[kind] = [0, now, collections.Counter(), st[3]]
+
+    def flush(self, now: float) -> None:
+        """Log the counts that are due (the server calls this every ``every`` seconds, so the tail of a storm
+        that then stops is logged too)."""
+        for kind, st in list(self.kinds.items()):
+            if st[0] and now - st[1] >= self.every:
+                self._emit(kind, now)
+
+
 # ------------------------------------------------------------------------------------ server
 class StreamServer:
     """The asyncio server. ``engine_factory()`` makes one Engine per connection (called in a worker)."""
 
     def __init__(self, engine_factory: Callable[[], Any], config: ServerConfig | None = None, *,
-                 sockets: tuple | None = None):
+                 sockets: tuple | None = None, counters: Counters | None = None):
         self.engine_factory = engine_factory
         self.config = config or ServerConfig()
         self._socks = sockets  # pre-bound (ws, tcp or None) listening sockets, shared by --processes children
@@ -495,8 +767,12 @@ class StreamServer:
         self._tcp_server = None
         self.ws_port: int | None = None
         self.tcp_port: int | None = None
-        self.active = 0
-        self.stats = collections.Counter()
+        self.stats = counters if counters is not None else Counters()  # whole-server counters (shared under --processes)
+        self._pending = _Pending(self.config.max_pending, self.config.max_pending_per_address)
+        self._slot_waiters = 0
+        self._flusher: asyncio.Task | None = None
+        self._auth = _AuthThrottle()
+        self._quiet = _LogAggregate(log)
         self._static: dict[str, tuple[bytes, str]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.open_streams: set[_Stream] = set()  # for inspection (tests, /healthz)
@@ -520,27 +796,41 @@ class StreamServer:
         # connections that are merely slow
         self._ws_server = await serve(
             self._ws_handler, **ws_where, process_request=self._process_request, compression=None,
+            create_connection=_ws_connection_class(),
             max_size=ws_limit, max_queue=(4, 1), write_limit=2 ** 16, server_header="voicegender",
-            open_timeout=min(10.0, cfg.idle_timeout), close_timeout=2.0, ping_interval=None,
-            backlog=1024)
+            open_timeout=min(cfg.handshake_timeout, cfg.idle_timeout), close_timeout=2.0, ping_interval=None,
+            backlog=ACCEPT_BATCH)
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         if self._socks:
             if self._socks[1] is not None:
-                self._tcp_server = await asyncio.start_server(self._tcp_handler, sock=self._socks[1], backlog=1024)
+                self._tcp_server = await asyncio.start_server(self._tcp_handler, sock=self._socks[1],
+                                                              backlog=ACCEPT_BATCH)
         else:
             tcp_port = cfg.tcp_port
             if tcp_port is None:
                 tcp_port = 0 if cfg.port == 0 else self.ws_port + 1
             if tcp_port >= 0:
-                self._tcp_server = await asyncio.start_server(self._tcp_handler, cfg.host, tcp_port, backlog=1024)
+                self._tcp_server = await asyncio.start_server(self._tcp_handler, cfg.host, tcp_port,
+                                                              backlog=ACCEPT_BATCH)
         if self._tcp_server is not None:
             self.tcp_port = self._tcp_server.sockets[0].getsockname()[1]
+        self._flusher = asyncio.ensure_future(self._flush_logs())
+        for srv in (self._ws_server, self._tcp_server):
+            for sock in (srv.sockets if srv is not None else ()):
+                _relisten(sock, LISTEN_BACKLOG)
 
     async def serve_forever(self) -> None:
         await asyncio.gather(self._ws_server.serve_forever(),
                              *([self._tcp_server.serve_forever()] if self._tcp_server else []))
 
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_EVERY_S)
+            self._quiet.flush(time.monotonic())
+
     async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         for srv in (self._tcp_server, self._ws_server):
             if srv is not None:
                 srv.close()
@@ -563,19 +853,43 @@ class StreamServer:
 
     # -- HTTP on the WebSocket port
     def _process_request(self, connection, request):
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        method = getattr(request, "method", "GET")
+        if method not in ("GET", "HEAD"):
+            return self._response(connection, 405, b"method not allowed: only GET and HEAD\n", "text/plain; charset=utf-8",
+                                  extra=[("Allow", "GET, HEAD")])
+        if method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            body = json.dumps({"status": "ok", "connections": self.active, **self.stats}).encode()
-            return self._response(connection, 200, body, "application/json")
-        if path in self._static:
+            body = json.dumps(self.health()).encode()
+            resp = (200, body, "application/json")
+        elif path in self._static:
             body, ctype = self._static[path]
-            return self._response(connection, 200, body, ctype)
-        return self._response(connection, 404, b"not found\n", "text/plain; charset=utf-8")
+            resp = (200, body, ctype)
+        else:
+            resp = (404, b"not found\n", "text/plain; charset=utf-8")
+        return self._response(connection, *resp, head=method == "HEAD")
+
+    @property
+    def open_connections(self) -> int:
+        """Connections of this process whose handler has not finished (closing ones included)."""
+        return len(self._tasks)
+
+    @property
+    def active(self) -> int:
+        """Authenticated streams open in the whole server (every --processes process)."""
+        return self.stats.total("active")
+
+    def health(self) -> dict:
+        """What /healthz answers: counters of the whole server (summed over every --processes process).
+        ``connections`` = stream slots taken, ``streams`` = streams with an Engine (``open_streams``),
+        ``pending`` = connections still in their handshake."""
+        totals = self.stats.totals()
+        return {"status": "ok", "connections": totals.pop("active"), "processes": self.stats.processes, **totals}
 
     @staticmethod
-    def _response(connection, status: int, body: bytes, ctype: str):
+    def _response(connection, status: int, body: bytes, ctype: str, *, head: bool = False, extra=()):
+        """An HTTP response; for HEAD the headers of the GET response without its body."""
         import email.utils
         import http
 
@@ -584,8 +898,8 @@ class StreamServer:
 
         headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
                            ("Content-Length", str(len(body))), ("Content-Type", ctype),
-                           ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")])
-        return Response(status, http.HTTPStatus(status).phrase, headers, body)
+                           ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"), *extra])
+        return Response(status, http.HTTPStatus(status).phrase, headers, b"" if head else body)
 
     # -- connections
     async def _ws_handler(self, ws) -> None:
@@ -593,12 +907,6 @@ class StreamServer:
 
     async def _tcp_handler(self, reader, writer) -> None:
         await self._handle(_TcpConn(reader, writer, self.config))
-
-    async def _timed(self, aw, what: str):
-        try:
-            return await asyncio.wait_for(aw, self.config.idle_timeout)
-        except asyncio.TimeoutError:
-            raise _Refusal(f"idle for {self.config.idle_timeout:g} s {what} (--idle-timeout); closing") from None
 
     async def _send(self, conn, obj: dict) -> None:
         try:
@@ -613,14 +921,22 @@ class StreamServer:
         counted = False
         t0 = time.monotonic()
         try:
-            if self.active >= self.config.max_connections:
+            config = await self._handshake(conn, task)
+            if config is None:
+                return  # evicted or shed (already counted and closed)
+            n = await self._stream_slot(t0)
+            if n is None:
+                self.stats["busy"] += 1
                 raise _Refusal(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
                                "(--max-connections); try again later")
-            self.active += 1
             counted = True
-            await self._stream(conn)
+            await self._stream(conn, config)
             self.stats["streams_completed"] += 1
             log.info("%s %s: stream done in %.1f s", conn.kind, conn.peer, time.monotonic() - t0)
+        except _Quiet as exc:  # storms of these are logged in aggregate
+            self.stats["refused"] += 1
+            self._quiet.note(exc.kind, _address(conn), f"{conn.kind} {conn.peer}: refused: {exc}", time.monotonic())
+            await self._send_error(conn, str(exc))
         except (ProtocolError, _Refusal) as exc:
             self.stats["refused"] += 1
             log.warning("%s %s: refused: %s", conn.kind, conn.peer, exc)
@@ -631,6 +947,8 @@ class StreamServer:
             conn.abort()
         except asyncio.CancelledError:
             conn.abort()
+            if getattr(conn, "evicted", False):
+                return  # evicted for a newcomer while still in its handshake: not a shutdown
             raise
         except Exception as exc:  # a bug or an engine failure: this connection only
             self.stats["internal_errors"] += 1
@@ -638,9 +956,30 @@ class StreamServer:
             await self._send_error(conn, f"internal server error ({type(exc).__name__}); see the server log")
         finally:
             if counted:
-                self.active -= 1
-            self._tasks.discard(task)
-            await conn.close()
+                self.stats.release_stream()
+            try:
+                await conn.close()
+            finally:
+                self._tasks.discard(task)  # after the lingering close, so that aclose() cancels that too
+
+    async def _stream_slot(self, t0: float) -> int | None:
+        """Take a stream slot of the whole server. When all are taken, an authenticated client waits for
+        one, polling, until its handshake deadline (counted from its accept), instead of being refused at
+        once: a burst (a storm of clients that send a config and vanish) is absorbed. At most
+        ``max_connections`` clients of a process wait; past that, or past the deadline: None (busy)."""
+        cfg = self.config
+        n = self.stats.acquire_stream(cfg.max_connections)
+        if n is not None or self._slot_waiters >= cfg.max_connections:
+            return n
+        self._slot_waiters += 1
+        try:
+            deadline = t0 + min(cfg.handshake_timeout, cfg.idle_timeout)
+            while n is None and time.monotonic() < deadline:
+                await asyncio.sleep(SLOT_POLL_S)
+                n = self.stats.acquire_stream(cfg.max_connections)
+            return n
+        finally:
+            self._slot_waiters -= 1
 
     async def _send_error(self, conn, message: str) -> None:
         try:
@@ -648,22 +987,81 @@ class StreamServer:
         except (Exception, asyncio.TimeoutError):
             conn.abort()
 
-    async def _stream(self, conn) -> None:
+    async def _handshake(self, conn, task) -> StreamConfig | None:
+        """Read, parse and authenticate the config within the handshake deadline, as a pre-auth
+        connection (see _Pending). None when the connection was shed (closed unread)."""
+        cfg = self.config
+        now = time.monotonic()
+        address = _address(conn)
+        fuse, evict = self._pending.admit(conn, address, task, now)
+        if fuse == 0.0:
+            self.stats["shed"] += 1
+            self._quiet.note("shed connections", address, f"{conn.kind} {conn.peer}: closed unread: more than "
+                             f"{SHED_FACTOR} x the pre-auth budget opened within {EVICT_AFTER_S:g} s", now)
+            conn.abort()
+            return None
+        for old in evict:
+            self._evict(old)
+        self.stats["pending"] += 1
+        try:
+            deadline = min(cfg.handshake_timeout, cfg.idle_timeout, fuse or math.inf)
+            try:
+                raw = await asyncio.wait_for(conn.read_config(), deadline)
+            except asyncio.TimeoutError:
+                self.stats["handshake_timeouts"] += 1
+                why = ("--handshake-timeout" if fuse is None else
+                       "the pre-auth budget (--max-pending) was full of connections younger than that")
+                raise _Quiet("handshake timeouts", f"no complete config within {deadline:g} s of connecting ({why}) "
+                             "while waiting for the config message; closing") from None
+            if conn.kind == "tcp" and raw[:8].split(b" ")[0] in (b"GET", b"HEAD", b"POST", b"PUT", b"OPTIONS"):
+                raise ProtocolError(f"this is the raw TCP port (JSON config line, then PCM), not HTTP or WebSocket: "
+                                    f"use ws://HOST:{self.ws_port}/ for WebSocket, or tcp://HOST:{self.tcp_port} "
+                                    "with the TCP protocol")
+            config = parse_config(raw, max_bytes=cfg.max_config_bytes)
+            try:
+                check_token(config, cfg.token)
+            except ProtocolError as exc:
+                self.stats["auth_failures"] += 1
+                await asyncio.sleep(self._auth.delay(address, time.monotonic()))  # still evictable meanwhile
+                raise _Quiet("token failures", str(exc)) from None
+            return config
+        finally:
+            self.stats["pending"] -= 1
+            self._pending.remove(conn)
+
+    def _evict(self, conn) -> None:
+        task = self._pending.task_of(conn)
+        self._pending.remove(conn)
+        if task is None or task.done():
+            return
+        conn.evicted = True
+        self.stats["evicted"] += 1
+        self._quiet.note("evictions", _address(conn), f"{conn.kind} {conn.peer}: evicted: still not authenticated "
+                         f"after {EVICT_AFTER_S:g} s while the pre-auth budget (--max-pending) was full", time.monotonic())
+        task.cancel()
+
+    async def _stream(self, conn, config: StreamConfig) -> None:
         loop = asyncio.get_running_loop()
-        raw = await self._timed(conn.read_config(), "waiting for the config message")
-        config = parse_config(raw, max_bytes=self.config.max_config_bytes)
-        check_token(config, self.config.token)
         engine = await loop.run_in_executor(self.executor, self.engine_factory)
         stream = _Stream(self, conn, config, engine)
-        self.open_streams.add(stream)
         hop_s = getattr(getattr(engine, "config", None), "hop_s", None)
-        await self._send(conn, ready_message(config, hop_s=hop_s, limits=self.config.limits()))
-        log.info("%s %s: stream started %s", conn.kind, conn.peer, config.public())
+        # registered only inside the block that always unregisters it: a client that resets before (or
+        # while) the ready message goes out must not leave its stream (and its Engine) behind
+        self.open_streams.add(stream)
+        self.stats["streams"] += 1
         try:
+            await self._send(conn, ready_message(config, hop_s=hop_s, limits=self.config.limits()))
+            log.info("%s %s: stream started %s", conn.kind, conn.peer, config.public())
             await stream.run()
         finally:
             self.open_streams.discard(stream)
+            self.stats["streams"] -= 1
         await self._send(conn, stream.summary())
+
+
+def _address(conn) -> str:
+    """The client's address without its port (the unit of the per-address budgets)."""
+    return conn.peer.rsplit(":", 1)[0] if ":" in conn.peer else conn.peer
 
 
 class ServerThread:
@@ -755,10 +1153,14 @@ def warm_up(engine) -> float:
 # ------------------------------------------------------------------------------------ command line
 def _server_config(args, *, processes: int = 1) -> ServerConfig:
     token = args.token if args.token is not None else os.environ.get("VOICEGENDER_TOKEN") or None
-    workers = args.workers or max(1, (os.cpu_count() or 1) // processes)
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // processes)
+    # --max-connections is for the whole server (a counter shared by the processes); the pre-auth budgets
+    # are split between the processes, since each evicts among the handshakes it holds itself
     return ServerConfig(host=args.host, port=args.port, tcp_port=args.tcp_port, token=token,
-                        max_connections=-(-args.max_connections // processes), max_message_bytes=args.max_message_bytes,
-                        idle_timeout=args.idle_timeout,
+                        max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
+                        idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
+                        max_pending=-(-args.max_pending // processes),
+                        max_pending_per_address=-(-args.max_pending_per_address // processes),
                         max_stream_seconds=args.max_stream_seconds, workers=workers)
 
 
@@ -768,7 +1170,8 @@ def _banner(cfg: ServerConfig, urls: dict, processes: int) -> str:
             f"token {'required' if cfg.token else 'off'})")
 
 
-def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: int) -> int:
+def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: int,
+                   counters: Counters | None = None) -> int:
     """One server process: load the bundles, warm up, serve until SIGINT/SIGTERM."""
     from .bundle import Bundle
     from .cli import make_engine
@@ -776,7 +1179,7 @@ def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: in
     bundle = Bundle.load(args.models) if args.models else Bundle.load()  # shared by all connections
     # the first inference is slow: pay it now (this also validates the engine options before listening)
     warm = warm_up(make_engine(args, bundle))
-    server = StreamServer(lambda: make_engine(args, bundle), cfg, sockets=sockets)
+    server = StreamServer(lambda: make_engine(args, bundle), cfg, sockets=sockets, counters=counters)
 
     async def main():
         await server.start()
@@ -800,11 +1203,12 @@ def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: in
     return 0
 
 
-def _child_process(args, cfg: ServerConfig, sockets: tuple, processes: int) -> None:
+def _child_process(args, cfg: ServerConfig, sockets: tuple, processes: int, counters: Counters, index: int) -> None:
     # forked: drop the supervisor's signal handlers so that SIGTERM stops this process even during warm-up
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.exit(_serve_process(args, cfg, sockets, processes))
+    counters.index = index  # this process writes its own row of the shared counters
+    sys.exit(_serve_process(args, cfg, sockets, processes, counters))
 
 
 def _listen(host: str, port: int) -> "socket.socket":
@@ -832,9 +1236,11 @@ def _supervise(args, processes: int) -> int:
     if tcp_sock is not None:
         urls["tcp"] = f"tcp://{h}:{tcp_sock.getsockname()[1]}"
     ctx = multiprocessing.get_context("fork")
+    counters = Counters(processes, shared=True)  # before the fork: every child maps the same memory
 
     def spawn(i: int):
-        proc = ctx.Process(target=_child_process, args=(args, cfg, (ws_sock, tcp_sock), processes),
+        counters.reset_gauges(i)  # a replaced child's open streams died with it
+        proc = ctx.Process(target=_child_process, args=(args, cfg, (ws_sock, tcp_sock), processes, counters, i),
                            name=f"voicegender-serve-{i}", daemon=True)
         proc.start()
         return proc
@@ -869,10 +1275,11 @@ def _supervise(args, processes: int) -> int:
 
 
 def _serve(args) -> int:
+    where = {"filename": str(args.log_file)} if args.log_file else {"stream": sys.stderr}
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", **where)
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    processes = args.processes or 1
+    processes = args.processes
     if processes < 1:
         raise ValueError(f"--processes must be >= 1, got {processes}")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.token or os.environ.get("VOICEGENDER_TOKEN")):
@@ -880,6 +1287,38 @@ def _serve(args) -> int:
     if processes > 1:
         return _supervise(args, processes)
     return _serve_process(args, _server_config(args), None, 1)
+
+
+def _arg_int(lo: int, hi: int | None = None, what: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi], refused at parse time with a short message."""
+    import argparse
+
+    def parse(text: str) -> int:
+        shown = text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {shown!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"must be {rng}{what}, got {shown}")
+        return v
+
+    return parse
+
+
+def _arg_seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds (inf and nan are refused)."""
+    import argparse
+
+    shown = text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {shown!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {shown}")
+    return v
 
 
 def add_parser(subparsers) -> None:
@@ -896,30 +1335,40 @@ def add_parser(subparsers) -> None:
                     "(WebSocket text {\"event\": \"end\"}; TCP half-close). Errors: {\"event\": \"error\", \"error\": ...} "
                     "then close.")
     p.add_argument("--host", default=d.host, help="address to bind (default: %(default)s, loopback only)")
-    p.add_argument("--port", type=int, default=d.port, help="WebSocket + page port; 0 = any free (default: %(default)s)")
-    p.add_argument("--tcp-port", type=int, default=None, metavar="PORT",
+    p.add_argument("--port", type=_arg_int(0, 65535, " (0: any free port)"), default=d.port, help="WebSocket + page port; 0 = any free (default: %(default)s)")
+    p.add_argument("--tcp-port", type=_arg_int(-1, 65535, " (0: any free port, -1: no raw TCP)"), default=None, metavar="PORT",
                    help="raw TCP port (default: --port + 1; -1 disables raw TCP)")
     p.add_argument("--token", default=None,
                    help="shared secret every client must send as \"token\" in its config (default: $VOICEGENDER_TOKEN, "
                         "else none)")
-    p.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
+    p.add_argument("--max-connections", type=_arg_int(1, 1_000_000), default=d.max_connections, metavar="N",
                    help="concurrent streams; more are refused (default: %(default)s)")
-    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, metavar="B",
+    p.add_argument("--max-message-bytes", type=_arg_int(1, 1 << 30), default=d.max_message_bytes, metavar="B",
                    help="largest WebSocket message; also the TCP read size (default: %(default)s)")
-    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout, metavar="S",
+    p.add_argument("--idle-timeout", type=_arg_seconds, default=d.idle_timeout, metavar="S",
                    help="close a connection that sends nothing (or reads nothing) for this long (default: %(default)s)")
-    p.add_argument("--max-stream-seconds", type=float, default=d.max_stream_seconds, metavar="S",
+    p.add_argument("--handshake-timeout", type=_arg_seconds, default=d.handshake_timeout, metavar="S",
+                   help="a connection must send its complete config (and token) within this long of connecting; "
+                        "trickling bytes does not extend it (default: %(default)s)")
+    p.add_argument("--max-pending", type=_arg_int(1, 1_000_000), default=d.max_pending, metavar="N",
+                   help="connections not yet authenticated, whole server (they do not take --max-connections slots); "
+                        "when full, a newcomer evicts the oldest one older than 2 s (default: %(default)s)")
+    p.add_argument("--max-pending-per-address", type=_arg_int(1, 1_000_000), default=d.max_pending_per_address, metavar="N",
+                   help="of those, from one client address (default: %(default)s)")
+    p.add_argument("--max-stream-seconds", type=_arg_seconds, default=d.max_stream_seconds, metavar="S",
                    help="longest stream, in seconds of audio (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=_arg_int(1, 1024), default=None, metavar="N",
                    help="inference threads per process, shared by its streams (default: CPU count / --processes)")
-    p.add_argument("--processes", type=int, default=1, metavar="N",
+    p.add_argument("--processes", type=_arg_int(1, 1024), default=1, metavar="N",
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
-                        "GIL; --max-connections is split between them (default: %(default)s)")
+                        "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="log only warnings (refusals) and errors")
+    p.add_argument("--log-file", type=Path, default=None, metavar="FILE", help="log there instead of stderr")
     add_engine_arguments(p)
     p.set_defaults(func=_serve)
 
-    from . import client, loadtest  # their commands plug in here (realtime.cli imports only this module)
+    from . import client, loadtest, soak  # their commands plug in here (realtime.cli imports only this module)
 
     client.add_parser(subparsers)
     loadtest.add_parser(subparsers)
+    soak.add_parser(subparsers)

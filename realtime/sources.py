@@ -26,7 +26,7 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError
+from .audio import SAMPLE_RATE, AudioError, check_audio_path
 from .audio import StreamResampler as _StreamResampler
 from .ringbuffer import RingBuffer
 
@@ -105,8 +105,7 @@ class FileSource(Source):
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         self.chunk_seconds = float(chunk_seconds)
         self._closed = False
-        if not self.path.is_file():
-            raise AudioError(f"{self.path}: no such audio file")
+        check_audio_path(self.path)
         try:
             info = sf.info(str(self.path))
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -126,7 +125,7 @@ class FileSource(Source):
         import soundfile as sf
 
         block = max(1, int(round(self.chunk_seconds * self.file_sample_rate)))
-        resample = _StreamResampler(self.file_sample_rate)
+        resample = _StreamResampler(self.file_sample_rate, str(self.path))
         emitted = 0
         t0 = None
         try:
@@ -159,6 +158,12 @@ class FileSource(Source):
 
 # ---------------------------------------------------------------------------------------- stdin
 _PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
+MIN_PCM_RATE, MAX_PCM_RATE = 4000, 384000  # as the server's protocol (realtime.protocol.MIN_RATE / MAX_RATE)
+
+
+def _short_int(v) -> str:
+    s = str(v) if not isinstance(v, int) or abs(v) < 10 ** 30 else f"{str(v)[:12]}... ({len(str(abs(v)))} digits)"
+    return s if len(s) <= 40 else s[:37] + "..."
 
 
 class StdinSource(Source):
@@ -175,8 +180,9 @@ class StdinSource(Source):
                  stream: IO[bytes] | None = None, chunk_seconds: float = 0.1):
         if fmt not in _PCM_FORMATS:
             raise ValueError(f"fmt must be one of {', '.join(_PCM_FORMATS)}, got {fmt!r}")
-        if int(rate) <= 0:
-            raise ValueError(f"rate must be positive, got {rate}")
+        if not MIN_PCM_RATE <= int(rate) <= MAX_PCM_RATE:
+            raise AudioError(f"stdin PCM rate must be between {MIN_PCM_RATE} and {MAX_PCM_RATE} Hz, got {_short_int(rate)} "
+                             "(give the input's real rate with --rate)")
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if not chunk_seconds > 0:
@@ -196,7 +202,7 @@ class StdinSource(Source):
         frame_bytes = np.dtype(dtype).itemsize * self.channels
         want = max(1, int(round(self.chunk_seconds * self.rate))) * frame_bytes
         read = getattr(stream, "read1", None) or stream.read
-        resample = _StreamResampler(self.rate)
+        resample = _StreamResampler(self.rate, self.name)
         pending = bytearray()
         while not self._closed:
             buf = read(want)
@@ -390,7 +396,7 @@ class MicSource(Source):
 
     def chunks(self) -> Iterator[np.ndarray]:
         self.start()
-        resample = _StreamResampler(self.device_sample_rate)
+        resample = _StreamResampler(self.device_sample_rate, self.name)
         try:
             while True:
                 x = self._ring.read(timeout=1.0)
@@ -486,5 +492,7 @@ def parse_source(spec: str, rate: int = SAMPLE_RATE, **options) -> Source:
         return SOURCE_SCHEMES[m.group(1).lower()](m.group(2), opts)
     if Path(spec).is_file():
         return SOURCE_SCHEMES["file"](spec, opts)
+    if Path(spec).exists():  # a directory, FIFO or device: say what it is
+        check_audio_path(spec)
     raise AudioError(f"{spec!r} is not an existing file nor a known source; expected one of "
                      f"file:PATH, PATH, mic, mic:DEVICE, stdin ({', '.join(sorted(SOURCE_SCHEMES))})")
