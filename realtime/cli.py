@@ -142,13 +142,12 @@ def audio_extensions() -> frozenset[str]:
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the audio files under them (recursively, sorted)."""
+    """Files as given; folders replaced by the audio files under them (recursively, sorted). A folder without
+    any stays itself, so that opening it says precisely what it is."""
     exts, out = audio_extensions(), []
     for p in paths:
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
-        else:
-            out.append(p)
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts) if p.is_dir() else []
+        out += found or [p]
     return out
 
 
@@ -179,7 +178,7 @@ def _each_file(args, work):
     """Run ``work(engine, path)`` on every file of args.paths (folders expanded) with one engine; yields
     (path, result or None, error or None)."""
     paths = expand_paths(args.paths)
-    if not paths:
+    if all(p.is_dir() for p in paths):  # nothing but folders without audio: nothing to do at all
         raise AudioError(f"no audio files in {', '.join(map(str, args.paths))}")
     engine = make_engine(args)
     with _progress(len(paths), not args.no_progress) as advance:
