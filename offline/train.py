@@ -112,7 +112,8 @@ class TrainConfig:
     speech_recall: float = 0.995          # share of calibration speech windows the speech check must keep
     nonspeech_per_kind: int = 40          # synthetic negative clips per kind
     nonspeech_music: tuple[str, ...] = ("singularity-music", "drascula-music")  # Debian music packages (if installed)
-    file_confident_accuracy: float = 0.985  # decided files of calibration speakers at least this often right
+    file_confident_accuracy: float = 0.985  # decided files of calibration speakers at least this often right,
+    file_max_undecided: float = 0.03        # ... with at most this share of them left undecided
     ensemble_intercept: bool = False       # a fitted bias learnt the calibration readers' quirks: -1.2 pts at 10 dB
     ensemble_C: float = 1.0
     confident_accuracy: float = 0.98
@@ -565,14 +566,17 @@ def _fit_cnn(name: str, xfit, yfit, xcal, ycal, config: TrainConfig, augment: Mf
                    "val_auc": float(h.history["val_auc"][best]), "params": int(model.count_params())}
 
 
-def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.ndarray, target: float) -> dict:
+def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.ndarray, target: float,
+                      max_undecided: float = 0.03) -> dict:
     """The file-level verdict, fitted on held-out speakers' files (clean windows of the calibration readers).
 
     A file's evidence is the mean log-odds ``z`` of its windows. ``scale`` calibrates it (Platt scaling without
     intercept, every speaker weighted the same): ``p_file = sigmoid(scale * z)``; averaging windows makes the
     evidence stronger than one window's, which the per-window band ignored. The uncertain band
     ``0.5 +- delta`` is the narrowest (delta in 0, 0.025, ..., 0.4) whose decided files are at least
-    ``target`` right (balanced over the genders).
+    ``target`` right (balanced over the genders), but never so wide that more than ``max_undecided`` of the
+    calibration files fall inside it: an undecided file is as useless to a user as a wrong one, and a band
+    fitted wide on one corpus left half of another corpus's files undecided (leave-one-corpus-out).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -588,15 +592,15 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
     scale = float(max(lr.coef_[0][0], 0.05))
     pf = sigmoid(scale * z)
     yb = u["y"].astype(bool)
-    chosen = 0.4
+    chosen = 0.0
     for delta in np.arange(0.0, 0.4001, 0.025):
         dec = np.abs(pf - 0.5) >= delta
-        if not (dec & yb).any() or not (dec & ~yb).any():
+        if not (dec & yb).any() or not (dec & ~yb).any() or np.average(~dec, weights=w) > max_undecided:
             break
+        chosen = float(delta)
         right = (pf >= 0.5) == yb
         acc = 0.5 * (np.average(right[dec & yb], weights=w[dec & yb]) + np.average(right[dec & ~yb], weights=w[dec & ~yb]))
         if acc >= target:
-            chosen = float(delta)
             break
     undecided = float(np.average(np.abs(pf - 0.5) < chosen, weights=w))
     return {"scale": round(scale, 4), "female": round(0.5 + chosen, 3), "male": round(0.5 - chosen, 3),
@@ -759,7 +763,8 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
     trained.thresholds = choose_thresholds(cal.y, p_cal, config.confident_accuracy)
     clean_cal = np.arange(len(cal)) < n_cal_clean
     trained.file_decision = fit_file_decision(cal.y[clean_cal], p_cal[clean_cal], cal.utt[clean_cal],
-                                              cal.reader[clean_cal], config.file_confident_accuracy)
+                                              cal.reader[clean_cal], config.file_confident_accuracy,
+                                              config.file_max_undecided)
     _log(progress, f"[train] file verdict: {trained.file_decision}")
     if config.speech_check:
         from .nonspeech import training_negatives

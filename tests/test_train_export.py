@@ -127,3 +127,23 @@ def test_cli_train_quick(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["data"]["readers"] == {"F": 3, "M": 3}
     assert {p.name for p in out.iterdir()} >= {"xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "bundle.json"}
+
+
+def test_file_decision_band_is_calibrated_and_capped():
+    """The file verdict: Platt-scaled mean window log-odds, the narrowest band with >= 98.5 % right decided
+    files, never leaving more than 3 % of the calibration files undecided."""
+    from offline.train import fit_file_decision
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(rng.integers(0, 2, 400), 5)
+    utt = np.repeat([f"u{i}" for i in range(400)], 5)
+    reader = np.repeat([f"r{i // 2}" for i in range(400)], 5)
+    # windows that lean the right way at ~0.7: averaged over a file the evidence is strong
+    p = np.clip(np.where(y == 1, 0.7, 0.3) + rng.normal(0, 0.2, len(y)), 0.01, 0.99)
+    fd = fit_file_decision(y, p, utt, reader, 0.985)
+    assert fd["scale"] > 1.5  # five windows at 0.7 are surer than one
+    assert 0.0 < fd["male"] <= 0.5 <= fd["female"] < 1.0 and fd["calibration_undecided"] <= 0.03
+    # hopeless evidence (windows at random): the band may not swallow the files
+    p_bad = rng.uniform(0.3, 0.7, len(y))
+    fd_bad = fit_file_decision(y, p_bad, utt, reader, 0.985)
+    assert fd_bad["calibration_undecided"] <= 0.03
