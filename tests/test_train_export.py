@@ -20,12 +20,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytestmark = pytest.mark.slow
 
 
-def _utterances(n_per_gender: int):
-    from offline.librispeech import load_corpus
+def _utterances(n_per_gender: int, so_per_gender: int = 0, tmp=None):
+    """``n_per_gender`` LibriSpeech readers and ``so_per_gender`` speechocean762 speakers (two files each)."""
+    from offline.librispeech import load_corpus, load_manifest
 
     wanted = {p.stem for paths in readers_by_gender(n_per_gender).values() for p in paths}
     utts = [u for u in load_corpus(LIBRISPEECH) if u.utt_id in wanted]
     assert len(utts) == 2 * n_per_gender
+    if so_per_gender:
+        from tests.data import SPEECHOCEAN, speechocean_sample
+
+        manifest = tmp / "speechocean762" / "manifest.csv"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        with manifest.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "speaker", "gender"])
+            for g, rows in speechocean_sample(so_per_gender, 2).items():
+                w.writerows([(str(f), spk, g) for spk, f in rows])
+        so = load_manifest(manifest)
+        assert len(so) == 4 * so_per_gender and SPEECHOCEAN.is_dir()
+        utts += so
     return utts
 
 
@@ -35,7 +49,7 @@ def trained(tmp_path_factory):
     from offline.train import TrainConfig, data_summary, fit_all
 
     tmp = tmp_path_factory.mktemp("train")
-    utts = _utterances(6)
+    utts = _utterances(6, 3, tmp)
     cache = tmp / "cache"
     ws = extract_corpus(utts, cache_dir=cache, jobs=2, progress=False)
     config = TrainConfig.quick(cache_dir=str(cache), jobs=2)
@@ -75,7 +89,14 @@ def test_bundle_files_and_json(trained):
         assert m["export_check"]["max_abs_diff_p"] <= 1e-4
     assert len(meta["normalisation"]["mfcc_mean"]) == 40
     assert len(meta["ensemble"]["weights"]) == 3
-    assert meta["training"]["data"]["readers"] == {"F": 6, "M": 6}
+    assert meta["training"]["data"]["readers"] == {"F": 9, "M": 9}  # two corpora: 6 + 3 of each
+    # the speech check and the file decision travel in the bundle, checked like the gender models
+    sp = meta["speech"]
+    assert hashlib.sha256((out / sp["file"]).read_bytes()).hexdigest() == sp["sha256"]
+    assert 0 < sp["threshold"] < 1 and sp["export_check"]["max_abs_diff_p"] <= 1e-4
+    assert sp["training"]["calibration_speech_kept"] >= 0.95
+    fd = meta["file_decision"]
+    assert fd["scale"] > 0 and 0 < fd["male"] <= 0.5 <= fd["female"] < 1
     assert meta["training"]["data"]["windows"] == len(ws)
     assert meta["metrics"] == {"note": "test"}
     assert "onnxruntime" in meta["versions"] and meta["created"]
@@ -100,6 +121,10 @@ def test_onnx_bundle_matches_trained_models(trained):
         assert abs(p - got["p_female"][i]) <= 1e-6
         assert set(comps) == set(ms) == {"xgb", "cnn1d", "cnn2d"}
         assert bundle.label(p) in ("female", "male", "uncertain")
+    # the exported speech check equals the trained one, and keeps the training speech
+    assert bundle.has_speech_model
+    assert np.max(np.abs(bundle.p_speech(ws.stats) - models.p_speech(ws.stats))) <= 1e-4
+    assert np.mean(bundle.p_speech(ws.stats) >= bundle.speech_threshold) >= 0.95
 
 
 def test_export_check_raises_on_mismatch(trained, tmp_path):
