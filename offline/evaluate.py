@@ -632,7 +632,8 @@ def format_table(result: dict) -> str:
         head = (f"Speaker-disjoint {result['folds']}-fold cross-validation ({result['config']} training config), "
                 f"mean ± std over folds")
     elif result["mode"] == "loco":
-        head = "Leave-one-corpus-out (no K-fold run)"
+        head = (f"Leave-one-corpus-out (no K-fold run); the condition rows are the first direction, "
+                f"trained {next(iter(result.get('loco') or {'?': 0}))}")
     else:
         head = f"Bundle {result['models_dir']} scored on every utterance"
     lines.append(head)
@@ -702,7 +703,7 @@ def speech_check_lines(result: dict) -> list[str]:
 def engine_lines(result: dict) -> list[str]:
     """The engine-path file verdicts (K-fold and leave-one-corpus-out), one line per group."""
     rows = []
-    if result.get("engine_files"):
+    if result.get("engine_files") and result.get("mode") != "loco":
         rows.append(("K-fold CV", result["engine_files"]))
     for direction, r in (result.get("loco") or {}).items():
         if r.get("engine_files"):
@@ -755,9 +756,10 @@ def format_markdown(result: dict) -> str:
             cells = [_md(e[lv][k]) for lv in LEVELS for k in ("balanced_accuracy", "recall_female", "recall_male")]
             cells += [_md(models[m]["window"]["balanced_accuracy"]) for m in comps]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
-    groups = [("all corpora", result["models"])] + [(c, m) for c, m in (result.get("corpora") or {}).items()]
+    groups = [] if result.get("mode") == "loco" else (
+        [("all corpora", result["models"])] + [(c, m) for c, m in (result.get("corpora") or {}).items()])
     groups += [(f"trained {d}", r["models"]) for d, r in (result.get("loco") or {}).items()]
-    if len(groups) > 1:
+    if groups:
         out += ["", "**Ensemble by corpus and protocol** (balanced accuracy %, recall F / M %)", "",
                 "| rows | per window | per file | per speaker | window recall F / M | file recall F / M |",
                 "|---|---|---|---|---|---|"]
@@ -767,7 +769,7 @@ def format_markdown(result: dict) -> str:
             out.append(f"| {label} | {_md(e['window']['balanced_accuracy'])} | "
                        f"{_md(e['utterance']['balanced_accuracy'])} | {_md(e['speaker']['balanced_accuracy'])} | "
                        f"{rec('window')} | {rec('utterance')} |")
-    rows = [("K-fold CV", result.get("engine_files"))]
+    rows = [] if result.get("mode") == "loco" else [("K-fold CV", result.get("engine_files"))]
     rows += [(f"trained {d}", r.get("engine_files")) for d, r in (result.get("loco") or {}).items()]
     rows = [(n, e) for n, e in rows if e]
     if rows:
