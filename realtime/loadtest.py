@@ -193,8 +193,10 @@ def _rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def _spawn(server_args: str) -> tuple[subprocess.Popen, str, str]:
-    cmd = [sys.executable, "-m", "realtime", "serve", "--port", "0", "--quiet", *shlex.split(server_args)]
+def spawn_server(server_args: str, *, quiet: bool = True) -> tuple[subprocess.Popen, str, str]:
+    """`python -m realtime serve --port 0` as a child process: (proc, ws url, tcp url) once it listens."""
+    cmd = [sys.executable, "-m", "realtime", "serve", "--port", "0", *(["--quiet"] if quiet else []),
+           *shlex.split(server_args)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     t_end = time.monotonic() + 120
     while time.monotonic() < t_end:
@@ -222,7 +224,7 @@ def _loadtest(args) -> int:
     proc = None
     url = args.url
     if args.spawn:
-        proc, ws_url, tcp_url = _spawn(args.server_args)
+        proc, ws_url, tcp_url = spawn_server(args.server_args)
         url = tcp_url if args.transport == "tcp" else ws_url
     elif not url:
         raise SystemExit("give --url or --spawn")

@@ -324,29 +324,6 @@ def _storm(ws_url: str, tcp_url: str, pcm: bytes, solo: list[tuple], n: int, sta
             "good_clients": n_good}
 
 
-def _spawn(server_args: str, *, quiet: bool = True):
-    """`python -m realtime serve --port 0` as a child: (proc, ws url, tcp url)."""
-    import re
-    import shlex
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "realtime", "serve", "--port", "0", *(["--quiet"] if quiet else []),
-           *shlex.split(server_args)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    t_end = time.monotonic() + 120
-    while time.monotonic() < t_end:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"websocket (\S+).*?tcp (\S+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep draining
-            return proc, m.group(1), m.group(2)
-    proc.kill()
-    raise RuntimeError(f"the spawned server did not start: {' '.join(cmd)}")
-
-
 def _health(ws_url: str) -> dict:
     host, port = ws_url[len("ws://"):].rstrip("/").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -368,7 +345,9 @@ def _run(args) -> int:
         import shlex
 
         server_args += f" --log-file {shlex.quote(str(args.server_log))}"
-    proc, ws_url, tcp_url = _spawn(server_args, quiet=not args.server_log)
+    from .loadtest import spawn_server
+
+    proc, ws_url, tcp_url = spawn_server(server_args, quiet=not args.server_log)
     stats = _Stats()
     ok = True
     try:
