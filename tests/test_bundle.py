@@ -22,7 +22,7 @@ from realtime.features import DEFAULT, FeatureExtractor
 from tests.data import readers_by_gender
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "bundle.json")
+FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "speech.onnx", "bundle.json")
 
 
 @pytest.fixture(scope="module")

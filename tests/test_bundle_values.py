@@ -15,7 +15,7 @@ import pytest
 from realtime.bundle import DEFAULT_MODELS_DIR, Bundle, BundleError, bundle_digest, seal
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "bundle.json")
+FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "speech.onnx", "bundle.json")
 
 
 @pytest.fixture
@@ -111,11 +111,12 @@ def test_stat_names_must_match_the_feature_definition(copy):
 
 
 def test_edit_without_resealing_is_refused_by_the_digest(copy):
-    _edit(copy, _set("thresholds.female", 0.9), reseal=False)  # a plausible value: only the digest catches it
+    value = 0.85 if Bundle.load(copy).thresholds["female"] != 0.85 else 0.8  # plausible, and a real change
+    _edit(copy, _set("thresholds.female", value), reseal=False)  # only the digest catches it
     with pytest.raises(BundleError, match="does not match its digest.*modified or corrupted.*realtime.bundle seal"):
         Bundle.load(copy)
-    _edit(copy, _set("thresholds.female", 0.9))  # re-sealed: a deliberate edit loads
-    assert Bundle.load(copy).thresholds["female"] == 0.9
+    _edit(copy, _set("thresholds.female", value))  # re-sealed: a deliberate edit loads
+    assert Bundle.load(copy).thresholds["female"] == value
 
 
 def test_bundle_without_digest_still_loads_unsealed_and_seal_command_adds_it(copy):

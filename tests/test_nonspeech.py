@@ -123,7 +123,7 @@ def test_server_gives_a_tone_no_gender():
 
     srv = ServerThread(engine_factory(), ServerConfig(host="127.0.0.1", port=0, tcp_port=0)).start()
     try:
-        pcm = float_to_pcm16(_held_out_clip("chord", 5, 5.0)).tobytes()
+        pcm = bytes(float_to_pcm16(_held_out_clip("chord", 5, 5.0)))
         with socket.create_connection(("127.0.0.1", srv.server.tcp_port), timeout=60) as s:
             s.sendall(json.dumps({"rate": SR, "encoding": "s16le"}).encode() + b"\n" + pcm)
             s.shutdown(socket.SHUT_WR)
