@@ -100,7 +100,7 @@ def turns(events: list, bundle: Bundle, *, hop_s: float, window_s: float, min_pa
     """Turns from a stream's events (see :func:`segments`)."""
     # 1. speech runs: hops that count as speech, bridged over pauses shorter than min_pause_s
     runs: list[list[tuple[float, float, float | None]]] = []  # per run: (hop start, hop end, window p)
-    prev_t, gap, gap_start = 0.0, 0.0, None
+    prev_t, gap = 0.0, 0.0
     for ev in events:
         start, end = prev_t, float(ev["t"])
         prev_t = end

@@ -1,7 +1,6 @@
 """Training augmentation on real audio: exact SNR, coloured spectra, determinism, bounded pitch shift."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ Plays a LibriSpeech flac into a private PulseAudio server (tests/pulse.py) and c
 libportaudio2; if they are missing this test fails (CI installs them), it does not skip.
 """
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from realtime.audio import float_to_pcm16, load_audio
 from realtime.protocol import ProtocolError, parse_config
-from realtime.events import EVENT_FIELDS, LABELS
+from realtime.events import EVENT_FIELDS
 from realtime.server import ServerConfig, ServerThread, engine_factory
 
 from .data import readers_by_gender

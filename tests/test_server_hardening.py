@@ -10,7 +10,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import re
 import socket
 import struct
@@ -27,7 +26,7 @@ from realtime.audio import float_to_pcm16, load_audio
 from realtime.server import ServerConfig, ServerThread, engine_factory
 
 from .data import readers_by_gender
-from .test_server import check_stream, error_of, pieces, rss_mb, session, tcp_session, ws_session
+from .test_server import check_stream, error_of, pieces, session, tcp_session
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from realtime.events import EVENT_FIELDS, LABELS, STAGES, Event
+from realtime.events import EVENT_FIELDS, LABELS, Event
 from realtime.sinks import (CSV_FIELDS, EVENT_KEYS, ConsoleSink, CsvSink, JsonlSink, TracePlotSink, clean_event,
                             gauge_text, make_sink)
 

@@ -2,7 +2,6 @@ import io
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Reader-grouped, gender-stratified folds on the real corpus."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
