@@ -173,13 +173,19 @@ def _check_models(meta: dict, fdef: FeatureDefinition) -> None:
     if missing:
         raise BundleError(f"bundle.json: models lacks {', '.join(missing)} (the engine needs {', '.join(MODEL_NAMES)})")
     for name, m in models.items():
-        if not isinstance(m, dict) or not {"file", "sha256", "input", "output"} <= set(m):
-            raise BundleError(f"bundle.json: models.{name} must give file, sha256, input and output")
-        for key in ("file", "input", "output"):
-            _name(f"models.{name}.{key}", m[key])
-        digest = m["sha256"]
-        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-            raise BundleError(f"bundle.json: models.{name}.sha256 must be 64 lowercase hex digits, got {_short(digest)}")
+        _check_model_entry(f"models.{name}", m)
+
+
+def _check_model_entry(field: str, m, extra: tuple[str, ...] = ()) -> None:
+    """One model file's entry: file, sha256, input and output (and ``extra`` keys) present and well formed."""
+    keys = ("file", "sha256", "input", "output", *extra)
+    if not isinstance(m, dict) or not set(keys) <= set(m):
+        raise BundleError(f"bundle.json: {field} must give {', '.join(keys[:-1])} and {keys[-1]}")
+    for key in ("file", "input", "output"):
+        _name(f"{field}.{key}", m[key])
+    digest = m["sha256"]
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise BundleError(f"bundle.json: {field}.sha256 must be 64 lowercase hex digits, got {_short(digest)}")
 
 
 def _check_ensemble(meta: dict, fdef: FeatureDefinition) -> None:
@@ -198,23 +204,24 @@ def _check_ensemble(meta: dict, fdef: FeatureDefinition) -> None:
         _number("ensemble.p_clip", ens["p_clip"], lo=0.0, hi=0.5, lo_open=True, hi_open=True)
 
 
-def _check_thresholds(meta: dict, fdef: FeatureDefinition) -> None:
-    th = meta["thresholds"]
-    female = _number("thresholds.female", th["female"], lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    male = _number("thresholds.male", th["male"], lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+def _check_band(field: str, th: dict) -> None:
+    """An uncertain band: 0 < male <= 0.5 <= female < 1."""
+    female = _number(f"{field}.female", th.get("female"), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    male = _number(f"{field}.male", th.get("male"), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     if not male <= 0.5 <= female:
-        raise BundleError(f"bundle.json: thresholds must satisfy 0 < male <= 0.5 <= female < 1, got male {male:g}, "
+        raise BundleError(f"bundle.json: {field} must satisfy 0 < male <= 0.5 <= female < 1, got male {male:g}, "
                           f"female {female:g}")
+
+
+def _check_thresholds(meta: dict, fdef: FeatureDefinition) -> None:
+    _check_band("thresholds", meta["thresholds"])
 
 
 SECTIONS = (("feature", _check_feature), ("normalisation", _check_normalisation), ("models", _check_models),
             ("ensemble", _check_ensemble), ("thresholds", _check_thresholds))
 def _check_speech(meta: dict, fdef: FeatureDefinition) -> None:
     sp = meta["speech"]
-    if not isinstance(sp, dict) or not {"file", "sha256", "input", "output", "threshold"} <= set(sp):
-        raise BundleError("bundle.json: speech must give file, sha256, input, output and threshold")
-    for key in ("file", "input", "output"):
-        _name(f"speech.{key}", sp[key])
+    _check_model_entry("speech", sp, extra=("threshold",))
     _number("speech.threshold", sp["threshold"], lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 
 
@@ -223,11 +230,7 @@ def _check_file_decision(meta: dict, fdef: FeatureDefinition) -> None:
     if not isinstance(fd, dict):
         raise BundleError(f"bundle.json: file_decision must be an object, got {_short(fd)}")
     _number("file_decision.scale", fd.get("scale"), lo=0.0, lo_open=True)
-    female = _number("file_decision.female", fd.get("female"), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    male = _number("file_decision.male", fd.get("male"), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    if not male <= 0.5 <= female:
-        raise BundleError(f"bundle.json: file_decision must satisfy 0 < male <= 0.5 <= female < 1, got male "
-                          f"{male:g}, female {female:g}")
+    _check_band("file_decision", fd)
 
 
 # (name, check) of sections an older bundle may lack: the speech check and the file-level decision
