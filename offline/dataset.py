@@ -84,6 +84,11 @@ class WindowSet:
         return cls(**{name: np.concatenate([getattr(s, name) for s in sets]) for name in _ARRAYS}, meta=meta)
 
     @property
+    def definition(self) -> FeatureDefinition:
+        """The feature definition these windows were computed with (``meta['definition']``; DEFAULT if unrecorded)."""
+        return FeatureDefinition.from_dict(self.meta["definition"]) if "definition" in self.meta else DEFAULT
+
+    @property
     def corpus(self) -> np.ndarray:
         """(N,) str: the corpus of each window's reader ('' where unknown), from ``meta['reader_corpus']``."""
         table = self.meta.get("reader_corpus") or {}

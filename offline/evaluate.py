@@ -324,7 +324,7 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
     if config.speech_check:
         from .nonspeech import heldout_negatives
 
-        negatives = heldout_negatives(definition=clean_definition(clean))
+        negatives = heldout_negatives(definition=clean.definition)
     scored: dict[str, list[Scored]] = {name: [] for name in sets}
     engine_rows: list[dict] = []
     fold_info = []
@@ -410,12 +410,6 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
         result[section][cond.name] = {**_condition_entry(cond), "models": _summaries(per_fold[cond.name]),
                                       "pooled": _metrics_per_model(pooled[cond.name])}
     return result, pooled
-
-
-def clean_definition(ws):
-    from realtime.features import DEFAULT, FeatureDefinition
-
-    return FeatureDefinition.from_dict(ws.meta["definition"]) if "definition" in ws.meta else DEFAULT
 
 
 def _speech_check_fold(models, test_sets: dict, negatives: dict) -> dict:

@@ -686,7 +686,7 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
         pass
     if len(train) == 0:
         raise ValueError("fit_all needs a non-empty WindowSet")
-    definition = FeatureDefinition.from_dict(train.meta["definition"]) if "definition" in train.meta else DEFAULT
+    definition = train.definition
     if definition.hash != DEFAULT.hash:
         raise ValueError(f"training windows were computed with feature definition {definition.hash}, "
                          f"this code computes {DEFAULT.hash}; re-extract the features")
