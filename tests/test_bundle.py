@@ -7,7 +7,6 @@ measure of accuracy on unseen voices; that is ``python -m offline evaluate``'s j
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -21,22 +20,14 @@ from realtime.bundle import DEFAULT_MODELS_DIR, Bundle, BundleError
 from realtime.features import DEFAULT, FeatureExtractor
 from tests.data import readers_by_gender
 
+from .conftest import BUNDLE_FILES
+
 REPO = Path(__file__).resolve().parents[1]
-FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "speech.onnx", "bundle.json")
 
 
 @pytest.fixture(scope="module")
 def bundle() -> Bundle:
     return Bundle.load()
-
-
-@pytest.fixture
-def copy(tmp_path) -> Path:
-    dst = tmp_path / "models"
-    dst.mkdir()
-    for name in FILES:
-        shutil.copy2(DEFAULT_MODELS_DIR / name, dst / name)
-    return dst
 
 
 def _windows(path, n_max: int = 12, channel: str | None = None):
@@ -57,7 +48,7 @@ def _windows(path, n_max: int = 12, channel: str | None = None):
 
 def test_default_dir_is_repo_models():
     assert DEFAULT_MODELS_DIR == REPO / "models"
-    for name in FILES:
+    for name in BUNDLE_FILES:
         assert (DEFAULT_MODELS_DIR / name).is_file(), name
 
 
@@ -74,7 +65,7 @@ def test_committed_bundle_loads_and_verifies(bundle):
         assert hashlib.sha256((DEFAULT_MODELS_DIR / m["file"]).read_bytes()).hexdigest() == m["sha256"]
     assert 0 < bundle.thresholds["male"] <= 0.5 <= bundle.thresholds["female"] < 1
     assert meta["training"]["data"]["readers"]["F"] > 100 and meta["training"]["data"]["readers"]["M"] > 100
-    size = sum((DEFAULT_MODELS_DIR / n).stat().st_size for n in FILES)
+    size = sum((DEFAULT_MODELS_DIR / n).stat().st_size for n in BUNDLE_FILES)
     assert size < 10_000_000, f"bundle is {size / 1e6:.1f} MB"
 
 

@@ -5,7 +5,6 @@ refuses them, and an unsealed edit is refused by the digest."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,6 @@ import pytest
 from realtime.bundle import DEFAULT_MODELS_DIR, Bundle, BundleError, bundle_digest, seal
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "speech.onnx", "bundle.json")
-
-
-@pytest.fixture
-def copy(tmp_path) -> Path:
-    dst = tmp_path / "models"
-    dst.mkdir()
-    for name in FILES:
-        shutil.copy2(DEFAULT_MODELS_DIR / name, dst / name)
-    return dst
 
 
 def _edit(folder: Path, edit, *, reseal: bool = True) -> None:
