@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from realtime.bundle import DEFAULT_MODELS_DIR
+from realtime.server import ServerConfig, ServerThread, engine_factory
 
 #: the files of the shipped bundle (models/): what a copy of it must hold
 BUNDLE_FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "speech.onnx", "bundle.json")
@@ -20,3 +21,26 @@ def copy(tmp_path) -> Path:
     for name in BUNDLE_FILES:
         shutil.copy2(DEFAULT_MODELS_DIR / name, dst / name)
     return dst
+
+
+@pytest.fixture(scope="module")
+def factory():
+    """One loaded bundle shared by the engines of the servers a test module starts."""
+    return engine_factory()
+
+
+@pytest.fixture
+def make_server(factory):
+    """``make_server(**ServerConfig fields)``: an in-process server on ephemeral ports (2 workers unless
+    given), stopped after the test."""
+    started = []
+
+    def make(**kw):
+        kw.setdefault("workers", 2)
+        srv = ServerThread(factory, ServerConfig(port=0, **kw)).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()

@@ -25,7 +25,7 @@ from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
 from realtime.bundle import Bundle
 from realtime.engine import Engine, summarise
 from realtime.events import EVENT_FIELDS, LABELS
-from realtime.server import ServerConfig, ServerThread, engine_factory
+from realtime.server import ServerConfig, ServerThread
 from realtime.sinks import clean_event
 
 from .data import readers_by_gender
@@ -140,29 +140,10 @@ def error_of(msgs: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def factory():
-    return engine_factory()
-
-
-@pytest.fixture(scope="module")
 def server(factory):
     with ServerThread(factory, ServerConfig(port=0, workers=2)) as srv:
         yield srv
     assert not srv.is_alive
-
-
-@pytest.fixture
-def make_server(factory):
-    started = []
-
-    def make(**kw):
-        srv = ServerThread(factory, ServerConfig(port=0, workers=2, **kw)).start()
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in started:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -23,32 +23,11 @@ import numpy as np
 import pytest
 
 from realtime.audio import float_to_pcm16, load_audio
-from realtime.server import ServerConfig, ServerThread, engine_factory
 
 from .data import readers_by_gender
 from .test_server import check_stream, error_of, pieces, session, tcp_session
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def factory():
-    return engine_factory()
-
-
-@pytest.fixture
-def make_server(factory):
-    started = []
-
-    def make(**kw):
-        kw.setdefault("workers", 2)
-        srv = ServerThread(factory, ServerConfig(port=0, **kw)).start()
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in started:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
