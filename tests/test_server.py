@@ -47,6 +47,20 @@ def pieces(data: bytes, size: int) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
+def read_until_closed(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset or the socket's timeout also ends it)."""
+    data = b""
+    while True:
+        try:
+            got = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not got:
+            break
+        data += got
+    return data
+
+
 def tcp_session(port: int, config, chunks, *, end: bool = True, timeout: float = 60.0,
                 delay: float = 0.0) -> list[dict]:
     """Raw TCP: the config line, the chunks, a half-close; every JSON line until the server closes."""

@@ -21,6 +21,7 @@ from realtime.events import EVENT_FIELDS
 from realtime.server import ServerConfig, ServerThread, engine_factory
 
 from .data import readers_by_gender
+from .test_server import read_until_closed
 
 EVENT_KEYS = set(EVENT_FIELDS)  # the one event schema (realtime.events)
 FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
@@ -66,19 +67,6 @@ frames = st.lists(st.one_of(st.binary(max_size=3000),
                   max_size=6)
 
 
-def _read_all_tcp(s: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            got = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not got:
-            break
-        data += got
-    return data
-
-
 def _check(msgs: list[dict], config: bytes, *, ws: bool) -> None:
     try:
         parse_config(config.rstrip(b"\n") if not ws else config, max_bytes=1024)
@@ -115,7 +103,7 @@ def test_fuzz_tcp(server, config, chunks):
             s.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        data = _read_all_tcp(s)
+        data = read_until_closed(s)
     msgs = [json.loads(x) for x in data.decode().splitlines() if x.strip()]
     _check(msgs, line.split(b"\n", 1)[0], ws=False)
     assert server.is_alive

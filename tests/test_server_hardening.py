@@ -25,7 +25,7 @@ import pytest
 from realtime.audio import float_to_pcm16, load_audio
 
 from .data import readers_by_gender
-from .test_server import check_stream, error_of, pieces, session, tcp_session
+from .test_server import check_stream, error_of, pieces, read_until_closed, session, tcp_session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,16 +54,7 @@ def reset_close(s: socket.socket) -> None:
 def http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
-        data = b""
-        while True:
-            try:
-                got = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not got:
-                break
-            data += got
-    return data
+        return read_until_closed(s)
 
 
 # ------------------------------------------------------------------------------------ leaks
