@@ -120,8 +120,8 @@ def _command() -> str:
 
 def _engine_argv(args) -> list[str]:
     """The engine options of ``args`` as command-line words, for the subprocesses."""
-    out = ["--hop", str(args.hop), "--vad", str(args.vad), "--first-window", str(args.first_window),
-           "--reset-after", str(args.reset_after)]
+    out = ["--hop", str(args.hop_s), "--vad", str(args.vad_aggressiveness), "--first-window",
+           str(args.first_window_s), "--reset-after", str(args.reset_after_silence_s)]
     if args.models:
         out += ["--models", str(args.models)]
     return out
@@ -440,7 +440,7 @@ def _rss_child(argv: list[str]) -> int:
     """
     import resource
 
-    from .cli import add_engine_arguments, make_engine
+    from .options import add_engine_arguments, make_engine
     from .sources import FileSource
 
     split = argv.index("--")
@@ -530,9 +530,9 @@ def run_bench(args, log=print) -> dict:
     from threadpoolctl import threadpool_limits
 
     from .audio import load_audio
-    from .cli import make_engine
+    from .options import make_engine
 
-    hop_s = float(args.hop)
+    hop_s = float(args.hop_s)
     utts = select_utterances(args.data, args.files)
     if not utts:
         raise SystemExit(f"error: no utterances under {args.data}")
@@ -597,8 +597,8 @@ def run_bench(args, log=print) -> dict:
             "inputs": "model inputs come from our extractor, outside the timer (the naive pipeline's summary "
                       "step is not charged to it)",
         }
-    result["engine"] = {"hop_s": hop_s, "vad": args.vad, "first_window_s": args.first_window,
-                        "reset_after_s": args.reset_after, "models": str(args.models or DEFAULT_MODELS),
+    result["engine"] = {"hop_s": hop_s, "vad": args.vad_aggressiveness, "first_window_s": args.first_window_s,
+                        "reset_after_s": args.reset_after_silence_s, "models": str(args.models or DEFAULT_MODELS),
                         "feature_hash": engine.bundle.definition.hash}
     result["data"] = {"root": str(args.data), "utterances": len(utts),
                       "female": sum(u.gender == "F" for u in utts), "male": sum(u.gender == "M" for u in utts),
@@ -910,7 +910,7 @@ def run(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from .cli import add_engine_arguments
+    from .options import add_engine_arguments
 
     p = subparsers.add_parser(
         "bench", help="latency benchmark of the live engine beside the naive pipeline",

@@ -1,53 +1,22 @@
 """Command line of the live engine: ``python -m realtime <command>`` (or ``voicegender``).
 
 Commands: ``live`` (the microphone console), ``stream`` (one event per hop as console/JSON lines/CSV),
-``classify`` (one verdict per file), ``segments`` (one row per speaker turn), and the commands that plug in by module (``bench``, ``serve``,
-``client``): each module in ``COMMAND_MODULES`` that exists exposes ``add_parser(subparsers)``.
+``classify`` (one verdict per file), ``segments`` (one row per speaker turn), and the commands whose modules
+expose ``add_parser(subparsers)``: ``bench``, ``serve``, ``client``, ``loadtest``, ``soak``. Engine options
+come from ``realtime.options`` (one per ``EngineConfig`` field).
 Nothing here imports TensorFlow, librosa or numba.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, bench, client, loadtest, server, soak
 from .audio import AudioError
-
-COMMAND_MODULES = ("realtime.bench", "realtime.server")
-
-
-def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """Options every engine-running command shares."""
-    g = p.add_argument_group("engine")
-    g.add_argument("--models", type=Path, default=None, metavar="DIR",
-                   help="model bundle folder (default: the bundle shipped in models/)")
-    g.add_argument("--hop", type=float, default=0.5, metavar="SECONDS",
-                   help="time between estimates, a multiple of 0.02 s (default: %(default)s)")
-    g.add_argument("--vad", type=int, default=2, choices=(0, 1, 2, 3), metavar="0-3",
-                   help="webrtcvad aggressiveness: 3 rejects the most non-speech (default: %(default)s)")
-    g.add_argument("--first-window", type=float, default=0.75, metavar="SECONDS",
-                   help="speech needed before the first estimate; shorter windows are wrap-padded to 2 s "
-                        "(default: %(default)s)")
-    g.add_argument("--reset-after", type=float, default=1.5, metavar="SECONDS",
-                   help="silence after which the estimate resets, since the next voice may be someone else "
-                        "(default: %(default)s)")
-
-
-def make_engine(args: argparse.Namespace, bundle=None):
-    from .bundle import Bundle
-    from .engine import Engine, EngineConfig
-
-    if bundle is None:
-        bundle = Bundle.load(args.models) if args.models else Bundle.load()
-    cfg = EngineConfig(hop_s=args.hop, vad_aggressiveness=args.vad, first_window_s=args.first_window,
-                       reset_after_silence_s=args.reset_after)
-    return Engine(bundle, cfg)
-
+from .options import add_engine_arguments, make_engine
 
 def _add_source_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("path", nargs="?", default=None, metavar="PATH",
@@ -306,9 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(p)
     p.set_defaults(func=_segments)
 
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).add_parser(sub)
+    for module in (bench, server, client, loadtest, soak):
+        module.add_parser(sub)
     return parser
 
 

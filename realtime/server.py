@@ -1174,7 +1174,7 @@ def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: in
                    counters: Counters | None = None) -> int:
     """One server process: load the bundles, warm up, serve until SIGINT/SIGTERM."""
     from .bundle import Bundle
-    from .cli import make_engine
+    from .options import make_engine
 
     bundle = Bundle.load(args.models) if args.models else Bundle.load()  # shared by all connections
     # the first inference is slow: pay it now (this also validates the engine options before listening)
@@ -1322,7 +1322,7 @@ def _arg_seconds(text: str) -> float:
 
 
 def add_parser(subparsers) -> None:
-    from .cli import add_engine_arguments
+    from .options import add_engine_arguments
 
     d = ServerConfig()
     p = subparsers.add_parser(
@@ -1366,9 +1366,3 @@ def add_parser(subparsers) -> None:
     p.add_argument("--log-file", type=Path, default=None, metavar="FILE", help="log there instead of stderr")
     add_engine_arguments(p)
     p.set_defaults(func=_serve)
-
-    from . import client, loadtest, soak  # their commands plug in here (realtime.cli imports only this module)
-
-    client.add_parser(subparsers)
-    loadtest.add_parser(subparsers)
-    soak.add_parser(subparsers)
