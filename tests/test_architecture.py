@@ -96,11 +96,13 @@ def imports_of(module: str, path: Path, modules: dict[str, Path], root: Path = R
         if isinstance(node, ast.Import):
             edges += [Edge(module, a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
+            # `from pkg import submodule` imports the submodule; the package itself counts only for names it
+            # defines (as a parent it is loaded anyway)
             target = _resolve(node.module or "", node.level, package)
-            edges.append(Edge(module, target, node.lineno))
-            for a in node.names:  # `from pkg import submodule` imports the submodule
-                if f"{target}.{a.name}" in modules:
-                    edges.append(Edge(module, f"{target}.{a.name}", node.lineno))
+            subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
+            if len(subs) < len(node.names):
+                edges.append(Edge(module, target, node.lineno))
+            edges += [Edge(module, s, node.lineno) for s in subs]
         elif isinstance(node, ast.Call):
             is_import, literal, relative_ok = _literal_import_call(node)
             if not is_import:
@@ -270,11 +272,11 @@ def test_walker_sees_lazy_relative_and_dynamic_imports(tmp_path):
     assert unresolved == []
     targets = {m: {e.target for e in edges} for m, edges in g.items()}
     assert targets["pkg"] == {"importlib", "pkg.a", "pkg.b"}
-    assert targets["pkg.a"] == {"pkg", "pkg.b", "pkg.sub.c"}
+    assert targets["pkg.a"] == {"pkg.b", "pkg.sub.c"}
     assert targets["pkg.b"] == {"importlib", "pkg.sub.c"}
-    assert targets["pkg.sub.c"] == {"pkg", "pkg.a", "pkg.b", "offline.train"}
+    assert targets["pkg.sub.c"] == {"pkg.a", "pkg.b", "offline.train"}
     cycles = find_cycles(g)
-    assert len(cycles) == 1 and {e.source for e in cycles[0]} <= {"pkg", "pkg.a", "pkg.b", "pkg.sub.c"}
+    assert len(cycles) == 1 and {e.source for e in cycles[0]} <= {"pkg.a", "pkg.b", "pkg.sub.c"}
     assert cycles[0][0].source == cycles[0][-1].target  # a closed path
     assert find_cycles(g, ignore={("pkg.a", "pkg.sub.c"), ("pkg.b", "pkg.sub.c")}) == []
 
