@@ -16,7 +16,10 @@ import numpy as np
 from realtime.features import DEFAULT, FeatureExtractor, StreamingExtractor
 
 
-def _librosa_calls(definition, *, cqt_tonnetz: bool):
+def librosa_calls(definition, *, cqt_tonnetz: bool):
+    """A function of one waveform that computes ``definition``'s features as librosa users do: each feature its
+    own call from the waveform, pitch by ``librosa.yin``; tonnetz over CQT chroma (the original study) or over
+    STFT chroma (our definition). Also the naive pipeline's features in ``python -m offline bench``."""
     import librosa
 
     d = definition
@@ -98,8 +101,8 @@ def run(args) -> int:
         rows["ours (stats + MFCC)"] = _time(fe.extract, windows, args.repeats)
         rows["ours, streaming (0.5 s hop)"] = _time_streaming(fe, real_utterances(args.data, 10), args.repeats)
         if not args.skip_librosa:
-            rows["librosa, same definition"] = _time(_librosa_calls(DEFAULT, cqt_tonnetz=False), windows, 1)
-            rows["librosa, original (CQT tonnetz)"] = _time(_librosa_calls(DEFAULT, cqt_tonnetz=True), windows, 1)
+            rows["librosa, same definition"] = _time(librosa_calls(DEFAULT, cqt_tonnetz=False), windows, 1)
+            rows["librosa, original (CQT tonnetz)"] = _time(librosa_calls(DEFAULT, cqt_tonnetz=True), windows, 1)
     result = {name: {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)), "n": int(t.size)}
               for name, t in rows.items()}
     ours = result["ours (stats + MFCC)"]["p50_ms"]

@@ -139,7 +139,7 @@ def run(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .cli import add_corpus_arguments
+    from .options import add_corpus_arguments
 
     p = subparsers.add_parser("candidates", help="screen candidate features and augmentations with XGBoost alone",
                               description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)

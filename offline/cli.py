@@ -1,66 +1,23 @@
 """Command line for the offline pipeline: ``python -m offline <command> ...`` (or ``voicegender-train``).
 
-Built in: ``features``. More commands plug in by module: each module named in ``COMMAND_MODULES`` that
-exists must expose ``add_parser(subparsers)``, which adds its subparser and sets ``func=<callable(args) -> int>``
-with ``set_defaults``. Missing modules are skipped. Keep heavy imports (TensorFlow, xgboost) inside ``func``
-so that ``--help`` stays fast.
+Built in: ``features``. The other commands live in their modules, each exposing ``add_parser(subparsers)``,
+which adds its subparser and sets ``func=<callable(args) -> int>`` with ``set_defaults``: ``train``,
+``evaluate``, ``engine-eval``, ``candidates``, ``bench-features`` and ``bench`` (the live engine beside the
+naive pipeline). Those modules keep their heavy imports (TensorFlow, xgboost, librosa) inside ``func``, so
+that ``--help`` stays fast. Options shared by the corpus commands: ``offline/options.py``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-COMMAND_MODULES = ("offline.train", "offline.evaluate", "offline.bench_features", "offline.engine_eval",
-                   "offline.candidates")
-DEFAULT_CACHE = Path(".cache/features")
+from . import bench_features, bench_naive, candidates, engine_eval, evaluate, train
+from .options import add_corpus_arguments
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
-    """--data/--subsets/--strict/--window/--hop/--jobs/--cache/--no-progress, shared by corpus commands."""
-    from realtime.audio import data_dir
-
-    p.add_argument("--data", type=Path, nargs="+", metavar="DIR_OR_CSV",
-                   default=[data_dir() / "LibriSpeech", data_dir() / "speechocean762" / "manifest.csv"],
-                   help="one or more corpora: a LibriSpeech root (holding SPEAKERS.TXT and "
-                        "<subset>/<reader>/<chapter>/*.flac), one subset folder of it, or a CSV manifest with "
-                        "columns path,speaker,gender (e.g. speechocean762/manifest.csv); speakers must not repeat "
-                        "across corpora (default: LibriSpeech and speechocean762 under $VOICEGENDER_DATA, else "
-                        "../shared/data beside the repository)")
-    p.add_argument("--subsets", nargs="+", metavar="NAME",
-                   help="LibriSpeech subset folders to use (default: all found), e.g. train-clean-100")
-    p.add_argument("--strict", action="store_true",
-                   help="fail on unlisted readers and unreadable or too-short files instead of skipping them")
-    p.add_argument("--window", type=_positive_float, default=2.0, metavar="SECONDS",
-                   help="analysis window length; must match the feature definition (default: %(default)s)")
-    p.add_argument("--hop", type=_positive_float, default=0.5, metavar="SECONDS",
-                   help="step between window starts within an utterance (default: %(default)s)")
-    p.add_argument("--jobs", type=_positive_int, default=2, metavar="N",
-                   help="worker processes for feature extraction; 1 runs in this process (default: %(default)s)")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
-                   help="folder for cached feature files, keyed by feature definition and inputs "
-                        "(default: %(default)s)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+COMMANDS = (train, evaluate, bench_features, engine_eval, candidates, bench_naive)
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -114,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m offline",
         description="Offline pipeline of the speaker-gender classifier: read a corpus, extract windowed "
-                    "features, and (where installed) train and evaluate models.")
+                    "features, train and evaluate models, and time the live engine beside the naive pipeline.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser(
         "features", help="extract and cache windowed features of a whole corpus, then print a summary",
@@ -125,13 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_features)
-    for name in COMMAND_MODULES:
-        try:
-            if importlib.util.find_spec(name) is None:
-                continue
-        except ModuleNotFoundError:  # its parent package is missing
-            continue
-        importlib.import_module(name).add_parser(sub)
+    for module in COMMANDS:
+        module.add_parser(sub)
     return parser
 
 

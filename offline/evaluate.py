@@ -1016,7 +1016,7 @@ def _at_least_two(text: str) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .cli import add_corpus_arguments
+    from .options import add_corpus_arguments
 
     p = subparsers.add_parser(
         "evaluate", help="reader-disjoint cross-validation, or score a trained bundle on a corpus",

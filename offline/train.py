@@ -825,7 +825,7 @@ def add_recipe_argument(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """``python -m offline train [--data DIR_OR_CSV] [--out DIR (default runs/<timestamp>)] [--quick] [--seed N] [--jobs N] [--json]``."""
-    from .cli import add_corpus_arguments
+    from .options import add_corpus_arguments
 
     p = subparsers.add_parser(
         "train", help="train the three models on all readers and export the ONNX bundle",

@@ -14,9 +14,13 @@ transport with blocking sockets::
         c.connect()                     # sends the config, returns the server's ready message
         c.send_audio(pcm_bytes); c.end()
         for msg in c.messages(): ...    # estimates, then {"event": "end", ...}
+
+and :class:`AsyncStream` does the same inside an asyncio loop, where hundreds of streams share one thread
+(``loadtest``, ``soak``); it sends whatever it is given, so a test can send what a good client would not.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -26,7 +30,7 @@ import threading
 from typing import Iterator
 from urllib.parse import urlsplit
 
-__all__ = ["StreamClient", "ServerError", "parse_url", "add_parser"]
+__all__ = ["StreamClient", "AsyncStream", "ServerError", "parse_url", "add_parser"]
 
 
 class ServerError(RuntimeError):
@@ -150,6 +154,81 @@ class StreamClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class AsyncStream:
+    """One connection to the server inside an asyncio loop, raw TCP or WebSocket behind the same calls.
+
+    ``send`` takes audio (bytes) or one text message (str: a JSON config or control message; a line on raw
+    TCP), as given; ``recv`` returns the next message, or None once the connection is closed.
+    """
+
+    def __init__(self, url: str, *, reader=None, writer=None, ws=None):
+        self.url = url
+        self._reader, self._writer, self._ws = reader, writer, ws
+
+    @classmethod
+    async def open(cls, url: str, *, timeout: float = 30.0, ping_interval: float | None = 20.0) -> "AsyncStream":
+        """Connect to ``url`` (tcp://, ws://, wss://) within ``timeout`` seconds. ``ping_interval``: WebSocket
+        keepalive pings (None: none, as the server sends none)."""
+        scheme, host, port, path = parse_url(url)
+        if scheme == "tcp":
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            return cls(url, reader=reader, writer=writer)
+        from websockets.asyncio.client import connect
+
+        ws = await asyncio.wait_for(connect(f"{scheme}://{host}:{port}{path}", compression=None, max_size=2 ** 20,
+                                            open_timeout=timeout, ping_interval=ping_interval), timeout)
+        return cls(url, ws=ws)
+
+    @property
+    def socket(self):
+        """The underlying socket (to reset it, or to name its port in a report)."""
+        transport = self._writer if self._writer is not None else self._ws.transport
+        return transport.get_extra_info("socket")
+
+    async def send(self, data: bytes | str) -> None:
+        if self._writer is not None:
+            self._writer.write(data if isinstance(data, bytes) else data.encode() + b"\n")
+            await self._writer.drain()
+        else:
+            await self._ws.send(data)
+
+    async def send_paced(self, pcm: bytes, chunk_s: float, t0: float, *, paced: bool = True) -> None:
+        """``pcm`` (16 kHz s16le) in ``chunk_s`` messages, the k-th sent at ``t0 + k * chunk_s`` (loop time;
+        at once if not ``paced``) as a live source delivers it, then the end of the audio."""
+        loop = asyncio.get_running_loop()
+        step = int(chunk_s * 16000) * 2
+        for k, i in enumerate(range(0, len(pcm), step)):
+            wait = t0 + (k + 1) * chunk_s - loop.time()
+            if paced and wait > 0:
+                await asyncio.sleep(wait)
+            await self.send(pcm[i:i + step])
+        await self.end()
+
+    async def end(self) -> None:
+        """No more audio (raw TCP: half-close; WebSocket: the end message)."""
+        if self._writer is not None:
+            self._writer.write_eof()
+        else:
+            await self._ws.send('{"event": "end"}')
+
+    async def recv(self) -> dict | None:
+        if self._reader is not None:
+            line = await self._reader.readline()
+            return json.loads(line) if line else None
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            return json.loads(await self._ws.recv())
+        except ConnectionClosed:
+            return None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        else:
+            await self._ws.close()
 
 
 def _summary_line(msg: dict) -> str:

@@ -14,6 +14,7 @@ stream *holds* when it ends without error and its largest lag stays below ``--ma
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["StreamResult", "run_load", "add_parser"]
+__all__ = ["StreamResult", "run_load", "spawn_server", "load_pcm", "default_files", "rss_mb", "add_parser"]
 
 from .audio import data_dir
 
@@ -49,7 +50,7 @@ class StreamResult:
         return self.ended and self.error is None and self.events > 0 and max(self.lags, default=0.0) < max_lag
 
 
-def _load_pcm(files: list[Path], seconds: float) -> list[bytes]:
+def load_pcm(files: list[Path], seconds: float) -> list[bytes]:
     from .audio import float_to_pcm16, load_audio
 
     out = []
@@ -63,70 +64,27 @@ def _load_pcm(files: list[Path], seconds: float) -> list[bytes]:
 
 async def _one_stream(url: str, pcm: bytes, *, chunk_s: float, delay: float, token: str | None,
                       timeout: float) -> StreamResult:
-    from .client import parse_url
+    from .client import AsyncStream
 
     res = StreamResult()
     await asyncio.sleep(delay)
     loop = asyncio.get_running_loop()
-    scheme, host, port, path = parse_url(url)
     config = {"rate": 16000, "encoding": "s16le", "channels": 1}
     if token:
         config["token"] = token
-    step = int(chunk_s * 16000) * 2
-    ws = writer = reader = None
+    stream = None
     try:
-        if scheme == "tcp":
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-            writer.write(json.dumps(config).encode() + b"\n")
-
-            async def recv():
-                line = await reader.readline()
-                return json.loads(line) if line else None
-
-            async def send(b):
-                writer.write(b)
-                await writer.drain()
-
-            async def end():
-                writer.write_eof()
-        else:
-            from websockets.asyncio.client import connect
-            from websockets.exceptions import ConnectionClosed
-
-            ws = await asyncio.wait_for(connect(f"{scheme}://{host}:{port}{path}", compression=None,
-                                                max_size=2 ** 20, open_timeout=timeout), timeout)
-            await ws.send(json.dumps(config))
-
-            async def recv():
-                try:
-                    return json.loads(await ws.recv())
-                except ConnectionClosed:
-                    return None
-
-            async def send(b):
-                await ws.send(b)
-
-            async def end():
-                await ws.send('{"event": "end"}')
-
-        ready = await asyncio.wait_for(recv(), timeout)
+        stream = await AsyncStream.open(url, timeout=timeout)
+        await stream.send(json.dumps(config))
+        ready = await asyncio.wait_for(stream.recv(), timeout)
         if not ready or ready.get("event") != "ready":
             res.error = (ready or {}).get("error", "no ready message")
             return res
         t0 = loop.time()
-
-        async def sender():
-            for k, i in enumerate(range(0, len(pcm), step)):
-                wait = t0 + (k + 1) * chunk_s - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await send(pcm[i:i + step])
-            await end()
-
-        send_task = asyncio.ensure_future(sender())
+        send_task = asyncio.ensure_future(stream.send_paced(pcm, chunk_s, t0))
         try:
             while True:
-                msg = await asyncio.wait_for(recv(), timeout + len(pcm) / 32000)
+                msg = await asyncio.wait_for(stream.recv(), timeout + len(pcm) / 32000)
                 if msg is None:
                     res.error = res.error or "connection closed before the end message"
                     break
@@ -149,10 +107,8 @@ async def _one_stream(url: str, pcm: bytes, *, chunk_s: float, delay: float, tok
     except Exception as exc:  # noqa: BLE001 - a load test reports every failure
         res.error = res.error or f"{type(exc).__name__}: {exc}"
     finally:
-        if ws is not None:
-            await ws.close()
-        if writer is not None:
-            writer.close()
+        if stream is not None:
+            await stream.close()
     return res
 
 
@@ -178,7 +134,7 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     """Resident memory (MB) of a process and its live children."""
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -211,7 +167,7 @@ def spawn_server(server_args: str, *, quiet: bool = True) -> tuple[subprocess.Po
     raise RuntimeError(f"the spawned server did not start: {' '.join(cmd)}")
 
 
-def _default_files(k: int) -> list[Path]:
+def default_files(k: int) -> list[Path]:
     files = sorted(_LIBRISPEECH.glob("*/*/*/*.flac"))
     if not files:
         raise SystemExit(f"no --files given and no LibriSpeech under {_LIBRISPEECH}")
@@ -219,8 +175,8 @@ def _default_files(k: int) -> list[Path]:
 
 
 def _loadtest(args) -> int:
-    files = [Path(f) for f in args.files] if args.files else _default_files(16)
-    pcms = _load_pcm(files, args.seconds)
+    files = [Path(f) for f in args.files] if args.files else default_files(16)
+    pcms = load_pcm(files, args.seconds)
     proc = None
     url = args.url
     if args.spawn:
@@ -239,7 +195,7 @@ def _loadtest(args) -> int:
 
             def sample():
                 while proc is not None and not done.wait(0.5):
-                    peak[0] = max(peak[0], _rss_mb(proc.pid))
+                    peak[0] = max(peak[0], rss_mb(proc.pid))
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
@@ -283,7 +239,7 @@ def _loadtest(args) -> int:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "loadtest", help="how many real-time streams a server holds (N paced clients, lag per estimate)",
-        description=__doc__.split("\n\n", 1)[1], formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default=None, help="ws://HOST:PORT/ or tcp://HOST:PORT of a running server")
     p.add_argument("--spawn", action="store_true", help="start `python -m realtime serve --port 0` as a child")
     p.add_argument("--server-args", default="", metavar="ARGS", help="extra arguments for the spawned server")

@@ -3,7 +3,8 @@
 Every field of :class:`realtime.engine.EngineConfig` is one option; its default is read from the
 dataclass (never repeated here), so a new engine knob appears in every engine-running command
 (``live``, ``stream``, ``classify``, ``segments``, ``serve``, ``bench``) at once. Only the option
-name and its help text live here.
+name and its help text live here. :func:`engine_argv` renders a config back as those options, for the
+child processes a command starts (the benchmark's cold start, peak RSS and load test).
 """
 from __future__ import annotations
 
@@ -54,6 +55,25 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         else:
             kw = {"choices": range(4)} if f.name == "vad_aggressiveness" else {}
             g.add_argument(option, dest=f.name, type=type(default), default=default, metavar=metavar, help=text, **kw)
+
+
+def engine_argv(config: EngineConfig, models: Path | None = None) -> list[str]:
+    """``config`` (and ``models``) as the command-line words :func:`add_engine_arguments` reads back into the
+    same config: the options of :data:`OPTIONS` for the fields that differ from ``EngineConfig()``'s."""
+    out = ["--models", str(models)] if models is not None else []
+    defaults = EngineConfig()
+    for f in dataclasses.fields(EngineConfig):
+        value = getattr(config, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        option = OPTIONS[f.name][0]
+        if isinstance(value, bool):
+            out.append(option if value else "--no-" + option[2:])
+        elif isinstance(value, tuple):
+            out += [option, *map(str, value)]
+        else:
+            out += [option, str(value)]
+    return out
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:

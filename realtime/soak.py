@@ -75,55 +75,6 @@ class _Stats:
         self.churn = {k: 0 for k in KINDS}
 
 
-async def _open(url: str):
-    """(recv, send, end, close) for one connection to ``url`` (tcp:// or ws://)."""
-    from .client import parse_url
-
-    scheme, host, port, path = parse_url(url)
-    if scheme == "tcp":
-        reader, writer = await asyncio.open_connection(host, port)
-
-        async def recv():
-            line = await reader.readline()
-            return json.loads(line) if line else None
-
-        async def send(b):
-            writer.write(b if isinstance(b, bytes) else b.encode() + b"\n")
-            await writer.drain()
-
-        async def end():
-            writer.write_eof()
-
-        def close():
-            writer.close()
-
-        return recv, send, end, close, writer.get_extra_info("socket")
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
-
-    # no keepalive pings (as the server): a pong queued behind audio on a loaded machine would make the
-    # client itself close a healthy stream with 1011 "keepalive ping timeout"
-    ws = await connect(f"{scheme}://{host}:{port}{path}", compression=None, max_size=2 ** 20, open_timeout=30,
-                       ping_interval=None)
-
-    async def recv():
-        try:
-            return json.loads(await ws.recv())
-        except ConnectionClosed:
-            return None
-
-    async def send(b):
-        await ws.send(b)
-
-    async def end():
-        await ws.send('{"event": "end"}')
-
-    def close():
-        asyncio.ensure_future(ws.close())
-
-    return recv, send, end, close, ws.transport.get_extra_info("socket")
-
-
 def _reset(sock) -> None:
     """Vanish: close with RST."""
     try:
@@ -132,31 +83,34 @@ def _reset(sock) -> None:
         pass
 
 
+async def _open(url: str):
+    """A connection for the soak. No keepalive pings (as the server): a pong queued behind audio on a loaded
+    machine would make the client itself close a healthy stream with 1011 "keepalive ping timeout"."""
+    from .client import AsyncStream
+
+    return await AsyncStream.open(url, timeout=30, ping_interval=None)
+
+
+def _close(stream) -> None:
+    """Close without waiting for the closing handshake (the soak goes on meanwhile)."""
+    asyncio.ensure_future(stream.close())
+
+
 async def _good_stream(url: str, pcm: bytes, solo: list[tuple], stats: _Stats, *, token: str,
                        paced: bool = True) -> None:
     loop = asyncio.get_running_loop()
     events, err = [], None
-    close = sock = None
+    stream = None
     try:
-        recv, send, end, close, sock = await asyncio.wait_for(_open(url), 30)
-        await send(json.dumps({"token": token}))
-        ready = await asyncio.wait_for(recv(), 30)
+        stream = await _open(url)
+        await stream.send(json.dumps({"token": token}))
+        ready = await asyncio.wait_for(stream.recv(), 30)
         if not ready or ready.get("event") != "ready":
             raise RuntimeError(f"no ready: {ready}")
-        t0, step = loop.time(), 3200
-
-        async def sender():
-            for k, i in enumerate(range(0, len(pcm), step)):
-                wait = t0 + (k + 1) * 0.1 - loop.time()
-                if paced and wait > 0:
-                    await asyncio.sleep(wait)
-                await send(pcm[i:i + step])
-            await end()
-
-        task = asyncio.ensure_future(sender())
+        task = asyncio.ensure_future(stream.send_paced(pcm, 0.1, loop.time(), paced=paced))
         try:
             while True:
-                msg = await asyncio.wait_for(recv(), 60)
+                msg = await asyncio.wait_for(stream.recv(), 60)
                 if msg is None:
                     raise RuntimeError("closed before the end message")
                 if msg.get("event") is None:
@@ -170,12 +124,12 @@ async def _good_stream(url: str, pcm: bytes, solo: list[tuple], stats: _Stats, *
             await asyncio.gather(task, return_exceptions=True)
     except Exception as exc:  # noqa: BLE001 - a soak test reports every failure
         err = f"{type(exc).__name__}: {exc}"
-        if sock is not None:
+        if stream is not None:
             with contextlib.suppress(Exception):
-                err += f" [{url.split(':')[0]} client port {sock.getsockname()[1]}]"
+                err += f" [{url.split(':')[0]} client port {stream.socket.getsockname()[1]}]"
     finally:
-        if close is not None:
-            close()
+        if stream is not None:
+            _close(stream)
     stats.good_done += 1
     if err is not None:
         stats.good_errors.append(err)
@@ -194,46 +148,46 @@ async def _misbehave(kind: str, ws_url: str, tcp_url: str, pcm: bytes) -> None:
                 _, w = await asyncio.open_connection(host, int(port))
                 w.close()
             return
-        recv, send, end, close, sock = await asyncio.wait_for(_open(url), 30)
+        stream = await _open(url)
         try:
             if kind == "vanish_before_config":
                 if url.startswith("tcp"):
-                    await send(b'{"rate": 16')
-                _reset(sock)
+                    await stream.send(b'{"rate": 16')
+                _reset(stream.socket)
             elif kind == "vanish_after_config":
-                await send(json.dumps({"token": TOKEN}))
-                _reset(sock)
+                await stream.send(json.dumps({"token": TOKEN}))
+                _reset(stream.socket)
             elif kind in ("vanish_after_ready", "vanish_mid_audio"):
-                await send(json.dumps({"token": TOKEN}))
-                await asyncio.wait_for(recv(), 30)
+                await stream.send(json.dumps({"token": TOKEN}))
+                await asyncio.wait_for(stream.recv(), 30)
                 if kind == "vanish_mid_audio":
-                    await send(pcm[: 32000 * 2])
+                    await stream.send(pcm[: 32000 * 2])
                     await asyncio.sleep(random.uniform(0.0, 1.0))
-                _reset(sock)
+                _reset(stream.socket)
             elif kind == "silent":
                 await asyncio.sleep(random.uniform(1, 8))
             elif kind == "trickle":
                 for _ in range(8):
-                    await send(b" ")
+                    await stream.send(b" ")
                     await asyncio.sleep(1.0)
             elif kind == "wrong_token":
-                await send(json.dumps({"token": "guess%d" % random.randrange(10 ** 6)}))
-                await asyncio.wait_for(recv(), 30)
+                await stream.send(json.dumps({"token": "guess%d" % random.randrange(10 ** 6)}))
+                await asyncio.wait_for(stream.recv(), 30)
             elif kind == "bad_config":
-                await send(json.dumps({"rate": 10 ** 3000 if random.random() < 0.5 else "fast", "token": TOKEN}))
-                await asyncio.wait_for(recv(), 30)
+                await stream.send(json.dumps({"rate": 10 ** 3000 if random.random() < 0.5 else "fast", "token": TOKEN}))
+                await asyncio.wait_for(stream.recv(), 30)
             elif kind == "huge_f32":
-                await send(json.dumps({"rate": 44100, "encoding": "f32le", "token": TOKEN}))
-                await asyncio.wait_for(recv(), 30)
-                await send(np.tile(np.array([3e38, -3e38], dtype="<f4"), 22050).tobytes())
-                await asyncio.wait_for(recv(), 30)
+                await stream.send(json.dumps({"rate": 44100, "encoding": "f32le", "token": TOKEN}))
+                await asyncio.wait_for(stream.recv(), 30)
+                await stream.send(np.tile(np.array([3e38, -3e38], dtype="<f4"), 22050).tobytes())
+                await asyncio.wait_for(stream.recv(), 30)
             elif kind == "oversize_frame":
-                await send(json.dumps({"token": TOKEN}))
-                await asyncio.wait_for(recv(), 30)
-                await send(b"\x00" * 400_000)
-                await asyncio.wait_for(recv(), 30)
+                await stream.send(json.dumps({"token": TOKEN}))
+                await asyncio.wait_for(stream.recv(), 30)
+                await stream.send(b"\x00" * 400_000)
+                await asyncio.wait_for(stream.recv(), 30)
         finally:
-            close()
+            _close(stream)
     except Exception:  # noqa: BLE001 - misbehaving clients get refused: that is the point
         pass
 
@@ -335,10 +289,10 @@ def _health(ws_url: str) -> dict:
 
 
 def _run(args) -> int:
-    from .loadtest import _default_files, _load_pcm, _rss_mb
+    from .loadtest import default_files, load_pcm, rss_mb
 
-    files = [Path(f) for f in args.files] if args.files else _default_files(12)
-    pcms = _load_pcm(files, args.seconds)
+    files = [Path(f) for f in args.files] if args.files else default_files(12)
+    pcms = load_pcm(files, args.seconds)
     solos = [_solo(p) for p in pcms]
     server_args = f"--token {TOKEN} " + args.server_args
     if args.server_log:  # the spawned server logs everything (INFO: every connection's end) to this file
@@ -351,7 +305,7 @@ def _run(args) -> int:
     stats = _Stats()
     ok = True
     try:
-        rss = lambda: _rss_mb(proc.pid)  # noqa: E731
+        rss = lambda: rss_mb(proc.pid)  # noqa: E731
         print(f"server pid {proc.pid}: {ws_url} {tcp_url}; RSS at start {rss():.1f} MB", flush=True)
         if args.storm:
             short = pcms[0][: 16000 * 2]  # 1 s, sent at once: many handshakes during the storm

@@ -1,4 +1,5 @@
-"""``python -m realtime bench`` on a few real utterances: the JSON keys are there and the figures are sane.
+"""``python -m realtime bench`` (the live engine alone) and ``python -m offline bench`` (the naive pipeline
+beside it) on a few real utterances: the JSON keys are there and the figures are sane.
 
 No timing thresholds: the machine is shared, so timings are not asserted, only their consistency.
 """
@@ -21,8 +22,8 @@ needs_bundle_and_data = pytest.mark.skipif(
     reason="needs the model bundle in models/ and LibriSpeech under ../shared/data")
 
 
-def _bench(*argv: str, timeout: float = 300) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "realtime", "bench", "--data", str(LIBRISPEECH), "--json", *argv],
+def _bench(*argv: str, package: str = "realtime", timeout: float = 300) -> dict:
+    proc = subprocess.run([sys.executable, "-m", package, "bench", "--data", str(LIBRISPEECH), "--json", *argv],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
@@ -36,7 +37,7 @@ def _positive_pcts(d: dict, keys=("p50", "p95", "p99")) -> None:
 
 @pytest.fixture(scope="module")
 def live_only():
-    return _bench("--files", "3", "--no-baseline", "--cold-runs", "1", "--rss-files", "2", "--save-raw")
+    return _bench("--files", "3", "--cold-runs", "1", "--rss-files", "2", "--save-raw")
 
 
 @needs_bundle_and_data
@@ -47,6 +48,7 @@ def test_json_keys_are_stable(live_only):
         assert key in live_only, key
     assert set(live_only["goals"]) == {"speedup", "per_hop_p99_ms", "rtf", "first_estimate_p50_s", "streams_per_core"}
     assert live_only["baseline_per_window_ms"] == {"p50": None} and live_only["speedup"] is None
+    assert live_only["goals"]["speedup"]["met"] is None and "baseline" not in live_only
     assert live_only["data"]["utterances"] == 3
     assert live_only["command"].startswith("python -m realtime bench")
 
@@ -85,28 +87,38 @@ def test_cold_start_and_rss_subprocesses(live_only):
 
 @needs_bundle_and_data
 def test_one_baseline_window():
-    """The naive pipeline (TensorFlow, librosa, xgboost) on one real window, in a subprocess."""
-    r = _bench("--files", "2", "--baseline-windows", "1", "--cold-runs", "0", "--rss-files", "0", timeout=600)
+    """`python -m offline bench`: the naive pipeline (TensorFlow, librosa, xgboost) on one real window, in the
+    same run as the live engine, and the speedup is the ratio of the two per-window medians."""
+    for extra in ("tensorflow", "librosa", "xgboost"):
+        pytest.importorskip(extra)
+    r = _bench("--files", "2", "--baseline-windows", "1", "--cold-runs", "0", "--rss-files", "0", package="offline",
+               timeout=600)
+    assert r["command"].startswith("python -m offline bench")
     b = r["baseline_per_window_ms"]
     assert b["n"] == 1 and b["p50"] > 0
     assert set(b["parts"]) >= {"features", "cnn1d", "cnn2d", "xgb"}
     assert sum(v["p50"] for v in b["parts"].values()) <= b["p50"] * 1.01
     assert r["speedup"] > 0 and math.isfinite(r["speedup"])
+    assert r["speedup"] == pytest.approx(b["p50"] / r["per_window_ms"]["p50"], rel=1e-3)
+    assert r["goals"]["speedup"]["value"] == pytest.approx(r["speedup"], rel=1e-3)
     x = r["baseline"]["xgboost"]
     assert x["trees"] >= 1 and x["n_estimators"] >= 1
     assert r["cold_start_s"] is None and r["peak_rss_mb"] is None
+    assert r["data"]["utterances"] == 2 and r["per_hop_ms"]["n"] > 0
 
 
 def test_module_import_is_light():
-    code = ("import sys, realtime.bench; "
-            "print([m for m in ('tensorflow', 'keras', 'librosa', 'numba', 'xgboost', 'matplotlib') if m in sys.modules])")
+    """The live benchmark's modules load no training or plotting package, and nothing of offline/."""
+    code = ("import sys, realtime.bench, realtime.bench_live, realtime.bench_probes, realtime.bench_report; "
+            "print([m for m in ('tensorflow', 'keras', 'librosa', 'numba', 'xgboost', 'matplotlib', 'offline') "
+            "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 @needs_bundle_and_data
 def test_plots_are_written(live_only, tmp_path):
-    from realtime.bench import plot
+    from realtime.bench_plot import plot
 
     pytest.importorskip("matplotlib")
     paths = plot(live_only, tmp_path)  # from the saved JSON (--save-raw)
@@ -119,7 +131,7 @@ def _ev(t, label, p=0.7, compute_ms=1.0):
 
 
 def test_decision_times_first_and_stable():
-    from realtime.bench import decision_times
+    from realtime.bench_live import decision_times
 
     events = [{"t": 0.5, "label": "no speech", "p_female": None, "compute_ms": 0.1},
               _ev(1.5, "uncertain", 0.55), _ev(2.0, "male", 0.3), _ev(2.5, "female"), _ev(3.0, "female"),
@@ -134,7 +146,7 @@ def test_decision_times_first_and_stable():
 def test_first_estimate_breakdown_adds_up():
     import numpy as np
 
-    from realtime.bench import first_estimate_breakdown
+    from realtime.bench_live import first_estimate_breakdown
 
     dec = np.zeros(200, dtype=bool)
     dec[10:40] = True   # 0.6 s of speech from 0.2 s
@@ -143,3 +155,29 @@ def test_first_estimate_breakdown_adds_up():
     assert b["speech_needed"] == 1.0
     assert b["pauses"] == pytest.approx(0.4)
     assert b["speech_needed"] + b["pauses"] + b["hop_alignment"] == pytest.approx(1.9)
+
+
+def test_utterances_alternate_readers_and_carry_their_gender():
+    """The benchmark's own reader of the corpus layout: LibriSpeech (genders from SPEAKERS.TXT) and a CSV
+    manifest, female and male readers alternating, by path."""
+    from realtime.bench_live import select_utterances
+
+    from .data import SPEECHOCEAN, gender_of
+
+    utts = select_utterances(LIBRISPEECH, 8)
+    assert [u.gender for u in utts] == ["F", "M"] * 4
+    assert all(u.gender == gender_of(u.path) and u.path.is_file() and u.utt_id == u.path.stem for u in utts)
+    females = [u.path for u in utts if u.gender == "F"]
+    assert females == sorted(females, key=lambda p: p.parts)
+    one_subset = select_utterances(LIBRISPEECH / "train-clean-100", 4)  # its parent holds SPEAKERS.TXT
+    assert [u.gender for u in one_subset] == ["F", "M", "F", "M"]
+    so = select_utterances(SPEECHOCEAN / "manifest.csv", 4)
+    assert [u.gender for u in so] == ["F", "M", "F", "M"] and all(u.path.is_file() for u in so)
+    with pytest.raises(ValueError, match="LibriSpeech root"):
+        select_utterances(LIBRISPEECH / "SPEAKERS.TXT", 4)
+
+
+def test_bad_data_folder_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "realtime", "bench", "--data", str(tmp_path), "--files", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"{tmp_path}: no SPEAKERS.TXT" in proc.stderr, proc.stderr[-500:]
