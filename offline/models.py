@@ -142,3 +142,24 @@ def _cnn1d_temporal(input_shape):
 
 
 BUILDERS = {"cnn1d": build_cnn1d, "cnn2d": build_cnn2d}
+
+
+def logit_model(model):
+    """The same Keras model with its final sigmoid (the ``p_female`` layer) replaced by the identity: it outputs
+    the logit of p_female, as the bundle's ONNX files do. Shares the weights of ``model``."""
+    keras = _keras()
+
+    last = model.get_layer("p_female")
+    dense = keras.layers.Dense(1, activation=None, name="logit")
+    out = dense(last.input)
+    dense.set_weights(last.get_weights())
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, out, name=f"{model.name}_logit")
+
+
+def keras_forward(model, x, batch_size: int = 512):
+    """``model(x)`` in inference mode, batch by batch (eager: no tf.function retracing per new model)."""
+    import numpy as np
+
+    outs = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
