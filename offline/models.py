@@ -1,8 +1,8 @@
 """Keras models of the ensemble, all functional (tf2onnx 1.17 cannot convert Keras 3 Sequential models).
 
 Both CNNs take the per-coefficient *standardised* 40 x 87 MFCC matrix (see ``offline.train``) and output
-one sigmoid unit = p(female). All are small: one window through both ONNX graphs costs ~0.1 ms on one
-thread.
+one sigmoid unit = p(female) (``logit_model``: the same model without it, as exported). All are small
+(parameter counts below; latency: models/MODEL_CARD.md and the README's benchmark).
 
 Variants (``variant=``):
 
@@ -21,10 +21,8 @@ Variants (``variant=``):
   * ``"timepool"`` (release): Conv2D 16 k5 / 16 k3 / 16 k3 with batch-norm and 2x2 pools, then the
     feature map is averaged over time (keeping the cepstral axis), dropout, dense 32 (8k).
 
-Reader-disjoint 5-fold CV on the shared LibriSpeech readers (2 s windows, balanced accuracy, the same
-training recipe for all): temporal beats regularised by +0.9 points clean and +1.4 points at 10 dB SNR,
-timepool beats regularised by +1.4 and +1.6 points, with a quarter of the parameters or fewer
-(numbers in models/MODEL_CARD.md).
+The release variants were chosen on reader-disjoint cross-validation (models/MODEL_CARD.md, "Validation
+used to choose the recipe").
 """
 from __future__ import annotations
 

@@ -21,19 +21,19 @@ Protocol of ``fit_all`` (one call = one trained ensemble):
    kept (per stat name) for the bundle.
 5. Both CNNs (``offline.models``): Adam, binary cross-entropy, ``ReduceLROnPlateau``, ``EarlyStopping``
    with ``restore_best_weights`` and a ``ModelCheckpoint`` of the best epoch, all on the calibration
-   readers' AUC (``monitor``; their loss, dominated by a few confidently misclassified voices, peaked at
-   epoch 1 in most folds).
+   readers' AUC (``monitor``; their loss is dominated by a few confidently misclassified voices).
 6. Ensemble = logistic regression *without intercept* on the three models' logits, fitted on the
    calibration readers' windows (clean and augmented): its weights combine the models and scale the
-   result (Platt calibration). ``p_female = sigmoid(w . logits)``; the bias is stored (0). With an
-   intercept, the bias learnt the quirks of ~40 calibration voices and cost 1.2 points of balanced
-   accuracy at 10 dB SNR in reader-disjoint CV.
+   result (Platt calibration). ``p_female = sigmoid(w . logits)``; the bias is stored (0): a fitted
+   intercept learns the quirks of the few calibration voices (``ensemble_intercept``).
 7. Thresholds: ``label = female if p >= t_f, male if p <= t_m, else uncertain`` with ``t_f = 1 - t_m =
    0.5 + delta``. ``delta`` is the smallest value in 0.10, 0.15, ..., 0.40 for which the calibration
    windows outside the band are at least ``TrainConfig.confident_accuracy`` (98 %) correct; so
    'uncertain' is the low-confidence band in which the calibrated ensemble is wrong too often.
 8. ``refit``: retrain the three models on fit + calibration readers with the number of trees, epochs and
    the learning-rate path found in steps 4-5, keeping the ensemble weights and thresholds of step 6-7.
+
+What each choice was measured to give: models/MODEL_CARD.md ("Validation used to choose the recipe").
 """
 from __future__ import annotations
 
@@ -107,10 +107,10 @@ class TrainConfig:
     nonspeech_music: tuple[str, ...] = ("singularity-music", "drascula-music")  # Debian music packages (if installed)
     file_confident_accuracy: float = 0.985  # decided files of calibration speakers at least this often right,
     file_max_undecided: float = 0.03        # ... with at most this share of them left undecided
-    ensemble_intercept: bool = False       # a fitted bias learnt the calibration readers' quirks: -1.2 pts at 10 dB
+    ensemble_intercept: bool = False       # a fitted bias learns the calibration readers' quirks (model card)
     ensemble_C: float = 1.0
     confident_accuracy: float = 0.98
-    refit: bool = True                     # finally retrain the models on fit + calibration readers (+0.4 clean, +1.1 at 10 dB)
+    refit: bool = True                     # finally retrain the models on fit + calibration readers (step 8)
     # plumbing
     jobs: int = 2
     cache_dir: str | None = ".cache/features"
