@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from realtime.bundle import MODEL_NAMES
 from realtime.logodds import sigmoid
 
 from . import metrics as M
 
-MODELS = ("ensemble", "xgb", "cnn1d", "cnn2d")
-COMPONENTS = ("xgb", "cnn1d", "cnn2d")
+COMPONENTS = MODEL_NAMES
+MODELS = ("ensemble", *COMPONENTS)
 LEVELS = ("window", "utterance", "speaker")   # a file is an utterance; a speaker pools all their windows
 PLOT_LEVELS = ("window", "utterance")
 NOISE_COLORS = ("white", "pink")
