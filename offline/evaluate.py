@@ -217,7 +217,7 @@ def _summaries(per_fold: list[dict]) -> dict:
             for m in MODELS if all(m in f for f in per_fold)}
 
 
-def _single(metrics_per_model: dict) -> dict:
+def _one_run_summary(metrics_per_model: dict) -> dict:
     """Bundle mode: the same {metric: {'mean', 'std', 'folds'}} shape from one evaluation (std undefined)."""
     return _summaries([metrics_per_model])
 
@@ -564,8 +564,8 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
         "bundle": {"format_version": meta.get("format_version"), "created": meta.get("created"),
                    "feature_hash": (meta.get("feature") or {}).get("hash"), "training_data": training},
         "readers_seen_in_training": sorted(seen),
-        "models": _single(_metrics_per_model(clean, thresholds)),
-        "corpora": {c: _single(m) for c, m in _metrics_by_corpus(clean, thresholds).items()},
+        "models": _one_run_summary(_metrics_per_model(clean, thresholds)),
+        "corpora": {c: _one_run_summary(m) for c, m in _metrics_by_corpus(clean, thresholds).items()},
         "pooled": _metrics_per_model(clean, thresholds),
         "per_reader": M.per_reader_accuracy(clean.y, clean.p["ensemble"], clean.reader, clean.utt),
         "noise": {},
@@ -573,8 +573,9 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
     }
     for section, cond in conditions:
         s = scored[cond.name]
-        result[section][cond.name] = {**_condition_entry(cond), "models": _single(_metrics_per_model(s, thresholds)),
-                                      "pooled": _metrics_per_model(s, thresholds)}
+        per_model = _metrics_per_model(s, thresholds)
+        result[section][cond.name] = {**_condition_entry(cond), "models": _one_run_summary(per_model),
+                                      "pooled": per_model}
     return result, scored
 
 

@@ -411,7 +411,7 @@ def _feature_mismatch(stored, stored_hash, definition: FeatureDefinition) -> str
     return f"bundle was trained with feature definition {stored_hash}, this engine computes {definition.hash}{detail}{fix}"
 
 
-class _Single:
+class _WindowBuffers:
     """Pre-allocated single-window buffers bound once to each session (IOBinding); one per thread."""
 
     def __init__(self, bundle: "Bundle"):
@@ -476,7 +476,7 @@ class Bundle:
         self.file_scale = float(fd.get("scale", 1.0))
         self.file_thresholds = {"female": float(fd.get("female", self.thresholds["female"])),
                                 "male": float(fd.get("male", self.thresholds["male"]))}
-        self._setup_single()
+        self._setup_window_buffers()
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
@@ -545,14 +545,14 @@ class Bundle:
         return out
 
     # -- single-window prediction ------------------------------------------------------------------------
-    def _setup_single(self) -> None:
+    def _setup_window_buffers(self) -> None:
         self._local = threading.local()
-        self._single()  # build the calling thread's buffers now, not on the first window
+        self._window_buffers()  # build the calling thread's buffers now, not on the first window
 
-    def _single(self) -> _Single:
+    def _window_buffers(self) -> _WindowBuffers:
         st = getattr(self._local, "state", None)
         if st is None:
-            st = self._local.state = _Single(self)
+            st = self._local.state = _WindowBuffers(self)
         return st
 
     def predict_one(self, stats, mfcc) -> tuple[float, dict[str, float], dict[str, float]]:
@@ -567,7 +567,7 @@ class Bundle:
         m = np.asarray(mfcc, dtype=np.float32)
         if m.shape != self.mfcc_shape:
             raise ValueError(f"mfcc must be {self.mfcc_shape}, got {np.shape(mfcc)}")
-        st = self._single()
+        st = self._window_buffers()
         st.stats[0] = s
         np.subtract(m, self._mean_col, out=st.tmp)
         np.multiply(st.tmp, self._inv_std_col, out=st.mfcc[0])
