@@ -6,7 +6,7 @@ Never used on the live path. All outputs are finite float32 in [-1, 1].
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -215,13 +215,16 @@ def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Augmenter:
-    """Random pitch shift (prob ``p_pitch``), gain, coloured noise (prob ``p_noise``) at an SNR from
-    ``snr_range``, then a capture channel from ``channels`` (prob ``p_channel``). Calling with the same
-    ``rng`` state gives the same output; ``rng_for`` derives a generator from (seed, key, copy) so results
-    do not depend on processing order."""
+class AugmentOptions:
+    """What one augmented copy may go through, and how likely each step is (validated, tuples normalised).
 
-    seed: int = 0
+    Pitch shift of up to ``max_semitones`` (probability ``p_pitch``), or instead with probability ``p_voice``
+    a WORLD re-synthesis (``world_voice``: median F0 moved into ``voice_f0_range``, formants warped by
+    ``1 +- voice_warp``); a gain from ``gain_db_range`` (never clipping); noise of a colour from ``colors``
+    at an SNR from ``snr_range`` (probability ``p_noise``); a capture channel from ``channels``
+    (probability ``p_channel``). Shared by ``Augmenter`` (which draws them) and ``AugmentConfig`` (the
+    training recipe's choice)."""
+
     snr_range: tuple[float, float] = (5.0, 30.0)
     colors: tuple[str, ...] = COLORS
     max_semitones: float = MAX_SEMITONES
@@ -254,6 +257,42 @@ class Augmenter:
         object.__setattr__(self, "snr_range", tuple(map(float, self.snr_range)))
         object.__setattr__(self, "gain_db_range", tuple(map(float, self.gain_db_range)))
         object.__setattr__(self, "voice_f0_range", tuple(map(float, self.voice_f0_range)))
+
+    def options(self) -> dict:
+        """The ``AugmentOptions`` fields only, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(AugmentOptions)}
+
+
+@dataclass(frozen=True)
+class AugmentConfig(AugmentOptions):
+    """The audio augmentation of a training run (``offline.train.TrainConfig.augment``, recorded in bundle.json):
+    ``copies`` augmented versions of every training utterance (0: none), each drawn by ``augmenter(seed)``
+    with these options. Defaults: the release recipe, which also passes a share of the copies through a
+    capture channel (``p_channel``)."""
+
+    p_channel: float = 0.4
+    copies: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.copies, bool) or not isinstance(self.copies, int) or self.copies < 0:
+            raise ValueError(f"copies must be a whole number >= 0, got {self.copies!r}")
+
+    def augmenter(self, seed: int) -> "Augmenter":
+        return Augmenter(seed=seed, **self.options())
+
+    def to_dict(self) -> dict:
+        """Plain JSON (tuples as lists), every field."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Augmenter(AugmentOptions):
+    """One random augmentation per call, with the options of ``AugmentOptions``: pitch shift (or WORLD voice
+    change), gain, noise, then a capture channel. Calling with the same ``rng`` state gives the same output;
+    ``rng_for`` derives a generator from (seed, key, copy) so results do not depend on processing order."""
+
+    seed: int = 0
 
     def to_dict(self) -> dict:
         """Plain-JSON configuration (used in cache keys)."""

@@ -9,7 +9,7 @@ gender, scored per window, per file and per speaker, for every corpus separately
   frequency inside each band follows formants and voice quality rather than pitch) summarised per window
   by mean and std of each band.
 * ``aug:KEY=VALUE,...``: the base vector trained on clean + augmented windows of a ``TrainConfig`` with
-  those overrides (e.g. ``aug:aug_p_voice=0`` against ``aug:aug_p_voice=0.5``), features cached per
+  those overrides (e.g. ``aug:augment.p_voice=0`` against ``aug:augment.p_voice=0.5``), features cached per
   utterance as training caches them.
 
 Only training windows change between arms; every arm is scored on the same clean test windows.
@@ -59,9 +59,9 @@ def ssc_features(utterances, ws, *, window_s: float = 2.0, hop_s: float = 0.5) -
 def _fit_predict(x_fit, y_fit, w_fit, x_test, seed: int, rounds: int = 400) -> np.ndarray:
     import xgboost as xgb
 
-    from .train import _default_xgb_params
+    from .train import TrainConfig
 
-    params = dict(_default_xgb_params(), seed=seed, nthread=2)
+    params = dict(TrainConfig().xgb_params, seed=seed, nthread=2)
     booster = xgb.train(params, xgb.DMatrix(x_fit, label=y_fit, weight=w_fit), num_boost_round=rounds)
     return booster.predict(xgb.DMatrix(x_test))
 
@@ -98,8 +98,8 @@ def run(args) -> int:
         if arm.startswith("aug:"):
             overrides = TrainConfig.parse_overrides([kv for kv in arm[4:].split(",") if kv])
             cfg = TrainConfig(**overrides)
-            augs[arm] = augmented_windows(utts, cfg.augmenter(), cfg.aug_copies, seed=0, cache_dir=cache,
-                                          jobs=args.jobs, progress=not args.no_progress)
+            augs[arm] = augmented_windows(utts, cfg.augment.augmenter(cfg.seed), cfg.augment.copies, seed=0,
+                                          cache_dir=cache, jobs=args.jobs, progress=not args.no_progress)
     folds = reader_folds(utts, k=args.cv, seed=args.seed)
     per_arm: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     for i, (train_r, test_r) in enumerate(folds):

@@ -9,8 +9,8 @@ realtime.engine.Engine, as a live user would, and reports for each engine settin
 * the share of utterances whose live label is right at the end.
 
 Use a bundle trained without the scored readers (e.g. `offline train --data train.csv` on one fold),
-or the figures prove nothing. This is how the engine's defaults were chosen (speech-only buffer,
-1.0 s first window); the numbers are in the README.
+or the figures prove nothing. This is how the engine's defaults (``realtime.engine.EngineConfig``:
+speech-only buffer, ``first_window_s``) were chosen; a run's figures: docs/engine_eval_fold0.json.
 """
 from __future__ import annotations
 

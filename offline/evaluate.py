@@ -37,10 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from realtime.bundle import MODEL_NAMES
+from realtime.logodds import sigmoid
+
 from . import metrics as M
 
-MODELS = ("ensemble", "xgb", "cnn1d", "cnn2d")
-COMPONENTS = ("xgb", "cnn1d", "cnn2d")
+COMPONENTS = MODEL_NAMES
+MODELS = ("ensemble", *COMPONENTS)
 LEVELS = ("window", "utterance", "speaker")   # a file is an utterance; a speaker pools all their windows
 PLOT_LEVELS = ("window", "utterance")
 NOISE_COLORS = ("white", "pink")
@@ -214,7 +217,7 @@ def _summaries(per_fold: list[dict]) -> dict:
             for m in MODELS if all(m in f for f in per_fold)}
 
 
-def _single(metrics_per_model: dict) -> dict:
+def _one_run_summary(metrics_per_model: dict) -> dict:
     """Bundle mode: the same {metric: {'mean', 'std', 'folds'}} shape from one evaluation (std undefined)."""
     return _summaries([metrics_per_model])
 
@@ -249,19 +252,6 @@ def _train_config(quick: bool, **overrides):
     return TrainConfig.quick(**overrides) if quick else TrainConfig(**overrides)
 
 
-def _config_dict(config) -> dict:
-    if hasattr(config, "to_dict"):
-        return M.json_safe(config.to_dict())
-    try:
-        from dataclasses import asdict, is_dataclass
-
-        if is_dataclass(config):
-            return M.json_safe(asdict(config))
-    except Exception:  # pragma: no cover - a config that is not a plain dataclass
-        pass
-    return {"repr": repr(config)}
-
-
 def _thresholds_of(obj) -> dict | None:
     """Decision thresholds of a trained model or bundle if it has any (attribute or meta)."""
     for cand in (getattr(obj, "thresholds", None), (getattr(obj, "meta", None) or {}).get("thresholds")):
@@ -281,7 +271,7 @@ def _score_trained(models, ws) -> dict[str, np.ndarray]:
     ``component_logits``/``combine`` (what ``predict_components`` and ``predict`` are made of)."""
     if hasattr(models, "component_logits") and hasattr(models, "combine"):
         z = models.component_logits(ws)
-        p = {m: _as_float(M.sigmoid(z[m])) for m in COMPONENTS if m in z}
+        p = {m: _as_float(sigmoid(z[m])) for m in COMPONENTS if m in z}
         p["ensemble"] = _as_float(models.combine(z))
         return p
     comps = models.predict_components(ws)
@@ -388,7 +378,7 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
         "folds": k,
         "seed": seed,
         "config": "quick" if quick else "full",
-        "train_config": _config_dict(config),
+        "train_config": config.to_dict(),
         "thresholds": thresholds,
         "models": _summaries(per_fold["clean"]),
         "corpora": {c: _summaries([f[c] for f in per_fold_corpus if c in f]) for c in corpora},
@@ -469,8 +459,10 @@ def _engine_fold(models, utterances, *, fold: int, log=print) -> dict:
     from realtime.bundle import Bundle
     from realtime.engine import Engine, summarise
 
+    from .export import export_bundle
+
     with tempfile.TemporaryDirectory(prefix="voicegender-fold-") as tmp:
-        models.export(tmp)
+        export_bundle(models, tmp)
         bundle = Bundle.load(tmp)
     rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": []}
     engine = Engine(bundle)
@@ -538,21 +530,10 @@ def _bundle_predict(bundle, ws, batch: int = 1024) -> dict[str, np.ndarray]:
 
 
 def _bundle_training_readers(meta: dict) -> set[str]:
-    """Readers the bundle was trained on, if its meta lists them (under any of a few plausible keys)."""
-    found: set[str] = set()
-
-    def walk(obj, depth=0):
-        if depth > 4:
-            return
-        if isinstance(obj, dict):
-            for key, value in obj.items():
-                if key in ("train_readers", "training_readers", "readers_train") and isinstance(value, list):
-                    found.update(map(str, value))
-                else:
-                    walk(value, depth + 1)
-
-    walk(meta)
-    return found
+    """Readers the bundle was trained on, as ``offline.export`` records them (``training.split.train_readers``);
+    none for a bundle that does not record its training split."""
+    split = (meta.get("training") or {}).get("split") or {}
+    return set(map(str, split.get("train_readers") or []))
 
 
 def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bool = False, seed: int = 0,
@@ -583,8 +564,8 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
         "bundle": {"format_version": meta.get("format_version"), "created": meta.get("created"),
                    "feature_hash": (meta.get("feature") or {}).get("hash"), "training_data": training},
         "readers_seen_in_training": sorted(seen),
-        "models": _single(_metrics_per_model(clean, thresholds)),
-        "corpora": {c: _single(m) for c, m in _metrics_by_corpus(clean, thresholds).items()},
+        "models": _one_run_summary(_metrics_per_model(clean, thresholds)),
+        "corpora": {c: _one_run_summary(m) for c, m in _metrics_by_corpus(clean, thresholds).items()},
         "pooled": _metrics_per_model(clean, thresholds),
         "per_reader": M.per_reader_accuracy(clean.y, clean.p["ensemble"], clean.reader, clean.utt),
         "noise": {},
@@ -592,8 +573,9 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
     }
     for section, cond in conditions:
         s = scored[cond.name]
-        result[section][cond.name] = {**_condition_entry(cond), "models": _single(_metrics_per_model(s, thresholds)),
-                                      "pooled": _metrics_per_model(s, thresholds)}
+        per_model = _metrics_per_model(s, thresholds)
+        result[section][cond.name] = {**_condition_entry(cond), "models": _one_run_summary(per_model),
+                                      "pooled": per_model}
     return result, scored
 
 

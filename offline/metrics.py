@@ -4,8 +4,8 @@ Conventions (the same as ``WindowSet``): label 1 = female, 0 = male; ``p`` is p_
 A window or utterance is called female when ``p >= 0.5``.
 
 * Per utterance, the windows of one utterance are pooled by their mean log-odds:
-  ``p_utt = sigmoid(mean(logit(p_window)))`` (probabilities clipped to [1e-6, 1 - 1e-6] first so one
-  saturated window cannot dominate with an infinite log-odds).
+  ``p_utt = sigmoid(mean(logit(p_window)))`` (``realtime.logodds``; probabilities clipped to
+  [EPS, 1 - EPS] = [1e-6, 1 - 1e-6] first so one saturated window cannot dominate with an infinite log-odds).
 * ``balanced_accuracy`` is the mean of the two recalls (female recall = share of female items called
   female, male recall = share of male items called male); a class absent from the labels is left out of
   the mean, and its recall is NaN.
@@ -25,23 +25,13 @@ from pathlib import PurePath
 
 import numpy as np
 
-EPS = 1e-6
-CLASSES = ("female", "male")
+from realtime.logodds import logit, sigmoid
+
+EPS = 1e-6  # window probabilities are clipped to [EPS, 1 - EPS] before their log-odds are pooled
 SCALAR_METRICS = ("balanced_accuracy", "recall_female", "recall_male", "accuracy", "auc")
 
 
 # --- elementary helpers --------------------------------------------------------------------------------
-
-def logit(p, eps: float = EPS) -> np.ndarray:
-    """log(p / (1 - p)) with ``p`` clipped to [eps, 1 - eps]."""
-    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
-    return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(z) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
-
 
 def _check(y, p) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).astype(np.int64).ravel()
@@ -151,7 +141,7 @@ def utterance_scores(y, p, utt, reader=None) -> dict:
     if utt.shape != y.shape:
         raise ValueError("utterance ids and labels differ in length")
     ids, inverse, counts = np.unique(utt, return_inverse=True, return_counts=True)
-    mean_logit = np.bincount(inverse, weights=logit(p), minlength=ids.size) / np.maximum(counts, 1)
+    mean_logit = np.bincount(inverse, weights=logit(p, EPS), minlength=ids.size) / np.maximum(counts, 1)
     first = np.zeros(ids.size, dtype=np.int64)
     first[inverse[::-1]] = np.arange(y.size)[::-1]  # index of each utterance's first window
     y_utt = y[first]

@@ -1,8 +1,8 @@
 """Keras models of the ensemble, all functional (tf2onnx 1.17 cannot convert Keras 3 Sequential models).
 
 Both CNNs take the per-coefficient *standardised* 40 x 87 MFCC matrix (see ``offline.train``) and output
-one sigmoid unit = p(female). All are small: one window through both ONNX graphs costs ~0.1 ms on one
-thread.
+one sigmoid unit = p(female) (``logit_model``: the same model without it, as exported). All are small
+(parameter counts below; latency: models/MODEL_CARD.md and the README's benchmark).
 
 Variants (``variant=``):
 
@@ -21,10 +21,8 @@ Variants (``variant=``):
   * ``"timepool"`` (release): Conv2D 16 k5 / 16 k3 / 16 k3 with batch-norm and 2x2 pools, then the
     feature map is averaged over time (keeping the cepstral axis), dropout, dense 32 (8k).
 
-Reader-disjoint 5-fold CV on the shared LibriSpeech readers (2 s windows, balanced accuracy, the same
-training recipe for all): temporal beats regularised by +0.9 points clean and +1.4 points at 10 dB SNR,
-timepool beats regularised by +1.4 and +1.6 points, with a quarter of the parameters or fewer
-(numbers in models/MODEL_CARD.md).
+The release variants were chosen on reader-disjoint cross-validation (models/MODEL_CARD.md, "Validation
+used to choose the recipe").
 """
 from __future__ import annotations
 
@@ -142,3 +140,24 @@ def _cnn1d_temporal(input_shape):
 
 
 BUILDERS = {"cnn1d": build_cnn1d, "cnn2d": build_cnn2d}
+
+
+def logit_model(model):
+    """The same Keras model with its final sigmoid (the ``p_female`` layer) replaced by the identity: it outputs
+    the logit of p_female, as the bundle's ONNX files do. Shares the weights of ``model``."""
+    keras = _keras()
+
+    last = model.get_layer("p_female")
+    dense = keras.layers.Dense(1, activation=None, name="logit")
+    out = dense(last.input)
+    dense.set_weights(last.get_weights())
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, out, name=f"{model.name}_logit")
+
+
+def keras_forward(model, x, batch_size: int = 512):
+    """``model(x)`` in inference mode, batch by batch (eager: no tf.function retracing per new model)."""
+    import numpy as np
+
+    outs = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)

@@ -6,7 +6,8 @@ Protocol of ``fit_all`` (one call = one trained ensemble):
    (20 %, ``TrainConfig.calib_fraction``). No window of a calibration reader is used to fit a model
    (until the optional final refit, step 8).
 2. Augmentation. Audio domain, when the utterances are given (``train_utterances``): every utterance is
-   also decoded ``aug_copies`` (2) times through ``offline.augment.Augmenter`` (coloured noise
+   also decoded ``TrainConfig.augment.copies`` (2) times through ``offline.augment.Augmenter`` with the
+   options of ``TrainConfig.augment`` (``offline.augment.AugmentConfig``; by default coloured noise
    white/pink/brown at 5-30 dB SNR with p=0.8, pitch shift up to +-1 semitone with p=0.5, gain +-6 dB, and
    with p=0.4 a capture channel: an 8 or 11.025 kHz source, a telephone line, MP3 or Opus at a low bitrate) and
    its windows' features are computed exactly as the live engine computes them. They are cached per
@@ -20,19 +21,19 @@ Protocol of ``fit_all`` (one call = one trained ensemble):
    kept (per stat name) for the bundle.
 5. Both CNNs (``offline.models``): Adam, binary cross-entropy, ``ReduceLROnPlateau``, ``EarlyStopping``
    with ``restore_best_weights`` and a ``ModelCheckpoint`` of the best epoch, all on the calibration
-   readers' AUC (``monitor``; their loss, dominated by a few confidently misclassified voices, peaked at
-   epoch 1 in most folds).
+   readers' AUC (``monitor``; their loss is dominated by a few confidently misclassified voices).
 6. Ensemble = logistic regression *without intercept* on the three models' logits, fitted on the
    calibration readers' windows (clean and augmented): its weights combine the models and scale the
-   result (Platt calibration). ``p_female = sigmoid(w . logits)``; the bias is stored (0). With an
-   intercept, the bias learnt the quirks of ~40 calibration voices and cost 1.2 points of balanced
-   accuracy at 10 dB SNR in reader-disjoint CV.
+   result (Platt calibration). ``p_female = sigmoid(w . logits)``; the bias is stored (0): a fitted
+   intercept learns the quirks of the few calibration voices (``ensemble_intercept``).
 7. Thresholds: ``label = female if p >= t_f, male if p <= t_m, else uncertain`` with ``t_f = 1 - t_m =
    0.5 + delta``. ``delta`` is the smallest value in 0.10, 0.15, ..., 0.40 for which the calibration
    windows outside the band are at least ``TrainConfig.confident_accuracy`` (98 %) correct; so
    'uncertain' is the low-confidence band in which the calibrated ensemble is wrong too often.
 8. ``refit``: retrain the three models on fit + calibration readers with the number of trees, epochs and
    the learning-rate path found in steps 4-5, keeping the ensemble weights and thresholds of step 6-7.
+
+What each choice was measured to give: models/MODEL_CARD.md ("Validation used to choose the recipe").
 """
 from __future__ import annotations
 
@@ -44,20 +45,20 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from realtime.features import DEFAULT, FeatureDefinition
+from realtime.bundle import MODEL_NAMES, P_CLIP
+from realtime.features import DEFAULT, FeatureDefinition, dct_matrix, hz_to_mel, mel_to_hz
+from realtime.logodds import logit, sigmoid
 
-from .augment import Augmenter
+from .augment import AugmentConfig, Augmenter
 from .dataset import WindowSet, cache_file, extract_corpus
-
-MODEL_NAMES = ("xgb", "cnn1d", "cnn2d")
-P_CLIP = 1e-6  # component probabilities are clipped to [P_CLIP, 1 - P_CLIP] before their logit
+from .models import keras_forward
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -74,17 +75,9 @@ class TrainConfig:
 
     seed: int = 0
     calib_fraction: float = 0.2           # share of training readers (per gender) held out for calibration
-    # augmentation
-    aug_copies: int = 2                    # augmented copies of every training utterance (0: none)
-    aug_snr_range: tuple[float, float] = (5.0, 30.0)
-    aug_p_noise: float = 0.8
-    aug_p_pitch: float = 0.5
-    aug_max_semitones: float = 1.0
-    aug_gain_db: tuple[float, float] = (-6.0, 6.0)
-    aug_p_channel: float = 0.4             # share of augmented copies through a capture channel (8k/11k/telephone/
-                                           # mp3/opus; CV: 8 kHz source 67 -> 94 %, telephone 73 -> 93 %)
-    aug_p_voice: float = 0.0               # share of augmented copies re-synthesised with pitch and formants moved
-                                           # independently (offline.augment.world_voice)
+    # audio augmentation of the training utterances: copies and the Augmenter's options (offline.augment)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # on-the-fly MFCC augmentation for the CNNs (MfccAugment)
     channel_db: float = 6.0                # on-the-fly random channel EQ for the CNNs (0: off)
     time_masks: int = 1                    # on-the-fly time masks per window for the CNNs (0: off)
     warp: float = 0.0                      # on-the-fly frequency warping 1 +- warp for the CNNs (0: off)
@@ -114,70 +107,86 @@ class TrainConfig:
     nonspeech_music: tuple[str, ...] = ("singularity-music", "drascula-music")  # Debian music packages (if installed)
     file_confident_accuracy: float = 0.985  # decided files of calibration speakers at least this often right,
     file_max_undecided: float = 0.03        # ... with at most this share of them left undecided
-    ensemble_intercept: bool = False       # a fitted bias learnt the calibration readers' quirks: -1.2 pts at 10 dB
+    ensemble_intercept: bool = False       # a fitted bias learns the calibration readers' quirks (model card)
     ensemble_C: float = 1.0
     confident_accuracy: float = 0.98
-    refit: bool = True                     # finally retrain the models on fit + calibration readers (+0.4 clean, +1.1 at 10 dB)
+    refit: bool = True                     # finally retrain the models on fit + calibration readers (step 8)
     # plumbing
     jobs: int = 2
     cache_dir: str | None = ".cache/features"
     threads: int = 2                       # TensorFlow / XGBoost threads
 
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):  # e.g. {'p_channel': 0.3} from --set augment.p_channel=0.3
+            self.augment = AugmentConfig(**self.augment)
+        elif not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"augment must be an AugmentConfig or a dict of its fields, got {self.augment!r}")
+
     @classmethod
     def quick(cls, **overrides) -> "TrainConfig":
-        """A tiny run for tests and CI: one augmented copy, two epochs, few trees."""
-        base = dict(aug_copies=1, epochs=2, patience=1, xgb_rounds=60, xgb_early_stopping=10, batch_size=64,
+        """A tiny run for tests and CI: one augmented copy, two epochs, few trees. ``augment`` given as a dict
+        changes only those fields of the quick run's augmentation."""
+        base = dict(epochs=2, patience=1, xgb_rounds=60, xgb_early_stopping=10, batch_size=64,
                     nonspeech_per_kind=6, nonspeech_music=())
-        base.update(overrides)
-        return cls(**base)
+        augment = {"copies": 1}
+        if isinstance(overrides.get("augment"), dict):
+            augment.update(overrides.pop("augment"))
+        return cls(**{**base, "augment": augment, **overrides})
 
     @classmethod
     def parse_overrides(cls, items: list[str] | None) -> dict:
-        """``['aug_p_channel=0.3', 'epochs=10']`` -> typed overrides; each value is parsed as JSON when it
-        can be (numbers, lists, true/false), as a string otherwise. Unknown keys are an error."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        out = {}
+        """``['augment.p_channel=0.3', 'epochs=10']`` -> typed overrides ``{'augment': {'p_channel': 0.3},
+        'epochs': 10}``; each value is parsed as JSON when it can be (numbers, lists, true/false), as a string
+        otherwise. A key is a TrainConfig field, or ``augment.FIELD`` for a field of ``AugmentConfig``.
+        Unknown keys are an error."""
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "augment"]
+        nested = [f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig)]
+        out: dict = {}
         for item in items or []:
             key, sep, text = item.partition("=")
             key = key.strip()
-            if not sep or key not in fields:
+            if not sep or key not in known + nested:
                 raise ValueError(f"--set expects KEY=VALUE with KEY a TrainConfig field, got {item!r} "
-                                 f"(fields: {', '.join(sorted(fields))})")
+                                 f"(fields: {', '.join(sorted(known + nested))})")
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
                 value = text
-            out[key] = tuple(value) if isinstance(value, list) else value
+            value = tuple(value) if isinstance(value, list) else value
+            if key.startswith("augment."):
+                out.setdefault("augment", {})[key.removeprefix("augment.")] = value
+            else:
+                out[key] = value
         return out
 
-    def augmenter(self) -> Augmenter:
-        return Augmenter(seed=self.seed, snr_range=tuple(self.aug_snr_range), p_noise=self.aug_p_noise,
-                         p_pitch=self.aug_p_pitch, max_semitones=self.aug_max_semitones,
-                         gain_db_range=tuple(self.aug_gain_db), p_channel=self.aug_p_channel,
-                         p_voice=self.aug_p_voice)
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from its ``to_dict`` (bundle.json's ``training.config``, a run's JSON), also from the flat
+        layout of records written before the augmentation was nested (``aug_copies``, ``aug_p_channel``, ...)."""
+        d = dict(d)
+        augment = dict(d.pop("augment", None) or {})
+        for old, new in _FLAT_AUGMENT_KEYS.items():
+            if old in d:
+                augment[new] = d.pop(old)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"not TrainConfig fields: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}, augment=augment)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """Plain JSON (tuples as lists), the augmentation nested under ``augment``."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "augment"}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {**d, "augment": self.augment.to_dict()}
+
+
+# records written before TrainConfig.augment existed: their flat key -> the AugmentConfig field
+_FLAT_AUGMENT_KEYS = {"aug_copies": "copies", "aug_snr_range": "snr_range", "aug_p_noise": "p_noise",
+                      "aug_p_pitch": "p_pitch", "aug_max_semitones": "max_semitones", "aug_gain_db": "gain_db_range",
+                      "aug_p_channel": "p_channel", "aug_p_voice": "p_voice"}
 
 
 # --- small helpers -----------------------------------------------------------------------------------
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), P_CLIP, 1.0 - P_CLIP)
-    return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def keras_forward(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """``model(x)`` in inference mode, batch by batch (eager: no tf.function retracing per new model)."""
-    outs = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
-
 
 def reader_gender_map(ws: WindowSet) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -274,10 +283,7 @@ class MfccAugment:
 
     def __init__(self, definition: FeatureDefinition, mean: np.ndarray, std: np.ndarray, *, channel_db: float = 6.0,
                  warp: float = 0.0, mix_p: float = 0.0, time_masks: int = 1, mask_frames: int = 10):
-        from realtime.features import FeatureExtractor, _hz_to_mel, _mel_to_hz
-
-        fe = FeatureExtractor(definition)
-        self.dct = fe._dct.astype(np.float32)  # (n_mfcc, n_mels)
+        self.dct = dct_matrix(definition)  # (n_mfcc, n_mels)
         n_mels = self.dct.shape[1]
         t = (np.arange(n_mels) + 0.5) / n_mels
         self.basis = np.stack([np.cos(np.pi * k * t) for k in range(1, 5)]).astype(np.float32)  # (4, n_mels)
@@ -287,12 +293,12 @@ class MfccAugment:
         self.time_masks, self.mask_frames = time_masks, mask_frames
         # warp matrices W_a (n_mels, n_mels) for a grid of factors: band b takes the value of frequency f_b / a
         self.alphas = np.linspace(1.0 - warp, 1.0 + warp, 17) if warp > 0 else np.ones(1)
-        mel_pts = np.linspace(_hz_to_mel(definition.fmin), _hz_to_mel(definition.fmax), n_mels + 2)
-        centers_hz = _mel_to_hz(mel_pts[1:-1])
+        mel_pts = np.linspace(hz_to_mel(definition.fmin), hz_to_mel(definition.fmax), n_mels + 2)
+        centers_hz = mel_to_hz(mel_pts[1:-1])
         centers_mel = mel_pts[1:-1]
         mats = []
         for a in self.alphas:
-            src = np.clip(_hz_to_mel(centers_hz / a), centers_mel[0], centers_mel[-1])
+            src = np.clip(hz_to_mel(centers_hz / a), centers_mel[0], centers_mel[-1])
             pos = np.interp(src, centers_mel, np.arange(n_mels))
             lo = np.floor(pos).astype(int)
             hi = np.minimum(lo + 1, n_mels - 1)
@@ -407,7 +413,7 @@ class TrainedModels:
     def logit_model(self, name: str):
         """The CNN ``name`` with its sigmoid removed (what the ONNX file holds)."""
         if name not in self._logit_models:
-            from .export import logit_model
+            from .models import logit_model
 
             self._logit_models[name] = logit_model(getattr(self, name))
         return self._logit_models[name]
@@ -417,7 +423,7 @@ class TrainedModels:
         import xgboost as xgb
 
         p_xgb = self.xgb.predict(xgb.DMatrix(np.asarray(ws.stats, dtype=np.float32)))
-        out = {"xgb": logit(p_xgb)}
+        out = {"xgb": logit(p_xgb, P_CLIP)}
         x = self.normalise_mfcc(ws.mfcc)
         for name in ("cnn1d", "cnn2d"):
             out[name] = keras_forward(self.logit_model(name), x, batch_size).astype(np.float64).reshape(-1)
@@ -439,12 +445,6 @@ class TrainedModels:
     def label(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p)
         return np.where(p >= self.thresholds["female"], "female", np.where(p <= self.thresholds["male"], "male", "uncertain"))
-
-    def export(self, out_dir, *, metrics: dict | None = None, data_summary: dict | None = None) -> Path:
-        """Write xgb.onnx, cnn1d.onnx, cnn2d.onnx and bundle.json into ``out_dir`` (see offline.export)."""
-        from .export import export_bundle
-
-        return export_bundle(self, out_dir, metrics=metrics, data_summary=data_summary)
 
 
 # --- fitting -----------------------------------------------------------------------------------------
@@ -580,10 +580,10 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
     """
     from sklearn.linear_model import LogisticRegression
 
-    from .metrics import logit, utterance_scores
+    from .metrics import EPS, utterance_scores
 
     u = utterance_scores(y, p, utt, reader)
-    z = logit(u["p"])
+    z = logit(u["p"], EPS)
     _, inv, counts = np.unique(u["reader"], return_inverse=True, return_counts=True)
     w = 1.0 / counts[inv.reshape(-1)]
     if len(np.unique(u["y"])) < 2:
@@ -699,16 +699,16 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
     fit = train.subset(np.isin(train.reader, sorted(fit_readers)))
     cal = train.subset(np.isin(train.reader, sorted(cal_readers)))
     fit_clean, n_cal_clean = fit, len(cal)
-    if (augmented is not None or train_utterances is not None) and config.aug_copies > 0:
+    if (augmented is not None or train_utterances is not None) and config.augment.copies > 0:
         t0 = time.perf_counter()
         if augmented is not None:
             aug = augmented
         else:
             used = set(map(str, np.unique(train.utt)))
             utts = [u for u in train_utterances if u.utt_id in used]
-            aug = augmented_windows(utts, config.augmenter(), config.aug_copies, seed=config.seed,
-                                    definition=definition, cache_dir=config.cache_dir, jobs=config.jobs,
-                                    progress=progress)
+            aug = augmented_windows(utts, config.augment.augmenter(config.seed), config.augment.copies,
+                                    seed=config.seed, definition=definition, cache_dir=config.cache_dir,
+                                    jobs=config.jobs, progress=progress)
         aug_fit = aug.subset(np.isin(aug.reader, sorted(fit_readers)))
         aug_cal = aug.subset(np.isin(aug.reader, sorted(cal_readers)))
         fit = WindowSet.concat([fit, aug_fit])
@@ -771,7 +771,7 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
 
         t0 = time.perf_counter()
         neg, neg_group, neg_info = nonspeech if nonspeech is not None else training_negatives(
-            definition=definition, augmenter=config.augmenter(), seed=config.seed,
+            definition=definition, augmenter=config.augment.augmenter(config.seed), seed=config.seed,
             n_per_kind=config.nonspeech_per_kind, music=tuple(config.nonspeech_music), cache_dir=config.cache_dir,
             progress=progress)
         trained.speech_model, trained.speech_threshold, trained.speech_info = fit_speech_model(
@@ -820,7 +820,8 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
 def add_recipe_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the training recipe (offline.train.TrainConfig), repeatable, "
-                        "e.g. --set aug_p_channel=0 --set epochs=10")
+                        "e.g. --set augment.p_channel=0 --set epochs=10 (augment.FIELD: a field of "
+                        "offline.augment.AugmentConfig)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -879,7 +880,9 @@ def run_train(args: argparse.Namespace) -> int:
     summary_data = data_summary(ws, utterances)
     summary_data["source"] = " + ".join(sorted({u.corpus for u in utterances}))
     summary_data["corpora"] = corpus_summary(utterances)
-    out = trained.export(args.out if args.out is not None else default_run_dir(), data_summary=summary_data)
+    from .export import export_bundle
+
+    out = export_bundle(trained, args.out if args.out is not None else default_run_dir(), data_summary=summary_data)
     summary = {"out": str(out), "data": summary_data, "features_s": round(t_feat, 1),
                "timings": trained.history["timings"], "total_s": round(time.perf_counter() - t0, 1),
                "weights": dict(zip(MODEL_NAMES, np.round(trained.weights, 4).tolist())),

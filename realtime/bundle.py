@@ -1,14 +1,19 @@
-"""The model bundle of the live engine: three ONNX models, their calibrated ensemble and its checks.
+"""The model bundle of the live engine: its format, its three ONNX models, their calibrated ensemble, its checks.
 
 A bundle is a folder (``models/`` in the repository, written by ``python -m offline train``) with
-``xgb.onnx``, ``cnn1d.onnx``, ``cnn2d.onnx`` and ``bundle.json``. ``Bundle.load`` refuses, with a
-``BundleError`` that says why, a bundle whose files are missing, whose JSON is broken, whose model
-files do not match their recorded sha256, or whose feature definition differs from the one this
-engine computes (``realtime.features.DEFAULT``): a model is only valid on the exact features it was
-trained on.
+``xgb.onnx``, ``cnn1d.onnx``, ``cnn2d.onnx`` (``MODEL_FILES``), optionally ``speech.onnx``, and
+``bundle.json``. This module owns the format: the format name and version, the model names and file
+names, the sections (``SECTIONS`` required, ``OPTIONAL_SECTIONS``: ``speech``, ``file_decision``), the
+clip constants, ``bundle_meta`` (the one function that builds a bundle.json dict, used by
+``offline.export``) and ``check_meta`` (its validation, shared by ``bundle_meta`` and ``Bundle.load``).
 
-Live path: imports numpy, onnxruntime, json and hashlib only (plus realtime.features for the
-definition); never TensorFlow, XGBoost or librosa. Each model gets its own one-thread onnxruntime
+``Bundle.load`` refuses, with a ``BundleError`` that says why, a bundle whose files are missing, whose
+JSON is broken, whose model files do not match their recorded sha256, or whose feature definition differs
+from the one this engine computes (``realtime.features.DEFAULT``): a model is only valid on the exact
+features it was trained on.
+
+Live path: imports numpy, onnxruntime, json and hashlib only (plus realtime.features for the definition and
+realtime.logodds); never TensorFlow, XGBoost or librosa. Each model gets its own one-thread onnxruntime
 session.
 
     bundle = Bundle.load()                       # models/ of the repository
@@ -30,16 +35,22 @@ import numpy as np
 import onnxruntime as ort
 
 from .features import DEFAULT, FeatureDefinition
+from .logodds import logit, sigmoid
 
-__all__ = ["Bundle", "BundleError", "DEFAULT_MODELS_DIR", "MODEL_NAMES", "SUPPORTED_VERSIONS", "bundle_digest", "seal",
-           "seal_file"]
+__all__ = ["BUNDLE_FILE", "BUNDLE_FORMAT", "DEFAULT_MODELS_DIR", "FILE_P_CLIP", "FORMAT_VERSION", "MODEL_FILES",
+           "MODEL_NAMES", "P_CLIP", "SPEECH_MODEL", "SUPPORTED_VERSIONS", "Bundle", "BundleError", "bundle_digest",
+           "bundle_meta", "check_meta", "model_entry", "onnx_session", "seal", "seal_file", "sha256_file", "write_meta"]
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "voicegender-bundle"
-SUPPORTED_VERSIONS = (1,)
-MODEL_NAMES = ("xgb", "cnn1d", "cnn2d")
+FORMAT_VERSION = 1                      # what offline.export writes
+SUPPORTED_VERSIONS = (FORMAT_VERSION,)  # what Bundle.load reads
+MODEL_NAMES = ("xgb", "cnn1d", "cnn2d")  # the ensemble's models, in ensemble.order
 SPEECH_MODEL = "speech"  # optional: XGBoost speech / non-speech on the stats vector
-LABELS = ("female", "male", "uncertain")
+MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx", SPEECH_MODEL: "speech.onnx"}
+P_CLIP = 1e-6       # ensemble.p_clip: xgb's probability is clipped to [P_CLIP, 1 - P_CLIP] before its logit
+FILE_P_CLIP = 1e-4  # a file verdict clips each window's p_female to [FILE_P_CLIP, 1 - FILE_P_CLIP] before its logit
 
 
 class BundleError(ValueError):
@@ -55,16 +66,8 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _sigmoid(z):
-    z = np.asarray(z, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def _sigmoid1(z: float) -> float:
-    return 0.5 * (1.0 + math.tanh(0.5 * z))
-
-
-def _session(path: Path) -> ort.InferenceSession:
+def onnx_session(path: str | Path) -> ort.InferenceSession:
+    """The onnxruntime session of one model file as the engine runs it: CPU, one thread, all graph optimisations."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
@@ -73,9 +76,8 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def _verified_session(path: Path, jpath: Path, field: str, m) -> ort.InferenceSession:
-    """The onnxruntime session of one model entry ({file, sha256, input, output}) after checking its file."""
-    if not isinstance(m, dict) or not {"file", "sha256", "input", "output"} <= set(m):
-        raise BundleError(f"{jpath}: {field} must give file, sha256, input and output")
+    """The onnxruntime session of one model entry ({file, sha256, input, output}, checked by ``check_meta``)
+    after checking its file."""
     fpath = path / str(m["file"])
     if Path(str(m["file"])).name != m["file"]:
         raise BundleError(f"{jpath}: model file name {m['file']!r} must be a plain file name")
@@ -86,7 +88,7 @@ def _verified_session(path: Path, jpath: Path, field: str, m) -> ort.InferenceSe
         raise BundleError(f"{fpath.name}: sha256 {digest[:16]}... does not match bundle.json "
                           f"({str(m['sha256'])[:16]}...): the file was modified or corrupted")
     try:
-        sess = _session(fpath)
+        sess = onnx_session(fpath)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise BundleError(f"{fpath.name}: onnxruntime cannot load it ({exc})") from exc
     ins = [i.name for i in sess.get_inputs()]
@@ -219,6 +221,8 @@ def _check_thresholds(meta: dict, fdef: FeatureDefinition) -> None:
 
 SECTIONS = (("feature", _check_feature), ("normalisation", _check_normalisation), ("models", _check_models),
             ("ensemble", _check_ensemble), ("thresholds", _check_thresholds))
+
+
 def _check_speech(meta: dict, fdef: FeatureDefinition) -> None:
     sp = meta["speech"]
     _check_model_entry("speech", sp, extra=("threshold",))
@@ -234,7 +238,99 @@ def _check_file_decision(meta: dict, fdef: FeatureDefinition) -> None:
 
 
 # (name, check) of sections an older bundle may lack: the speech check and the file-level decision
-OPTIONAL_SECTIONS: tuple = (("speech", _check_speech), ("file_decision", _check_file_decision))
+OPTIONAL_SECTIONS: tuple = ((SPEECH_MODEL, _check_speech), ("file_decision", _check_file_decision))
+# keys that must be present before the sections are checked (the rest of each section is checked by its function)
+REQUIRED_KEYS = ("feature.definition", "feature.hash", "feature.stat_names", "normalisation.mfcc_mean",
+                 "normalisation.mfcc_std", "ensemble.weights", "ensemble.bias", "thresholds.female", "thresholds.male",
+                 "models")
+
+
+def check_meta(meta, definition: FeatureDefinition = DEFAULT, *, where: str | Path = BUNDLE_FILE) -> FeatureDefinition:
+    """Validate a bundle.json dict for an engine computing ``definition`` features; returns the bundle's feature
+    definition. Raises BundleError (``where`` names the file) for: not an object; another format or an
+    unsupported format version; a missing required key; a bundle trained on another feature definition; any
+    impossible number or name of a section (``SECTIONS``, and ``OPTIONAL_SECTIONS`` when present). The digest
+    and the model files are ``Bundle.load``'s to check."""
+    if not isinstance(meta, dict):
+        raise BundleError(f"{where}: expected a JSON object")
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{where}: format is {meta.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    if meta.get("format_version") not in SUPPORTED_VERSIONS:
+        raise BundleError(f"{where}: format_version {meta.get('format_version')!r} not supported "
+                          f"(this engine reads {list(SUPPORTED_VERSIONS)})")
+    for key in REQUIRED_KEYS:
+        _require(meta, key)
+
+    # feature definition: hash and full dict must both equal this engine's
+    stored, stored_hash = meta["feature"]["definition"], meta["feature"]["hash"]
+    if stored_hash != definition.hash or stored != definition.to_dict():
+        raise BundleError(_feature_mismatch(stored, stored_hash, definition))
+    try:
+        fdef = FeatureDefinition.from_dict(stored)
+    except TypeError as exc:
+        raise BundleError(f"{where}: bad feature definition ({exc})") from exc
+
+    # every number and name, section by section
+    for section, check in SECTIONS:
+        check(meta, fdef)
+    for section, check in OPTIONAL_SECTIONS:
+        if section in meta:
+            check(meta, fdef)
+    return fdef
+
+
+# -- building bundle.json (offline.export fills it in) ------------------------------------------------------
+def model_entry(folder: str | Path, name: str, *, input: str, output: str, **records) -> dict:
+    """bundle.json's entry for the model file ``MODEL_FILES[name]`` already written into ``folder``: its file
+    name, input and output names, sha256 and size, plus ``records`` (e.g. ``export_check``, ``threshold``)."""
+    path = Path(folder) / MODEL_FILES[name]
+    return {"file": path.name, "input": input, "output": output, **records, "sha256": sha256_file(path),
+            "bytes": path.stat().st_size}
+
+
+def bundle_meta(*, definition: FeatureDefinition, stat_names, mfcc_mean, mfcc_std, models: dict, weights,
+                bias: float, thresholds: dict, p_clip: float = P_CLIP, speech: dict | None = None,
+                file_decision: dict | None = None, training=None, metrics=None, versions=None,
+                created: str | None = None) -> dict:
+    """The content of bundle.json in this module's schema, checked as ``Bundle.load`` checks it (``check_meta``);
+    not yet sealed (``write_meta`` seals and writes it).
+
+    ``models``: {name: ``model_entry``} for each of ``MODEL_NAMES``; ``weights``: the ensemble's, in
+    ``MODEL_NAMES`` order; ``thresholds``: {'female', 'male'}; ``speech`` (optional): the speech check's
+    ``model_entry`` with its ``threshold``; ``file_decision`` (optional): {'scale', 'female', 'male', ...};
+    ``training``, ``metrics``, ``versions``: records, stored as given; ``created``: default now (UTC).
+    """
+    from datetime import datetime, timezone
+
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "feature": {"definition": definition.to_dict(), "hash": definition.hash, "stat_names": list(stat_names)},
+        "normalisation": {"mfcc_mean": np.asarray(mfcc_mean, dtype=np.float64).tolist(),
+                          "mfcc_std": np.asarray(mfcc_std, dtype=np.float64).tolist(),
+                          "rule": "mfcc_in = (mfcc - mean[:, None]) / std[:, None], per MFCC coefficient; "
+                                  "stats go to xgb unscaled"},
+        "models": models,
+        "ensemble": {"order": list(MODEL_NAMES), "weights": [float(w) for w in weights], "bias": float(bias),
+                     "p_clip": p_clip,
+                     "rule": "p_female = sigmoid(bias + sum_i weights[i] * logit_i); logit_xgb = "
+                             "logit(clip(p_xgb, p_clip, 1 - p_clip)), logit_cnn = the model output"},
+        "thresholds": {"female": float(thresholds["female"]), "male": float(thresholds["male"]),
+                       "rule": "female if p_female >= female; male if p_female <= male; else uncertain"},
+        "training": training,
+        "metrics": metrics,
+        "versions": versions,
+    }
+    if speech is not None:
+        meta[SPEECH_MODEL] = {**speech, "rule": "a window is speech if probabilities[:, 1] >= threshold; other "
+                                                "windows get no gender"}
+    if file_decision:
+        meta["file_decision"] = {**file_decision,
+                                 "rule": "p_file = sigmoid(scale * mean of the file's window logits); female if "
+                                         "p_file >= female, male if p_file <= male, else uncertain"}
+    check_meta(meta, definition)
+    return meta
 
 
 # -- the digest over bundle.json ----------------------------------------------------------------------------
@@ -256,16 +352,21 @@ def seal(meta: dict) -> dict:
                                  "covers": "this file without this key, as JSON with sorted keys and no whitespace"}}
 
 
+def write_meta(folder: str | Path, meta: dict) -> Path:
+    """Seal ``meta`` (plain JSON values; NaN is refused) and write it as ``folder/bundle.json``, atomically."""
+    jpath = Path(folder) / BUNDLE_FILE
+    tmp = jpath.with_name(f".{BUNDLE_FILE}.tmp")
+    tmp.write_text(json.dumps(seal(meta), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, jpath)
+    return jpath
+
+
 def seal_file(folder: str | Path) -> str:
     """Add (or renew) the digest of ``folder/bundle.json`` in place; returns it. For bundles exported before
     digests existed, or after a deliberate edit: ``python -m realtime.bundle seal models/``."""
-    jpath = Path(folder) / "bundle.json"
-    meta = json.loads(jpath.read_text(encoding="utf-8"))
-    sealed = seal(meta)
-    tmp = jpath.with_name(".bundle.json.tmp")
-    tmp.write_text(json.dumps(sealed, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, jpath)
-    return sealed[DIGEST_KEY]["sha256"]
+    meta = json.loads((Path(folder) / BUNDLE_FILE).read_text(encoding="utf-8"))
+    write_meta(folder, meta)
+    return bundle_digest(meta)
 
 
 def _check_digest(meta: dict, jpath: Path) -> bool:
@@ -310,7 +411,7 @@ def _feature_mismatch(stored, stored_hash, definition: FeatureDefinition) -> str
     return f"bundle was trained with feature definition {stored_hash}, this engine computes {definition.hash}{detail}{fix}"
 
 
-class _Single:
+class _WindowBuffers:
     """Pre-allocated single-window buffers bound once to each session (IOBinding); one per thread."""
 
     def __init__(self, bundle: "Bundle"):
@@ -357,8 +458,7 @@ class Bundle:
         w = dict(zip(order, ens["weights"]))
         self.weights = {n: float(w[n]) for n in MODEL_NAMES}
         self.bias = float(ens["bias"])
-        self.p_clip = float(ens.get("p_clip", 1e-6))
-        self._logit_clip = math.log((1.0 - self.p_clip) / self.p_clip)
+        self.p_clip = float(ens.get("p_clip", P_CLIP))
         th = meta["thresholds"]
         self.thresholds = {"female": float(th["female"]), "male": float(th["male"])}
         self._sessions = sessions
@@ -368,70 +468,44 @@ class Bundle:
         # optional speech / non-speech check on the stats vector (music, tones, noise get no gender)
         self.speech_threshold: float | None = None
         if SPEECH_MODEL in sessions:
-            self.speech_threshold = float(meta["speech"]["threshold"])
-            self._in[SPEECH_MODEL] = meta["speech"]["input"]
-            self._out[SPEECH_MODEL] = meta["speech"]["output"]
+            self.speech_threshold = float(meta[SPEECH_MODEL]["threshold"])
+            self._in[SPEECH_MODEL] = meta[SPEECH_MODEL]["input"]
+            self._out[SPEECH_MODEL] = meta[SPEECH_MODEL]["output"]
         # file verdicts: p_file = sigmoid(scale * mean window log-odds), its own uncertain band
-        fd = meta.get("file_decision") or {}
+        fd = meta.get("file_decision") or {}  # older bundles: scale 1 and the window band
         self.file_scale = float(fd.get("scale", 1.0))
         self.file_thresholds = {"female": float(fd.get("female", self.thresholds["female"])),
                                 "male": float(fd.get("male", self.thresholds["male"]))}
-        self._setup_single()
+        self._setup_window_buffers()
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODELS_DIR, *, definition: FeatureDefinition = DEFAULT) -> "Bundle":
         """Load and verify the bundle in ``path`` for an engine computing ``definition`` features.
 
-        Raises BundleError for: a missing folder, bundle.json or model file; unreadable or incomplete JSON;
-        an unsupported format version; a model file whose sha256 differs from the recorded one; a bundle
-        trained on another feature definition; normalisation / stat vectors of the wrong size.
+        Raises BundleError for: a missing folder, bundle.json or model file; unreadable JSON; whatever
+        ``check_meta`` refuses (format, version, feature definition, every value); a digest that does not
+        match; a model file whose sha256 differs from the recorded one or that onnxruntime cannot load.
         """
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"{path}: no such bundle folder")
-        jpath = path / "bundle.json"
+        jpath = path / BUNDLE_FILE
         if not jpath.is_file():
             raise BundleError(f"{jpath}: missing (not a model bundle?)")
         try:
             meta = json.loads(jpath.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{jpath}: cannot read bundle JSON ({exc})") from exc
-        if not isinstance(meta, dict):
-            raise BundleError(f"{jpath}: expected a JSON object")
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{jpath}: format is {meta.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-        if meta.get("format_version") not in SUPPORTED_VERSIONS:
-            raise BundleError(f"{jpath}: format_version {meta.get('format_version')!r} not supported "
-                              f"(this engine reads {list(SUPPORTED_VERSIONS)})")
-        for key in ("feature.definition", "feature.hash", "feature.stat_names", "normalisation.mfcc_mean",
-                    "normalisation.mfcc_std", "ensemble.weights", "ensemble.bias", "thresholds.female",
-                    "thresholds.male", "models"):
-            _require(meta, key)
-
-        # feature definition: hash and full dict must both equal this engine's
-        stored, stored_hash = meta["feature"]["definition"], meta["feature"]["hash"]
-        if stored_hash != definition.hash or stored != definition.to_dict():
-            raise BundleError(_feature_mismatch(stored, stored_hash, definition))
-        try:
-            fdef = FeatureDefinition.from_dict(stored)
-        except TypeError as exc:
-            raise BundleError(f"{jpath}: bad feature definition ({exc})") from exc
-
-        # every number and name, section by section; then the digest over the whole file
-        for section, check in SECTIONS:
-            check(meta, fdef)
-        for section, check in OPTIONAL_SECTIONS:
-            if section in meta:
-                check(meta, fdef)
-        sealed = _check_digest(meta, jpath)
+        fdef = check_meta(meta, definition, where=jpath)
+        sealed = _check_digest(meta, jpath)  # the digest over the whole file
 
         # model files: present, untampered, loadable, right interface
         sessions = {}
         for name in MODEL_NAMES:
             sessions[name] = _verified_session(path, jpath, f"models.{name}", meta["models"][name])
-        if "speech" in meta:
-            sessions[SPEECH_MODEL] = _verified_session(path, jpath, "speech", meta["speech"])
+        if SPEECH_MODEL in meta:
+            sessions[SPEECH_MODEL] = _verified_session(path, jpath, SPEECH_MODEL, meta[SPEECH_MODEL])
         bundle = cls(path, meta, sessions, fdef)
         bundle.sealed = sealed
         return bundle
@@ -457,8 +531,7 @@ class Bundle:
         s, m = self._check_inputs(stats, mfcc)
         x = np.ascontiguousarray((m - self._mean_col) * self._inv_std_col, dtype=np.float32)
         probs = self._sessions["xgb"].run([self._out["xgb"]], {self._in["xgb"]: s})[0]
-        p = np.clip(np.asarray(probs, dtype=np.float64)[:, 1], self.p_clip, 1.0 - self.p_clip)
-        out = {"xgb": np.log(p) - np.log1p(-p)}
+        out = {"xgb": logit(np.asarray(probs, dtype=np.float64)[:, 1], self.p_clip)}
         for name in ("cnn1d", "cnn2d"):
             z = self._sessions[name].run([self._out[name]], {self._in[name]: x})[0]
             out[name] = np.asarray(z, dtype=np.float64).reshape(-1)
@@ -467,19 +540,19 @@ class Bundle:
     def predict(self, stats, mfcc) -> dict[str, np.ndarray]:
         """stats (N, n_stats), mfcc (N, 40, 87) -> {'xgb', 'cnn1d', 'cnn2d', 'p_female'}: (N,) float64 p_female."""
         z = self.component_logits(stats, mfcc)
-        out = {n: _sigmoid(z[n]) for n in MODEL_NAMES}
-        out["p_female"] = _sigmoid(self.bias + sum(self.weights[n] * z[n] for n in MODEL_NAMES))
+        out = {n: sigmoid(z[n]) for n in MODEL_NAMES}
+        out["p_female"] = sigmoid(self.bias + sum(self.weights[n] * z[n] for n in MODEL_NAMES))
         return out
 
     # -- single-window prediction ------------------------------------------------------------------------
-    def _setup_single(self) -> None:
+    def _setup_window_buffers(self) -> None:
         self._local = threading.local()
-        self._single()  # build the calling thread's buffers now, not on the first window
+        self._window_buffers()  # build the calling thread's buffers now, not on the first window
 
-    def _single(self) -> _Single:
+    def _window_buffers(self) -> _WindowBuffers:
         st = getattr(self._local, "state", None)
         if st is None:
-            st = self._local.state = _Single(self)
+            st = self._local.state = _WindowBuffers(self)
         return st
 
     def predict_one(self, stats, mfcc) -> tuple[float, dict[str, float], dict[str, float]]:
@@ -494,7 +567,7 @@ class Bundle:
         m = np.asarray(mfcc, dtype=np.float32)
         if m.shape != self.mfcc_shape:
             raise ValueError(f"mfcc must be {self.mfcc_shape}, got {np.shape(mfcc)}")
-        st = self._single()
+        st = self._window_buffers()
         st.stats[0] = s
         np.subtract(m, self._mean_col, out=st.tmp)
         np.multiply(st.tmp, self._inv_std_col, out=st.mfcc[0])
@@ -507,14 +580,13 @@ class Bundle:
             stage_ms[name] = (time.perf_counter() - t0) * 1000.0
             if name == "xgb":
                 p = float(st.out[name][0, 1])
-                pc = min(max(p, self.p_clip), 1.0 - self.p_clip)
-                z = math.log(pc / (1.0 - pc))
+                z = logit(p, self.p_clip)
             else:
                 z = float(st.out[name][0, 0])
-                p = _sigmoid1(z)
+                p = sigmoid(z)
             comps[name] = p
             zsum += self.weights[name] * z
-        return _sigmoid1(zsum), comps, stage_ms
+        return sigmoid(zsum), comps, stage_ms
 
     @property
     def has_speech_model(self) -> bool:
@@ -533,10 +605,10 @@ class Bundle:
         """(label, p_female) of a whole recording from its classified windows' p_female: the mean log-odds,
         scaled as fitted on held-out speakers' files, against the file-level uncertain band. No windows:
         ('no speech', None)."""
-        ps = np.clip(np.asarray(list(window_ps), dtype=np.float64), 1e-4, 1 - 1e-4)
+        ps = np.asarray(list(window_ps), dtype=np.float64)
         if ps.size == 0:
             return "no speech", None
-        p = _sigmoid1(self.file_scale * float(np.mean(np.log(ps) - np.log1p(-ps))))
+        p = sigmoid(self.file_scale * float(np.mean(logit(ps, FILE_P_CLIP))))
         th = self.file_thresholds
         return ("female" if p >= th["female"] else "male" if p <= th["male"] else "uncertain"), p
 

@@ -134,7 +134,8 @@ def fit_window(x: np.ndarray, n: int = DEFAULT.window_samples, *, min_samples: i
 
 # --- filterbanks (same formulas as librosa.filters; tested against them) -------------------------
 
-def _hz_to_mel(f):
+def hz_to_mel(f):
+    """Hz -> mel on the Slaney scale (librosa.hz_to_mel(htk=False)): linear below 1 kHz, logarithmic above."""
     f = np.asarray(f, dtype=np.float64)
     f_sp = 200.0 / 3
     mels = f / f_sp
@@ -143,7 +144,8 @@ def _hz_to_mel(f):
     return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-12) / min_log_hz) / logstep, mels)
 
 
-def _mel_to_hz(m):
+def mel_to_hz(m):
+    """mel -> Hz, the inverse of ``hz_to_mel`` (librosa.mel_to_hz(htk=False))."""
     m = np.asarray(m, dtype=np.float64)
     f_sp = 200.0 / 3
     min_log_hz, logstep = 1000.0, np.log(6.4) / 27.0
@@ -154,7 +156,7 @@ def _mel_to_hz(m):
 def mel_filterbank(d: FeatureDefinition = DEFAULT) -> np.ndarray:
     """Slaney-normalised mel filterbank, (n_mels, 1 + n_fft // 2): librosa.filters.mel(htk=False, norm='slaney')."""
     fftfreqs = np.linspace(0, d.sr / 2, 1 + d.n_fft // 2)
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(d.fmin), _hz_to_mel(d.fmax), d.n_mels + 2))
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(d.fmin), hz_to_mel(d.fmax), d.n_mels + 2))
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fftfreqs[None, :]
     lower = -ramps[:-2] / fdiff[:-1, None]
@@ -180,6 +182,16 @@ def chroma_filterbank(d: FeatureDefinition = DEFAULT) -> np.ndarray:
     wts *= np.exp(-0.5 * (((frqbins / n_chroma - d.chroma_ctroct) / d.chroma_octwidth) ** 2))[None, :]
     wts = np.roll(wts, -3 * (n_chroma // 12), axis=0)
     return np.ascontiguousarray(wts[:, : 1 + n_fft // 2], dtype=np.float32)
+
+
+def dct_matrix(d: FeatureDefinition = DEFAULT) -> np.ndarray:
+    """The MFCC DCT, (n_mfcc, n_mels): the first ``n_mfcc`` rows of an orthonormal DCT-II over the mel bands
+    (scipy.fft.dct(type=2, norm='ortho')), so ``mfcc = dct_matrix(d) @ log_mel``."""
+    n_mels = d.n_mels
+    k = np.arange(n_mels)
+    dct = np.cos(np.pi / n_mels * (k[None, :] + 0.5) * np.arange(d.n_mfcc)[:, None]) * np.sqrt(2.0 / n_mels)
+    dct[0] /= np.sqrt(2.0)
+    return dct.astype(np.float32)
 
 
 def tonnetz_matrix(n_chroma: int = 12) -> np.ndarray:
@@ -246,11 +258,7 @@ class FeatureExtractor:
         self._win = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(d.n_fft) / d.n_fft)).astype(np.float32)  # periodic hann
         self.freqs = np.linspace(0, d.sr / 2, n_bins).astype(np.float32)
         self._mel = mel_filterbank(d)
-        n_mels = d.n_mels
-        k = np.arange(n_mels)
-        dct = np.cos(np.pi / n_mels * (k[None, :] + 0.5) * np.arange(d.n_mfcc)[:, None]) * np.sqrt(2.0 / n_mels)
-        dct[0] /= np.sqrt(2.0)
-        self._dct = dct.astype(np.float32)  # (n_mfcc, n_mels): DCT-II, norm='ortho'
+        self._dct = dct_matrix(d)  # (n_mfcc, n_mels): DCT-II, norm='ortho'
         self._chroma = chroma_filterbank(d)
         self._tonnetz = tonnetz_matrix(d.n_chroma)
         self._contrast_bands = self._make_contrast_bands()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from offline.augment import Augmenter, add_noise, band_limit, channel, colored_noise, gain, pitch_shift, telephone
+from offline.augment import (AugmentConfig, Augmenter, add_noise, band_limit, channel, colored_noise, gain,
+                             pitch_shift, telephone)
 from offline.librispeech import load_librispeech
 from realtime.audio import load_audio
 from .data import LIBRISPEECH
@@ -206,3 +207,18 @@ def test_augmenter_voice_changes_are_keyed_and_reproducible(female):
     a = on(x, on.rng_for("u", 0))
     assert np.array_equal(a, on(x, on.rng_for("u", 0)))
     assert not np.allclose(a, off(x, off.rng_for("u", 0)))
+
+
+def test_recipe_augmenter_keeps_its_cache_key():
+    """The training recipe's options (AugmentConfig, TrainConfig.augment) make the Augmenter they made before they
+    were nested: the same cache key, so augmented features cached by earlier runs are found again."""
+    aug = AugmentConfig().augmenter(seed=0)
+    assert aug.to_dict() == {"seed": 0, "snr_range": [5.0, 30.0], "colors": ["white", "pink", "brown"],
+                             "max_semitones": 1.0, "gain_db_range": [-6.0, 6.0], "p_noise": 0.8, "p_pitch": 0.5,
+                             "p_channel": 0.4, "channels": ["8k", "11k", "telephone", "mp3", "opus"]}
+    assert AugmentConfig(copies=1).augmenter(seed=0) == aug  # copies is the recipe's, not the augmenter's
+    assert AugmentConfig(p_channel=0.0).augmenter(seed=0) == Augmenter(seed=0)
+    with pytest.raises(ValueError, match="copies must be a whole number"):
+        AugmentConfig(copies=-1)
+    with pytest.raises(ValueError, match="p_noise must be in"):
+        AugmentConfig(p_noise=1.5)

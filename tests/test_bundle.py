@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from realtime.audio import load_audio
-from realtime.bundle import DEFAULT_MODELS_DIR, Bundle, BundleError
+from realtime.bundle import DEFAULT_MODELS_DIR, P_CLIP, Bundle, BundleError
 from realtime.features import DEFAULT, FeatureExtractor
+from realtime.logodds import logit
 from tests.data import readers_by_gender
 
 from .conftest import BUNDLE_FILES
@@ -79,7 +80,7 @@ def test_classifies_shared_utterances(bundle):
                 assert out[key].shape == (len(stats),)
                 assert np.all((out[key] >= 0) & (out[key] <= 1))
             p = out["p_female"]
-            z = np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1))
+            z = logit(p, P_CLIP)
             assert (z.mean() > 0) == (gender == "F"), f"{path.name}: mean p_female {p.mean():.3f}, truth {gender}"
             assert np.mean((p >= 0.5) == (gender == "F")) >= 0.75, path.name
 

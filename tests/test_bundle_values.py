@@ -129,3 +129,40 @@ def test_feature_mismatch_names_each_hash_once(copy):
 
     assert msg.count(DEFAULT.hash) == 1, msg
     assert "n_mels: bundle 128 vs engine 64" in msg and "stale" in msg
+
+
+def _shipped_values() -> dict:
+    """The keyword arguments of ``bundle_meta`` that rebuild the shipped bundle.json from its own values."""
+    from realtime.bundle import model_entry
+    from realtime.features import DEFAULT
+
+    meta = json.loads((DEFAULT_MODELS_DIR / "bundle.json").read_text())
+
+    def entry(name: str, m: dict) -> dict:  # the file's own sha256 and size are measured again
+        records = {k: v for k, v in m.items() if k not in ("file", "input", "output", "sha256", "bytes", "rule")}
+        return model_entry(DEFAULT_MODELS_DIR, name, input=m["input"], output=m["output"], **records)
+
+    return dict(definition=DEFAULT, stat_names=meta["feature"]["stat_names"],
+                mfcc_mean=meta["normalisation"]["mfcc_mean"], mfcc_std=meta["normalisation"]["mfcc_std"],
+                models={name: entry(name, m) for name, m in meta["models"].items()},
+                weights=meta["ensemble"]["weights"], bias=meta["ensemble"]["bias"], p_clip=meta["ensemble"]["p_clip"],
+                thresholds=meta["thresholds"], speech=entry("speech", meta["speech"]),
+                file_decision={k: v for k, v in meta["file_decision"].items() if k != "rule"},
+                training=meta["training"], metrics=meta["metrics"], versions=meta["versions"], created=meta["created"])
+
+
+def test_bundle_meta_writes_what_load_reads():
+    """``bundle_meta`` (what offline.export fills in) rebuilds the shipped bundle.json, every section and rule, to
+    the same digest; and it refuses, naming the field, what Bundle.load refuses."""
+    from realtime.bundle import bundle_meta
+
+    shipped = json.loads((DEFAULT_MODELS_DIR / "bundle.json").read_text())
+    assert seal(bundle_meta(**_shipped_values())) == shipped
+    with pytest.raises(BundleError, match=r"ensemble.weights\[1\] must be finite"):
+        bundle_meta(**{**_shipped_values(), "weights": [0.4, NAN, 0.3]})
+    with pytest.raises(BundleError, match="speech.threshold must be < 1"):
+        values = _shipped_values()
+        bundle_meta(**{**values, "speech": {**values["speech"], "threshold": 1.5}})
+    with pytest.raises(BundleError, match="models lacks cnn2d"):
+        values = _shipped_values()
+        bundle_meta(**{**values, "models": {k: v for k, v in values["models"].items() if k != "cnn2d"}})

@@ -167,13 +167,37 @@ def test_fixed_channels_and_their_labels():
 
 
 def test_recipe_overrides_are_typed_and_checked():
-    o = TrainConfig.parse_overrides(["aug_p_channel=0.3", "epochs=7", "lr_schedule=cosine", "aug_gain_db=[-3, 3]"])
-    assert o == {"aug_p_channel": 0.3, "epochs": 7, "lr_schedule": "cosine", "aug_gain_db": (-3, 3)}
-    assert TrainConfig(**o).augmenter().p_channel == 0.3
+    o = TrainConfig.parse_overrides(["augment.p_channel=0.3", "epochs=7", "lr_schedule=cosine",
+                                     "augment.gain_db_range=[-3, 3]"])
+    assert o == {"augment": {"p_channel": 0.3, "gain_db_range": (-3, 3)}, "epochs": 7, "lr_schedule": "cosine"}
+    config = TrainConfig(**o)
+    augmenter = config.augment.augmenter(config.seed)
+    assert augmenter.p_channel == 0.3 and augmenter.gain_db_range == (-3.0, 3.0)
+    assert augmenter.p_noise == TrainConfig().augment.p_noise  # the fields not set keep the recipe's defaults
+    # the quick run keeps its one augmented copy under an augment override
+    assert TrainConfig.quick(**o).augment.copies == 1 and TrainConfig.quick(**o).augment.p_channel == 0.3
     with pytest.raises(ValueError, match="TrainConfig field"):
         TrainConfig.parse_overrides(["no_such_knob=1"])
+    with pytest.raises(ValueError, match="augment.p_voice"):  # the message lists the nested fields too
+        TrainConfig.parse_overrides(["aug_p_voice=0.5"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
         TrainConfig.parse_overrides(["epochs"])
+    with pytest.raises(ValueError, match="p_channel must be in"):
+        TrainConfig.quick(**TrainConfig.parse_overrides(["augment.p_channel=2"]))
+
+
+def test_recorded_training_config_reads_back():
+    """bundle.json records the recipe (training.config); the shipped bundle's, written before the augmentation
+    was nested (aug_copies, aug_p_channel, ...), reads back as today's defaults, and a new record round-trips."""
+    shipped = json.loads((BUNDLE_DIR / "bundle.json").read_text())["training"]["config"]
+    assert shipped["aug_p_channel"] == 0.4 and "augment" not in shipped
+    assert TrainConfig.from_dict(shipped) == TrainConfig()
+    config = TrainConfig.quick(seed=3, **TrainConfig.parse_overrides(["augment.p_voice=0.5"]))
+    record = json.loads(json.dumps(config.to_dict()))
+    assert record["augment"]["copies"] == 1 and record["augment"]["p_voice"] == 0.5
+    assert TrainConfig.from_dict(record) == config
+    with pytest.raises(ValueError, match="not TrainConfig fields: bogus"):
+        TrainConfig.from_dict({**record, "bogus": 1})
 
 
 # --- end to end ----------------------------------------------------------------------------------------
@@ -318,4 +342,9 @@ def test_bundle_on_a_csv_manifest_with_noise(tmp_path):
     assert "8 kHz source" in table and "white 10 dB" in table
     # 4 clean utterances of readers from the shared corpus: the bundle should get them right
     assert out["models"]["ensemble"]["utterance"]["balanced_accuracy"]["mean"] >= 0.75
+    # ... and they are readers it was trained on (training.split.train_readers): the figures say so
+    shipped = json.loads((BUNDLE_DIR / "bundle.json").read_text())["training"]["split"]["train_readers"]
+    readers = {f.name.split("-")[0] for files in readers_by_gender(2).values() for f in files}
+    assert readers <= set(shipped) and set(out["readers_seen_in_training"]) == readers
+    assert "were in the bundle's training data" in table
     assert LIBRISPEECH.is_dir()

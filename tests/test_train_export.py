@@ -46,6 +46,7 @@ def _utterances(n_per_gender: int, so_per_gender: int = 0, tmp=None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from offline.dataset import extract_corpus
+    from offline.export import export_bundle
     from offline.train import TrainConfig, data_summary, fit_all
 
     tmp = tmp_path_factory.mktemp("train")
@@ -54,7 +55,7 @@ def trained(tmp_path_factory):
     ws = extract_corpus(utts, cache_dir=cache, jobs=2, progress=False)
     config = TrainConfig.quick(cache_dir=str(cache), jobs=2)
     models = fit_all(ws, config=config, progress=False, train_utterances=utts)
-    out = models.export(tmp / "bundle", data_summary=data_summary(ws, utts), metrics={"note": "test"})
+    out = export_bundle(models, tmp / "bundle", data_summary=data_summary(ws, utts), metrics={"note": "test"})
     return models, ws, out
 
 
@@ -99,6 +100,12 @@ def test_bundle_files_and_json(trained):
     assert fd["scale"] > 0 and 0 < fd["male"] <= 0.5 <= fd["female"] < 1
     assert meta["training"]["data"]["windows"] == len(ws)
     assert meta["metrics"] == {"note": "test"}
+    # the training recipe is recorded, its augmentation nested, and reads back as the config trained with
+    from offline.train import TrainConfig
+
+    models = trained[0]
+    assert meta["training"]["config"]["augment"]["copies"] == 1
+    assert TrainConfig.from_dict(meta["training"]["config"]) == models.config
     assert "onnxruntime" in meta["versions"] and meta["created"]
     total = sum(p.stat().st_size for p in out.iterdir())
     assert total < 10_000_000
