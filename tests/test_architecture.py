@@ -17,13 +17,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("realtime", "offline")
 
-#: Edges of import circles another branch is removing (issue 12, item 2: the bundle schema moves to
-#: realtime/bundle.py and offline/export.py stops importing offline/train.py). Remove once merged.
-KNOWN_CIRCLE_EDGES: set[tuple[str, str]] = {
-    ("offline.export", "offline.train"),  # offline/export.py: `from .train import keras_forward, MODEL_NAMES, P_CLIP`
-}
-
-
 @dataclass(frozen=True)
 class Edge:
     source: str
@@ -234,19 +227,8 @@ def test_the_live_package_imports_nothing_from_offline():
 
 def test_no_import_circles():
     graph, _ = import_graph()
-    cycles = find_cycles(graph, ignore=KNOWN_CIRCLE_EDGES)
+    cycles = find_cycles(graph)
     assert not cycles, "modules that import each other in a circle:\n  " + "\n  ".join(map(_show, cycles))
-
-
-def test_known_circle_edges_are_still_there():
-    """A mark for a circle that is gone must go too (else it would hide a new one)."""
-    graph, _ = import_graph()
-    present = {(e.source, e.target) for edges in graph.values() for e in edges}
-    stale = KNOWN_CIRCLE_EDGES - present
-    assert not stale, f"KNOWN_CIRCLE_EDGES lists imports that no longer exist: {sorted(stale)}"
-    still_circles = {edge for edge in KNOWN_CIRCLE_EDGES if find_cycles(graph, ignore=KNOWN_CIRCLE_EDGES - {edge})}
-    assert still_circles == KNOWN_CIRCLE_EDGES, \
-        f"these known edges no longer close a circle; remove their marks: {sorted(KNOWN_CIRCLE_EDGES - still_circles)}"
 
 
 # --- the walker itself, on small made-up packages -----------------------------------------------------------
