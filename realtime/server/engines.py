@@ -24,10 +24,10 @@ def limit_blas_threads(n: int = 1) -> bool:
     The server gets its parallelism from running many streams at once; a BLAS call that fans one small
     matrix product out over every core only adds contention. ``import realtime`` already defaults
     OPENBLAS_NUM_THREADS to 1, but that is too late when numpy was imported first (an application
-    embedding the server), hence this runtime call. Measured on the 2-core machine while other jobs
-    loaded it: 7.6 ms CPU per hop with OpenBLAS's default threads, 2.0 ms with one (on the idle
-    machine the two are equal). Uses threadpoolctl when installed, else calls OpenBLAS's own setter in
-    every loaded OpenBLAS library. Returns True if a limit was applied.
+    embedding the server), hence this runtime call. On a loaded machine OpenBLAS's default threads cost
+    several times the CPU per hop of one thread (on an idle machine the two are equal). Uses threadpoolctl
+    when installed, else calls OpenBLAS's own setter in every loaded OpenBLAS library. Returns True if a
+    limit was applied.
     """
     try:
         from threadpoolctl import threadpool_limits
