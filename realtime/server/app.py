@@ -314,7 +314,7 @@ class StreamServer:
     async def _stream(self, conn: Connection, config: StreamConfig) -> None:
         loop = asyncio.get_running_loop()
         engine = await loop.run_in_executor(self.executor, self.engine_factory)
-        stream = StreamSession(self, conn, config, engine)
+        stream = StreamSession(conn, config, engine, limits=self.config, executor=self.executor)
         # registered only inside the block that always unregisters it: a client that resets before (or
         # while) the ready message goes out must not leave its stream (and its Engine) behind
         self.open_streams.add(stream)

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Callable
 
 from ..events import Event
 from ..protocol import ProtocolError, StreamConfig, encode, end_message, parse_control
+from .config import ServerConfig
 from .transport import ClientGone, Connection
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from ..engine import Engine
-    from .app import StreamServer
 
 __all__ = ["StreamSession", "Deadline", "Refusal", "BATCH_SECONDS"]
 
@@ -80,8 +82,11 @@ class StreamSession:
       on one timer handle per connection (no task or timer per call).
     """
 
-    def __init__(self, server: "StreamServer", conn: Connection, config: StreamConfig, engine: Engine):
-        self.server, self.conn, self.config, self.engine = server, conn, config, engine
+    def __init__(self, conn: Connection, config: StreamConfig, engine: Engine, *, limits: ServerConfig,
+                 executor: concurrent.futures.Executor):
+        """``config``: the client's stream; ``limits``: the server's; ``executor``: the shared worker pool."""
+        self.conn, self.config, self.engine = conn, config, engine
+        self.limits, self.executor = limits, executor
         self.decoder = config.decoder()
         self.audio_bytes = 0
         self.limit_error: ProtocolError | None = None
@@ -91,7 +96,7 @@ class StreamSession:
         self.batch_bytes = max(config.frame_bytes, int(BATCH_SECONDS * config.bytes_per_second))
         self.task: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
-        idle = server.config.idle_timeout
+        idle = limits.idle_timeout
         self.idle_watch = Deadline(loop, idle, lambda: self._expire(Refusal(
             f"idle for {idle:g} s waiting for audio (--idle-timeout); closing")))
         self.send_watch = Deadline(loop, idle, lambda: self._expire(ClientGone(
@@ -119,7 +124,7 @@ class StreamSession:
             raise self.limit_error
 
     async def _loop(self) -> None:
-        cfg = self.server.config
+        cfg = self.limits
         max_bytes = int(cfg.max_stream_seconds * self.config.bytes_per_second)
         while True:
             self.idle_watch.arm()
@@ -184,7 +189,7 @@ class StreamSession:
         if not ops:
             return
         if heavy:
-            events = await asyncio.get_running_loop().run_in_executor(self.server.executor, self._run, ops)
+            events = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, ops)
         else:
             events = self._run(ops)
         for ev in events:
