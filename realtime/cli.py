@@ -56,7 +56,7 @@ def _run_stream(args, sink_format: str) -> int:
 
     plot = TracePlotSink(args.plot, title=str(args.source)) if getattr(args, "plot", None) else None  # checks matplotlib now
     engine = make_engine(args)
-    sinks = [make_sink(sink_format, sys.stdout)] + ([plot] if plot else [])
+    sinks = [make_sink(sink_format, sys.stdout, config=engine.config)] + ([plot] if plot else [])
     events = []
     try:
         with _open_source(args) as source:

@@ -13,29 +13,26 @@ or push chunks yourself: ``engine.push(chunk, sample_rate=44100)`` returns the e
 that chunk completed; float or int16 arrays, mono or ``(N, channels)``, any rate (one streaming resampler per
 engine). ``run`` starts every source from a clean state (t = 0).
 
-Decisions, measured with ``python -m offline engine-eval`` on 51 readers held out from training
-(fold 0 of the reader-disjoint split; numbers in the README):
+How it decides (the measurements behind the defaults come from ``python -m offline engine-eval``, saved
+in docs/engine_eval_fold0.json, and are summed up in the README and models/MODEL_CARD.md):
 
-* The VAD runs on 20 ms frames, so a hop of 0.25 or 0.5 s is a whole number of frames.
-* Windows are cut from a **speech-only buffer**: frames the VAD calls non-speech are dropped
-  before windowing, so a window holds 2 s of voice even when the talker pauses. Per-window balanced
-  accuracy 97.4 % against 96.8 % for windows of all audio with the first recipe's bundle; 96.3 against
-  96.3 % with the release recipe's (never worse, first estimates sooner).
-* The first estimate comes as soon as ``first_window_s`` (default 0.75 s) of speech is buffered,
-  without waiting for the hop's end (the hop clock restarts there); that shorter window is
-  wrap-padded to 2 s exactly as training pads short clips (``fit_window``).
-  0.75 s puts the first estimate 1.0 s after speech onset (median) and right 94 % of the time;
-  waiting for 1.0 s made it 1.5 s and 96 % with the first recipe (the release recipe: 1.0 s and 90 %
-  at 0.75, 1.2 s and 92 % at 1.0; one reader is 2 %). Later windows are full length either way.
-* A window is classified only in a hop that brought at least ``min_new_speech_s`` of new speech;
-  after ``reset_after_silence_s`` without speech the buffer and the smoother reset, since the next
-  voice may be someone else.
+* The VAD runs on 20 ms frames, so a hop (``hop_s``) must be a whole number of frames.
+* Windows are cut from a **speech-only buffer**: frames the VAD calls non-speech are dropped before
+  windowing, so a window holds the bundle's window length of voice even when the talker pauses
+  (``speech_only=False``: windows of all audio, pauses too, as training windows are).
+* The first estimate of a voice comes as soon as ``first_window_s`` of speech is buffered, without
+  waiting for the hop's end (the hop clock restarts there); that shorter window is wrap-padded to the
+  full length exactly as training pads short clips (``fit_window``). Later windows are full length.
+  :meth:`Engine.samples_until_event` says how much more audio the next event needs at the least.
+* A window is classified only in a hop that counts as speech (``speech_fraction`` of its frames) and
+  brought at least ``min_new_speech_s`` of new speech. A window the bundle's speech check turns away
+  gets no gender, and the hops stay non-speech until a window passes. After ``reset_after_silence_s``
+  without speech the buffer and the smoother reset, since the next voice may be someone else.
 * Consecutive windows end on whole STFT hops of the speech stream, so ``StreamingExtractor``
-  computes only the frames that are new (about 25 of 87 per 0.5 s hop).
+  computes only the frames that are new.
 * Each classified window's level (RMS, dB re full scale) is reported, and ``summarise`` warns when a
-  recording's speech sits outside ``level_range_dbfs``: the features carry the input level, and in
-  reader-disjoint CV audio 20 dB quieter than LibriSpeech's called more male voices female (male recall
-  96.3 -> 91.0 % per window).
+  recording's speech sits outside ``level_range_dbfs``, the levels the models were trained on: the
+  features carry the input level, and audio much quieter than the training audio leans female.
 """
 from __future__ import annotations
 
@@ -46,7 +43,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, StreamResampler
+from .audio import SAMPLE_RATE, StreamResampler, as_mono_float
 from .bundle import Bundle
 from .events import Event
 from .features import FeatureExtractor, StreamingExtractor, fit_window
@@ -58,7 +55,15 @@ VAD_FRAME_MS = 20
 
 @dataclass
 class EngineConfig:
-    """Every knob of the live engine, with the defaults the benchmark and tests measured."""
+    """Every knob of the live engine (the module docstring says what each one does in the pipeline).
+
+    ``hop_s``: seconds between events (a multiple of the 20 ms VAD frame); ``vad_aggressiveness``: webrtcvad's
+    mode, 0-3; ``first_window_s``: speech buffered before a voice's first estimate (0.5-2 s);
+    ``min_new_speech_s``: new speech a hop needs before it classifies another window; ``reset_after_silence_s``:
+    silence after which the voice is forgotten; ``forget_s``, ``hysteresis``: the smoother's
+    (:class:`realtime.smoother.Smoother`); ``level_range_dbfs``: the speech levels outside which
+    ``summarise`` warns; the others are described where they are defined.
+    """
 
     hop_s: float = 0.5
     vad_aggressiveness: int = 2
@@ -175,6 +180,18 @@ class Engine:
     def t(self) -> float:
         """Stream time in seconds of the audio consumed so far (whole VAD frames)."""
         return self._frames_done * self.frame_samples / SAMPLE_RATE
+
+    def samples_until_event(self) -> int:
+        """The fewest 16 kHz samples a push needs before it can return an event: pushes shorter than this
+        return none (they only run the VAD), a push this long or longer may end a hop and classify a window.
+
+        It is the rest of the current hop, or less while the current voice awaits its first estimate,
+        which comes as soon as ``first_window_s`` of speech is buffered, mid-hop. At the end of the stream
+        :meth:`flush` emits the partial hop, whatever is left."""
+        frames = self.hop_frames - self._hop.frames
+        if not self._classified:  # frames that could bring the buffer to first_window_s (at least the next one)
+            frames = min(frames, max(1, -(-(self.first_samples - self.speech.size) // self.frame_samples)))
+        return frames * self.frame_samples - self._pending.size
 
     def push(self, chunk: np.ndarray, sample_rate: float = SAMPLE_RATE) -> list[Event]:
         """Feed audio of any length; return the events of the hops it completed.
@@ -341,35 +358,6 @@ class Engine:
         if overruns is not None:
             event.overruns = int(overruns)
         return event
-
-
-def as_mono_float(chunk) -> np.ndarray:
-    """A chunk as 1-D float32: int16 scaled by 1/32768, ``(N, channels)`` averaged; a ``ValueError`` that says
-    what is wrong for NaN/inf, float samples far outside [-1, 1], other dtypes or shapes."""
-    x = np.asarray(chunk)
-    if x.dtype == np.int16:
-        x = x.astype(np.float32) * np.float32(1.0 / 32768.0)
-    elif x.dtype.kind == "f":
-        x = x.astype(np.float32, copy=False)
-    else:
-        raise ValueError(f"audio must be a float array in [-1, 1] or int16, got dtype {x.dtype}")
-    if x.ndim == 2:
-        if x.shape[1] > 32:
-            raise ValueError(f"audio must be (N,) or (N, channels), got shape {x.shape}: "
-                             f"{x.shape[1]} channels? pass (samples, channels), e.g. x.T")
-        x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
-    elif x.ndim != 1:
-        raise ValueError(f"audio must be (N,) or (N, channels), got shape {x.shape}")
-    if x.size:
-        finite = np.isfinite(x)
-        if not finite.all():
-            bad = x.size - int(finite.sum())
-            raise ValueError(f"audio contains NaN or infinite samples ({bad} of {x.size})")
-        peak = float(np.max(np.abs(x)))
-        if peak > 2.0:
-            raise ValueError(f"float audio must lie in [-1, 1], got a peak of {peak:g} "
-                             f"(int16 values as floats? divide by 32768 or pass the int16 array)")
-    return x
 
 
 def level_warning(level_dbfs: float | None, level_range_dbfs: tuple[float, float]) -> str | None:

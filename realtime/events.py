@@ -1,8 +1,10 @@
 """The one event schema: what the engine emits once per hop, and what every sink, the server and the client carry.
 
 An :class:`Event` is a dataclass that also reads like a mapping (``ev["label"]``, ``ev.get("p_female")``,
-``dict(ev)``), so code written for plain dicts keeps working. ``to_dict()`` gives the JSON form (every
-field, always present; ``null`` where the table below says so); ``Event.from_dict`` reads it back.
+``dict(ev)``), so code written for plain dicts keeps working. ``to_dict()`` gives every field, always
+present (``null`` where the table below says so); ``to_json()`` is the JSON form every sink, the server and
+the client carry (:func:`to_json`: NaN-free, floats rounded as :func:`json_safe` says);
+``Event.from_dict`` reads either back.
 
 =================  ========  ========================================================================
 field              type      meaning (null when)
@@ -25,11 +27,13 @@ overruns           int       audio the microphone ring dropped so far (null: the
 """
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
-__all__ = ["Event", "EVENT_FIELDS", "LABELS", "STAGES"]
+__all__ = ["Event", "EVENT_FIELDS", "LABELS", "STAGES", "json_safe", "to_json"]
 
 #: every label an event or a verdict can carry
 LABELS = ("waiting", "female", "male", "uncertain", "no speech")
@@ -77,6 +81,10 @@ class Event(Mapping):
         d["stages_ms"] = dict(self.stages_ms)
         return d
 
+    def to_json(self) -> str:
+        """The event's JSON form: one compact line (see :func:`to_json`)."""
+        return to_json(self)
+
     @classmethod
     def from_dict(cls, d: Mapping) -> "Event":
         """An event from its ``to_dict()`` / JSON form; unknown keys are ignored, missing ones take defaults."""
@@ -85,3 +93,45 @@ class Event(Mapping):
 
 EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 _NAMES = frozenset(EVENT_FIELDS)
+
+
+def _round_for(key: str | None, v: float) -> float:
+    # probabilities to 4 decimals; times in s to the ms; milliseconds to the microsecond
+    if key is not None and (key == "t" or key.endswith("_s")):
+        return round(v, 3)
+    if key is not None and (key.endswith("ms") or key in ("stages_ms",)):
+        return round(v, 3)
+    return round(v, 4)
+
+
+def json_safe(value: Any, key: str | None = None) -> Any:
+    """A JSON-safe copy of an event (or any message holding numbers): NaN/inf -> None, numpy scalars ->
+    Python, floats rounded by field: ``t`` and ``*_s`` to the ms, ``*ms`` (and ``stages_ms``) to the
+    microsecond, the rest (probabilities, dBFS) to 4 decimals."""
+    if hasattr(value, "to_dict") and not isinstance(value, dict):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, str(k) if key != "stages_ms" else "stages_ms") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, key) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar / 0-d array
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return str(value)
+        return json_safe(value, key)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return _round_for(key, value)
+    return str(value)
+
+
+def to_json(message: Any) -> str:
+    """An event (or a server control message) as one line of compact JSON, as ``stream --format jsonl``
+    prints and the server sends: :func:`json_safe`, then ``json.dumps`` without NaN or spaces."""
+    return json.dumps(json_safe(message), allow_nan=False, separators=(",", ":"))

@@ -22,9 +22,10 @@ One stream per connection, over WebSocket or raw TCP::
 
 Control objects carry an ``event`` key; per-hop estimates never do.
 
-This module parses and validates config messages (:func:`parse_config`), turns audio bytes into
-16 kHz mono float32 with streaming resampling (:class:`PcmDecoder`), and builds the server's
-messages (:func:`ready_message`, :func:`end_message`, :func:`error_message`, :func:`encode`).
+This module parses and validates config messages (:func:`parse_config`), gives a stream's decoder
+(:meth:`StreamConfig.decoder`: :class:`realtime.audio.PcmDecoder`, audio bytes to 16 kHz mono float32),
+and builds the server's messages (:func:`ready_message`, :func:`end_message`, :func:`error_message`,
+:func:`encode`).
 """
 from __future__ import annotations
 
@@ -36,22 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .audio import MAX_CHANNELS, MAX_PCM_RATE, MIN_PCM_RATE, PCM_ENCODINGS, SAMPLE_RATE, PcmDecoder
+from .events import to_json
 
 __all__ = [
-    "ProtocolError", "StreamConfig", "parse_config", "check_token", "PcmDecoder", "ENCODINGS",
+    "ProtocolError", "StreamConfig", "parse_config", "check_token", "ENCODINGS",
     "MIN_RATE", "MAX_RATE", "MAX_CHANNELS", "MAX_CONFIG_BYTES", "encode", "ready_message",
     "end_message", "error_message", "parse_control",
 ]
 
-#: encoding -> (numpy dtype, scale to [-1, 1])
-ENCODINGS: dict[str, tuple[str, float]] = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
-MIN_RATE = 4000
-MAX_RATE = 384000
-MAX_CHANNELS = 32
+ENCODINGS = PCM_ENCODINGS  # encoding -> (numpy dtype, full scale): realtime.audio's table
+MIN_RATE, MAX_RATE = MIN_PCM_RATE, MAX_PCM_RATE
 MAX_CONFIG_BYTES = 4096
 CONFIG_KEYS = ("rate", "encoding", "channels", "token")
-_RESAMPLE_QUALITY = "HQ"  # as realtime.audio / realtime.sources
 
 
 class ProtocolError(ValueError):
@@ -81,6 +79,10 @@ class StreamConfig:
     def public(self) -> dict:
         """The config without the token (for the ready message and logs)."""
         return {"rate": self.rate, "encoding": self.encoding, "channels": self.channels}
+
+    def decoder(self) -> PcmDecoder:
+        """This stream's audio bytes -> 16 kHz mono float32; audio it cannot use is a ProtocolError."""
+        return PcmDecoder(self.encoding, self.rate, self.channels, name="", error=ProtocolError)
 
 
 def _int_field(obj: dict, key: str, default: int, lo: int, hi: int) -> int:
@@ -173,77 +175,9 @@ def parse_control(text: str) -> str:
                         'send audio as binary messages')
 
 
-class PcmDecoder:
-    """Interleaved PCM bytes at any rate / channel count -> 16 kHz mono float32, streaming.
-
-    Bytes that do not complete a sample frame are held until the next :meth:`feed`; channels are
-    averaged; a non-16 kHz stream is resampled with one ``soxr.ResampleStream`` (state kept across
-    calls, so chunk boundaries leave no trace). :meth:`flush` returns the resampler's tail.
-    """
-
-    def __init__(self, config: StreamConfig):
-        self.config = config
-        self.dtype, self.scale = ENCODINGS[config.encoding]
-        self.frame_bytes = config.frame_bytes
-        self._pending = b""
-        self.bytes_in = 0
-        self.frames_in = 0
-        if config.rate != SAMPLE_RATE:
-            import soxr
-
-            self._rs = soxr.ResampleStream(config.rate, SAMPLE_RATE, 1, dtype="float32", quality=_RESAMPLE_QUALITY)
-        else:
-            self._rs = None
-
-    @property
-    def pending_bytes(self) -> int:
-        return len(self._pending)
-
-    @property
-    def seconds_in(self) -> float:
-        return self.frames_in / self.config.rate
-
-    def feed(self, data: bytes | bytearray | memoryview) -> np.ndarray:
-        self.bytes_in += len(data)
-        buf = self._pending + bytes(data) if self._pending else bytes(data)
-        usable = len(buf) // self.frame_bytes * self.frame_bytes
-        self._pending = buf[usable:]
-        if usable == 0:
-            return np.zeros(0, dtype=np.float32)
-        x = np.frombuffer(buf, dtype=self.dtype, count=usable // np.dtype(self.dtype).itemsize).astype(np.float32)
-        if self.scale != 1.0:
-            x *= np.float32(1.0 / self.scale)
-        elif not np.all(np.isfinite(x)):
-            raise ProtocolError("f32le audio contains NaN or infinite samples")
-        if self.config.channels > 1:
-            x = x.reshape(-1, self.config.channels).mean(axis=1, dtype=np.float32)
-        self.frames_in += x.size
-        return self._out(x, last=False)
-
-    def flush(self) -> np.ndarray:
-        """End of stream: the resampler's remaining output (held partial frames are dropped)."""
-        return self._out(np.zeros(0, dtype=np.float32), last=True)
-
-    def _out(self, x: np.ndarray, last: bool) -> np.ndarray:
-        if self._rs is not None:
-            y = self._rs.resample_chunk(np.ascontiguousarray(x, dtype=np.float32), last=last)
-            if y.size and not np.all(np.isfinite(y)):  # finite but huge f32 input overflows in the filter
-                peak = float(np.max(np.abs(x))) if x.size else float("nan")
-                raise ProtocolError(
-                    f"{self.config.encoding} audio at {self.config.rate} Hz became NaN/infinite when resampled to "
-                    f"{SAMPLE_RATE} Hz: samples are far outside [-1, 1]" + (f" (largest |x| {peak:.3g})" if x.size else "")
-                    + "; f32le samples must be in [-1, 1]")
-            x = y
-        elif self.scale != 1.0:
-            return x  # s16 samples are already in [-1, 1)
-        return np.clip(x, -1.0, 1.0, out=np.asarray(x, dtype=np.float32))
-
-
-def encode(obj: dict) -> str:
-    """One server message as compact JSON (NaN-free, floats rounded as the jsonl sink does)."""
-    from .sinks import clean_event
-
-    return json.dumps(clean_event(obj), allow_nan=False, separators=(",", ":"))
+def encode(obj) -> str:
+    """One server message (an event or a control message) as compact JSON: :func:`realtime.events.to_json`."""
+    return to_json(obj)
 
 
 def ready_message(config: StreamConfig, *, hop_s: float, limits: dict) -> dict:

@@ -1,19 +1,22 @@
 """Where live estimates go: JSON lines, CSV, a console display, or a PNG trace.
 
-An event is a :class:`realtime.events.Event` (or its dict, as the client receives it): the fields and
-their units are in :mod:`realtime.events`. Every sink has ``write(event)`` and ``close()`` and is a
-context manager.
+An event is a :class:`realtime.events.Event` (or its dict, as the client receives it): the fields, their
+units and their JSON form are in :mod:`realtime.events` (``clean_event`` here is its ``json_safe``).
+Every sink has ``write(event)`` and ``close()`` and is a context manager. The console's hints (too quiet,
+how much speech a first estimate needs) follow the running engine's config when it is given.
 """
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
-from collections.abc import Mapping
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Callable, Mapping
 
-from .events import EVENT_FIELDS, STAGES
+from .events import EVENT_FIELDS, STAGES, Event, to_json
+from .events import json_safe as clean_event
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
 
 __all__ = [
     "EVENT_KEYS", "Sink", "JsonlSink", "CsvSink", "ConsoleSink", "TracePlotSink", "make_sink",
@@ -27,44 +30,10 @@ LABEL_STYLES = {"female": "bold magenta", "male": "bold cyan", "uncertain": "bol
                 "waiting": "italic"}
 
 
-def _round_for(key: str | None, v: float) -> float:
-    # probabilities to 4 decimals; times in s to the ms; milliseconds to the microsecond
-    if key is not None and (key == "t" or key.endswith("_s")):
-        return round(v, 3)
-    if key is not None and (key.endswith("ms") or key in ("stages_ms",)):
-        return round(v, 3)
-    return round(v, 4)
-
-
-def clean_event(value: Any, key: str | None = None) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, floats rounded sensibly."""
-    if hasattr(value, "to_dict") and not isinstance(value, dict):
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(k): clean_event(v, str(k) if key != "stages_ms" else "stages_ms") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_event(v, key) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar / 0-d array
-        try:
-            value = value.item()
-        except (ValueError, TypeError):
-            return str(value)
-        return clean_event(value, key)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return _round_for(key, value)
-    return str(value)
-
-
 class Sink:
     """Base class: ``write(event)``, ``close()``, context manager."""
 
-    def write(self, event: dict) -> None:  # pragma: no cover - interface
+    def write(self, event: Event | Mapping) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def close(self) -> None:
@@ -93,8 +62,8 @@ class _TextStreamSink(Sink):
 class JsonlSink(_TextStreamSink):
     """One JSON object per line (NaN-free; floats rounded), flushed per event."""
 
-    def write(self, event: dict) -> None:
-        self.stream.write(json.dumps(clean_event(event), allow_nan=False, separators=(",", ":")) + "\n")
+    def write(self, event: Event | Mapping) -> None:
+        self.stream.write(to_json(event) + "\n")
         self.stream.flush()
 
 
@@ -108,7 +77,7 @@ class CsvSink(_TextStreamSink):
         super().__init__(stream)
         self._writer: csv.DictWriter | None = None
 
-    def write(self, event) -> None:
+    def write(self, event: Event | Mapping) -> None:
         ev = clean_event(event)
         if self._writer is None:
             self._writer = csv.DictWriter(self.stream, fieldnames=list(CSV_FIELDS), extrasaction="ignore",
@@ -134,19 +103,25 @@ def gauge_text(p: float | None, width: int = 31) -> str:
     return "male ◀" + "".join(cells) + "▶ female"
 
 
-def input_hint(level_dbfs: float, speech: bool, label: str) -> str | None:
+def _typed(event: Event | Mapping) -> Event:
+    """The event's JSON-safe values (NaN -> None, rounded) as an Event."""
+    return Event.from_dict(clean_event(event))
+
+
+def input_hint(level_dbfs: float, speech: bool, label: str, config: "EngineConfig | None" = None) -> str | None:
     """What the console says beside this hop's input level: too quiet or too loud for the models, or why a
-    voice gets no estimate yet."""
+    voice gets no estimate yet. ``config``: the running engine's (default: the engine defaults)."""
     from .engine import EngineConfig, level_warning
 
+    config = config if config is not None else EngineConfig()
     if speech:
-        hint = level_warning(level_dbfs, EngineConfig.level_range_dbfs)
+        hint = level_warning(level_dbfs, config.level_range_dbfs)
         if hint:
             return hint
         if label == "waiting":
-            return f"listening: an estimate needs {EngineConfig.first_window_s:g} s of speech"
+            return f"listening: an estimate needs {config.first_window_s:g} s of speech"
         return None
-    lo = EngineConfig.level_range_dbfs[0]
+    lo = config.level_range_dbfs[0]
     if level_dbfs > lo:
         return None
     if level_dbfs <= -90:
@@ -163,15 +138,17 @@ class ConsoleSink(Sink):
     the label in colour, a speech indicator, per-stage latency and the overrun count.
 
     Not a terminal (piped / redirected / CI): no cursor tricks and no colour; one plain line per
-    event, or only when the label changes if ``changes_only=True``.
+    event, or only when the label changes if ``changes_only=True``. ``config``: the running engine's
+    :class:`~realtime.engine.EngineConfig`, for the level and first-estimate hints (default: the defaults).
     """
 
     def __init__(self, stream: IO[str] | None = None, *, console=None, changes_only: bool = False,
-                 refresh_per_second: float = 10.0):
+                 refresh_per_second: float = 10.0, config: "EngineConfig | None" = None):
         from rich.console import Console
 
         self.console = console if console is not None else Console(file=stream or sys.stdout, highlight=False)
         self.changes_only = changes_only
+        self.config = config
         self._live = None
         self._last_label: str | None = None
         self._n = 0
@@ -187,7 +164,7 @@ class ConsoleSink(Sink):
     def is_live(self) -> bool:
         return self._live is not None
 
-    def _render(self, ev: dict | None):
+    def _render(self, ev: Event | None):
         from rich.table import Table
         from rich.text import Text
 
@@ -197,9 +174,8 @@ class ConsoleSink(Sink):
         if ev is None:
             table.add_row("status", Text("waiting for audio…", style="dim"))
             return table
-        label = ev.get("label") or "no speech"
-        p = ev.get("p_female")
-        speech = ev.get("speech")
+        label = ev.label or "no speech"
+        p = ev.p_female
         style = LABEL_STYLES.get(label, "")
         gauge = Text(gauge_text(p, 41))
         if p is not None:
@@ -207,51 +183,46 @@ class ConsoleSink(Sink):
             idx = start + min(40, max(0, int(round(p * 40))))
             gauge.stylize(style or "bold", idx, idx + 1)
         table.add_row("voice", Text(label.upper(), style=style))
-        table.add_row("p_female", Text(f"{_fmt_p(p)}   window {_fmt_p(ev.get('window_p_female'))}"))
+        table.add_row("p_female", Text(f"{_fmt_p(p)}   window {_fmt_p(ev.window_p_female)}"))
         table.add_row("", gauge)
-        table.add_row("speech", Text("● speaking" if speech else "○ silent", style="green" if speech else "dim"))
-        level = ev.get("input_dbfs")
-        if level is not None:  # this hop's input, so silence reads as silence
-            hint = input_hint(level, bool(speech), label)
-            table.add_row("level", Text(f"{level:.0f} dBFS" + (f"   {hint}" if hint else ""),
+        table.add_row("speech", Text("● speaking" if ev.speech else "○ silent", style="green" if ev.speech else "dim"))
+        if ev.input_dbfs is not None:  # this hop's input, so silence reads as silence
+            hint = input_hint(ev.input_dbfs, bool(ev.speech), label, self.config)
+            table.add_row("level", Text(f"{ev.input_dbfs:.0f} dBFS" + (f"   {hint}" if hint else ""),
                                         style="yellow" if hint else ""))
-        stages = ev.get("stages_ms") or {}
-        lat = "  ".join(f"{k} {v:.2f}" for k, v in stages.items() if isinstance(v, (int, float)))
-        cm = ev.get("compute_ms")
+        lat = "  ".join(f"{k} {v:.2f}" for k, v in (ev.stages_ms or {}).items() if isinstance(v, (int, float)))
+        cm = ev.compute_ms
         total = f"total {cm:.1f} ms" if isinstance(cm, (int, float)) else ""
         table.add_row("latency", Text(f"{total}   {lat}".strip()))
-        t = ev.get("t")
+        t = ev.t
         table.add_row("t / overruns", Text(f"{t:.1f} s   overruns {self._overruns}" if isinstance(t, (int, float))
                                            else f"overruns {self._overruns}",
                                            style="red" if self._overruns else ""))
         return table
 
-    def _line(self, ev: dict) -> str:
-        t = ev.get("t")
-        cm = ev.get("compute_ms")
+    def _line(self, ev: Event) -> str:
+        t, cm = ev.t, ev.compute_ms
         parts = [f"t={t:7.2f}s" if isinstance(t, (int, float)) else "t=?",
-                 f"{(ev.get('label') or 'no speech'):<9}",
-                 f"p_female={_fmt_p(ev.get('p_female'))}",
-                 f"window={_fmt_p(ev.get('window_p_female'))}",
-                 "speech" if ev.get("speech") else "silent",
-                 f"level={ev['input_dbfs']:.0f}dBFS" if isinstance(ev.get("input_dbfs"), (int, float)) else "",
+                 f"{(ev.label or 'no speech'):<9}",
+                 f"p_female={_fmt_p(ev.p_female)}",
+                 f"window={_fmt_p(ev.window_p_female)}",
+                 "speech" if ev.speech else "silent",
+                 f"level={ev.input_dbfs:.0f}dBFS" if isinstance(ev.input_dbfs, (int, float)) else "",
                  f"{cm:.1f}ms" if isinstance(cm, (int, float)) else ""]
         if self._overruns:
             parts.append(f"overruns={self._overruns}")
         return " ".join(p for p in parts if p)
 
-    def write(self, event: dict) -> None:
-        ev = clean_event(event)
+    def write(self, event: Event | Mapping) -> None:
+        ev = _typed(event)
         self._n += 1
-        if isinstance(ev.get("overruns"), int):
-            self._overruns = ev["overruns"]
+        if isinstance(ev.overruns, int):
+            self._overruns = ev.overruns
         if self._live is not None:
             self._live.update(self._render(ev))
-        else:
-            label = ev.get("label")
-            if not self.changes_only or label != self._last_label:
-                self.console.print(self._line(ev), markup=False, highlight=False, soft_wrap=True)
-        self._last_label = ev.get("label")
+        elif not self.changes_only or ev.label != self._last_label:
+            self.console.print(self._line(ev), markup=False, highlight=False, soft_wrap=True)
+        self._last_label = ev.label
 
     def close(self) -> None:
         if self._live is not None:
@@ -287,11 +258,11 @@ class TracePlotSink(Sink):
             check_plotting()
         self.png_path = Path(png_path)
         self.title = title
-        self.events: list[dict] = []
+        self.events: list[Event] = []
         self._closed = False
 
-    def write(self, event: dict) -> None:
-        self.events.append(clean_event(event))
+    def write(self, event: Event | Mapping) -> None:
+        self.events.append(_typed(event))
 
     def close(self) -> None:
         if self._closed:
@@ -303,19 +274,19 @@ class TracePlotSink(Sink):
         except ImportError as exc:
             raise ImportError(PLOT_HINT) from exc
         ev = self.events
-        t = [e.get("t") if e.get("t") is not None else i for i, e in enumerate(ev)]
+        t = [e.t if e.t is not None else i for i, e in enumerate(ev)]
         nan = float("nan")
-        p = [nan if e.get("p_female") is None else e["p_female"] for e in ev]
-        wp = [nan if e.get("window_p_female") is None else e["window_p_female"] for e in ev]
+        p = [nan if e.p_female is None else e.p_female for e in ev]
+        wp = [nan if e.window_p_female is None else e.window_p_female for e in ev]
         fig = Figure(figsize=(10, 3.2), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         # speech shading: one span per run of speech events
         start = None
         for i, e in enumerate(ev):
-            if e.get("speech") and start is None:
+            if e.speech and start is None:
                 start = t[i - 1] if i > 0 else t[i]
-            if not e.get("speech") and start is not None:
+            if not e.speech and start is not None:
                 ax.axvspan(start, t[i - 1] if i > 0 else t[i], color="0.88", lw=0)
                 start = None
         if start is not None and ev:
@@ -333,17 +304,19 @@ class TracePlotSink(Sink):
         fig.savefig(self.png_path)
 
 
-SINK_FORMATS: dict[str, Callable[[IO[str] | None], Sink]] = {
-    "console": lambda stream: ConsoleSink(stream),
-    "jsonl": lambda stream: JsonlSink(stream),
-    "csv": lambda stream: CsvSink(stream),
+#: format -> factory(stream, engine config or None)
+SINK_FORMATS: dict[str, Callable[[IO[str] | None, "EngineConfig | None"], Sink]] = {
+    "console": lambda stream, config: ConsoleSink(stream, config=config),
+    "jsonl": lambda stream, config: JsonlSink(stream),
+    "csv": lambda stream, config: CsvSink(stream),
 }
 
 
-def make_sink(fmt: str, stream: IO[str] | None = None) -> Sink:
-    """'console' | 'jsonl' | 'csv' -> a sink writing to ``stream`` (default stdout)."""
+def make_sink(fmt: str, stream: IO[str] | None = None, *, config: "EngineConfig | None" = None) -> Sink:
+    """'console' | 'jsonl' | 'csv' -> a sink writing to ``stream`` (default stdout). ``config``: the running
+    engine's config (the console's hints follow it)."""
     try:
         factory = SINK_FORMATS[fmt]
     except KeyError:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(SINK_FORMATS)}") from None
-    return factory(stream)
+    return factory(stream, config)

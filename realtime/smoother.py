@@ -46,9 +46,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-__all__ = ["Estimate", "Smoother", "LABELS"]
+from .events import LABELS
 
-LABELS = ("waiting", "female", "male", "uncertain", "no speech")
+__all__ = ["Estimate", "Smoother", "LABELS"]
 
 
 def _logit(p: float) -> float:

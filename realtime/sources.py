@@ -2,8 +2,9 @@
 
 Every source has ``name``, ``sample_rate`` (always 16000: what comes out, whatever goes in),
 ``chunks()`` (a generator of 1-D float32 arrays in [-1, 1] of any length), ``close()``, and is a
-context manager. Resampling is streaming (``soxr.ResampleStream``), so memory does not grow with
-the input and a live source stays live.
+context manager. Decoding and resampling are streaming (:class:`realtime.audio.PcmDecoder`,
+:class:`realtime.audio.StreamResampler`), so memory does not grow with the input and a live source
+stays live.
 
 ``parse_source(spec)`` maps a command-line spec to a source through the ``SOURCE_SCHEMES``
 registry; adding a scheme is one entry (or ``register_source_scheme``)::
@@ -26,8 +27,8 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, check_audio_path
-from .audio import StreamResampler as _StreamResampler
+from .audio import (MAX_PCM_RATE, MIN_PCM_RATE, PCM_ENCODINGS, SAMPLE_RATE, AudioError, PcmDecoder, StreamResampler,
+                    check_audio_path, to_mono)
 from .ringbuffer import RingBuffer
 
 __all__ = [
@@ -36,13 +37,6 @@ __all__ = [
 ]
 
 NO_MIC_MESSAGE = "no microphone found; see --list-devices"
-
-
-def _mono(block: np.ndarray) -> np.ndarray:
-    """(frames, channels) -> (frames,) float32 by averaging channels (as realtime.audio.to_mono)."""
-    if block.ndim == 2:
-        block = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
-    return block.astype(np.float32, copy=False)
 
 
 class Source(abc.ABC):
@@ -125,7 +119,7 @@ class FileSource(Source):
         import soundfile as sf
 
         block = max(1, int(round(self.chunk_seconds * self.file_sample_rate)))
-        resample = _StreamResampler(self.file_sample_rate, str(self.path))
+        resample = StreamResampler(self.file_sample_rate, str(self.path))
         emitted = 0
         t0 = None
         try:
@@ -139,7 +133,7 @@ class FileSource(Source):
                 except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
                     raise AudioError(f"{self.path}: decode error mid-file ({exc})") from exc
                 last = data.shape[0] == 0
-                x = _mono(data)
+                x = to_mono(data)
                 if x.size and not np.all(np.isfinite(x)):
                     raise AudioError(f"{self.path}: audio contains NaN or infinite samples")
                 y = resample(x, last=last)
@@ -157,10 +151,6 @@ class FileSource(Source):
 
 
 # ---------------------------------------------------------------------------------------- stdin
-_PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
-MIN_PCM_RATE, MAX_PCM_RATE = 4000, 384000  # as the server's protocol (realtime.protocol.MIN_RATE / MAX_RATE)
-
-
 def _short_int(v) -> str:
     s = str(v) if not isinstance(v, int) or abs(v) < 10 ** 30 else f"{str(v)[:12]}... ({len(str(abs(v)))} digits)"
     return s if len(s) <= 40 else s[:37] + "..."
@@ -178,8 +168,8 @@ class StdinSource(Source):
 
     def __init__(self, rate: int = SAMPLE_RATE, channels: int = 1, fmt: str = "s16le",
                  stream: IO[bytes] | None = None, chunk_seconds: float = 0.1):
-        if fmt not in _PCM_FORMATS:
-            raise ValueError(f"fmt must be one of {', '.join(_PCM_FORMATS)}, got {fmt!r}")
+        if fmt not in PCM_ENCODINGS:
+            raise ValueError(f"fmt must be one of {', '.join(PCM_ENCODINGS)}, got {fmt!r}")
         if not MIN_PCM_RATE <= int(rate) <= MAX_PCM_RATE:
             raise AudioError(f"stdin PCM rate must be between {MIN_PCM_RATE} and {MAX_PCM_RATE} Hz, got {_short_int(rate)} "
                              "(give the input's real rate with --rate)")
@@ -198,42 +188,24 @@ class StdinSource(Source):
 
     def chunks(self) -> Iterator[np.ndarray]:
         stream = self.stream if self.stream is not None else sys.stdin.buffer
-        dtype, scale = _PCM_FORMATS[self.fmt]
-        frame_bytes = np.dtype(dtype).itemsize * self.channels
-        want = max(1, int(round(self.chunk_seconds * self.rate))) * frame_bytes
+        decoder = PcmDecoder(self.fmt, self.rate, self.channels, name=self.name)
+        want = max(1, int(round(self.chunk_seconds * self.rate))) * decoder.frame_bytes
         read = getattr(stream, "read1", None) or stream.read
-        resample = _StreamResampler(self.rate, self.name)
-        pending = bytearray()
         while not self._closed:
             buf = read(want)
             if not buf:
                 break
-            pending += buf
-            usable = len(pending) // frame_bytes * frame_bytes
-            if usable == 0:
-                continue
-            y = resample(self._decode(bytes(pending[:usable]), dtype, scale))
-            del pending[:usable]
+            y = decoder.feed(buf)
             if y.size:
                 yield y
-        if pending:
-            self.dropped_bytes = len(pending)
+        if decoder.pending_bytes:
+            self.dropped_bytes = decoder.pending_bytes
             warnings.warn(
-                f"{self.name}: dropped {len(pending)} trailing byte(s) at end of stream "
-                f"(not a whole {self.fmt} frame of {frame_bytes} bytes)", RuntimeWarning, stacklevel=2)
-        tail = resample(np.zeros(0, dtype=np.float32), last=True)
+                f"{self.name}: dropped {decoder.pending_bytes} trailing byte(s) at end of stream "
+                f"(not a whole {self.fmt} frame of {decoder.frame_bytes} bytes)", RuntimeWarning, stacklevel=2)
+        tail = decoder.flush()
         if tail.size:
             yield tail
-
-    def _decode(self, raw: bytes, dtype: str, scale: float) -> np.ndarray:
-        x = np.frombuffer(raw, dtype=dtype).astype(np.float32)
-        if scale != 1.0:
-            x /= scale
-        elif not np.all(np.isfinite(x)):
-            raise AudioError(f"{self.name}: f32le input contains NaN or infinite samples")
-        if self.channels > 1:
-            x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
-        return x
 
 
 # ---------------------------------------------------------------------------------------- microphone
@@ -396,7 +368,7 @@ class MicSource(Source):
 
     def chunks(self) -> Iterator[np.ndarray]:
         self.start()
-        resample = _StreamResampler(self.device_sample_rate, self.name)
+        resample = StreamResampler(self.device_sample_rate, self.name)
         try:
             while True:
                 x = self._ring.read(timeout=1.0)

@@ -4,26 +4,23 @@ webrtcvad needs 16-bit mono PCM at 8/16/32/48 kHz in frames of exactly 10, 20 or
 arrives in chunks of any size, so :class:`VadGate` keeps the leftover samples of an incomplete
 frame until the next call (as openWakeWord does) and returns one decision per complete frame.
 
-Why the two extra checks (measured on 60 LibriSpeech train-clean-100 utterances, 30 ms frames,
-aggressiveness 2; see tests/test_vad.py):
+The two extra checks (tests/test_vad.py shows what each one catches, on real speech and on noise):
 
-* **Energy floor** (``energy_floor_dbfs=-60``): webrtcvad marks the first ~3 frames of *any*
-  non-silent input as speech while it adapts (about 1-2 % of frames of 5-10 s of white noise at
-  -70..-30 dBFS). A frame whose RMS is below the floor is never speech, so digital silence and very
-  quiet noise give no speech at all. Cost: about 1 % of the frames webrtcvad calls speech in clean
-  LibriSpeech are below -60 dBFS (near-silent hangover frames between words).
-* **Spectral-flatness ceiling** (``flatness_max=0.5``): webrtcvad calls white noise louder than
-  about -25 dBFS speech in 100 % of frames in every mode. White noise has a flatness (geometric /
-  arithmetic mean of the frame's power spectrum above 130 Hz) of about 0.56 (min ~0.44); speech
-  frames have a median of 0.009 and a 99.8th percentile of 0.5. With the ceiling, loud white noise
-  drops to 2-4 % "speech" frames while 99.8 % of clean speech frames are kept. The price is speech
-  buried in white noise: at 10 dB SNR 70 % of the speech frames pass instead of 85 % (5 dB SNR: 62 %
-  instead of 83 %). Pink and brown noise are not flat, so this check does not catch them (pink
-  noise at -30 dBFS: ~19 % "speech" frames either way). Pass ``flatness_max=None`` to disable it.
+* **Energy floor** (``energy_floor_dbfs``): webrtcvad marks the first frames of *any* non-silent input
+  as speech while it adapts. A frame whose RMS is below the floor is never speech, so digital silence
+  and very quiet noise give no speech at all. The price: near-silent hangover frames between words are
+  dropped too.
+* **Spectral-flatness ceiling** (``flatness_max``): webrtcvad calls loud white noise speech in every
+  mode. The flatness of a frame (geometric / arithmetic mean of its power spectrum above 130 Hz) is
+  high for white noise and low for speech, so a frame flatter than the ceiling is never speech. The
+  price: of speech buried in white noise, fewer frames pass. Pink and brown noise are not flat, so this
+  check does not catch them. ``flatness_max=None`` disables it.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .audio import float_to_s16, s16_to_float
 
 __all__ = ["VadGate", "VALID_FRAME_MS", "VALID_SAMPLE_RATES"]
 
@@ -106,7 +103,7 @@ class VadGate:
         if x.ndim != 1:
             raise ValueError(f"VadGate.process needs a 1-D mono chunk, got shape {x.shape}")
         if x.dtype == np.int16:
-            x = x.astype(np.float32) / 32768.0
+            x = s16_to_float(x)
         else:
             x = x.astype(np.float32, copy=False)
         if self._leftover.shape[0]:
@@ -117,7 +114,7 @@ class VadGate:
         if n_frames == 0:
             return np.zeros(0, dtype=bool)
         frames = x[:used].reshape(n_frames, self.frame_samples)
-        pcm = (np.clip(frames, -1.0, 1.0) * 32767.0).astype("<i2")
+        pcm = float_to_s16(frames)
         is_speech = self._vad.is_speech
         rate = self.sample_rate
         raw = np.fromiter((is_speech(f.tobytes(), rate) for f in pcm), dtype=bool, count=n_frames)

@@ -89,6 +89,32 @@ def test_file_and_stdin_give_the_same_per_hop_results(bundle, voices):
     assert strip(from_file) == strip(from_stdin)
 
 
+def test_samples_until_event_says_when_the_next_event_can_come(bundle, voices):
+    """A push shorter than ``samples_until_event()`` returns no event; once a voice has its estimate, a push of
+    exactly that many samples ends the hop. Real speech, a pause (the voice is forgotten), another voice,
+    pushed in chunks of random sizes."""
+    f, m = load_audio(voices["F"][0])[: 16000 * 6], load_audio(voices["M"][0])[: 16000 * 6]
+    x = np.concatenate([np.zeros(8000, np.float32), f, np.zeros(16000 * 3, np.float32), m])
+    rng = np.random.default_rng(0)
+    for hop in (0.5, 1.0):
+        engine = Engine(bundle, EngineConfig(hop_s=hop))
+        i, label, quiet, exact = 0, "no speech", 0, 0
+        while i < len(x):
+            due = engine.samples_until_event()
+            n = due if rng.random() < 0.3 else int(rng.integers(1, 3000))
+            events = engine.push(x[i:i + n])
+            i += n
+            if n < due:
+                assert events == [], (i, n, due)
+                quiet += 1
+            elif n == due and label in ("female", "male", "uncertain") and i <= len(x):
+                assert len(events) == 1 and i % 320 == 0 and events[0].t == pytest.approx(i / 16000), (i, events)
+                exact += 1
+            if events:
+                label = events[-1].label
+        assert quiet > 10 and exact > 5, (quiet, exact)
+
+
 def test_live_features_equal_offline_features_of_the_same_window(bundle, voices):
     """The engine's incremental features for each classified window equal a fresh offline extraction."""
     engine = Engine(bundle)

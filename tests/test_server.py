@@ -1,4 +1,4 @@
-"""The streaming server (realtime/server.py, realtime/protocol.py) over both transports, with real audio.
+"""The streaming server (realtime/server/, realtime/protocol.py) over both transports, with real audio.
 
 Servers run in-process on ephemeral ports (``ServerThread``); clients speak the wire protocol with
 raw sockets and the ``websockets`` client, so these tests pin the protocol itself: ready first, one

@@ -108,6 +108,22 @@ def test_event_is_typed_and_reads_like_a_dict():
         ev["nope"] = 1
 
 
+def test_one_json_form_for_sinks_and_the_server():
+    """The JSON line of an event is defined once (Event.to_json): the jsonl sink writes it, the server sends it,
+    and it reads back to the same event."""
+    from realtime.protocol import encode
+
+    ev = Event(t=1.2345678, label="female", p_female=0.912345678, window_p_female=float("nan"), speech=True,
+               compute_ms=2.3456789, stages_ms={"vad": np.float64(0.1234567)})
+    line = ev.to_json()
+    buf = io.StringIO()
+    JsonlSink(buf).write(ev)
+    assert buf.getvalue() == line + "\n" and encode(ev) == line
+    back = Event.from_dict(json.loads(line))
+    assert back.t == 1.235 and back.p_female == 0.9123 and back.window_p_female is None
+    assert back.compute_ms == 2.346 and back.stages_ms == {"vad": 0.123} and back.to_json() == line
+
+
 def test_console_sink_plain_when_not_a_tty():
     from rich.console import Console
 
@@ -167,6 +183,29 @@ def test_console_level_is_the_hops_input_and_quiet_speech_says_why():
     assert "-64 dBFS" in out and "raise the input gain" in out
     out = last_frame([dict(quiet, input_dbfs=-30.0)])
     assert "an estimate needs 0.75 s of speech" in out
+
+
+def test_console_hints_follow_the_running_engines_config():
+    """The console reads the engine it displays (make_sink(..., config=engine.config)), not the defaults."""
+    from rich.console import Console
+
+    from realtime.engine import EngineConfig
+
+    config = EngineConfig(first_window_s=1.25, level_range_dbfs=(-30.0, -10.0))
+    sink = make_sink("console", config=config)
+    sink.close()
+    assert sink.config is config
+
+    def last_frame(event):
+        buf = io.StringIO()
+        sink = ConsoleSink(console=Console(file=buf, force_terminal=True, width=140, color_system=None), config=config)
+        sink.write(event)
+        sink.close()
+        return buf.getvalue().rsplit("voice  ", 1)[-1]
+
+    assert "an estimate needs 1.25 s of speech" in last_frame(dict(_events()[10], label="waiting", input_dbfs=-25.0))
+    out = last_frame(dict(_events()[10], input_dbfs=-36.0))  # inside the default range, below this engine's
+    assert "-36 dBFS" in out and "quieter than the training audio (-30..-10 dBFS)" in out
 
 
 def test_gauge_marks_position():

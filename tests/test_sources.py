@@ -157,6 +157,43 @@ def test_stdin_source_partial_reads_and_odd_trailing_byte(original):
         StdinSource(stream=io.BytesIO(data)).read_all()
 
 
+@pytest.mark.parametrize("fmt", ["s16le", "f32le"])
+def test_one_decoding_path_for_stdin_the_server_and_engine_push(original, fmt):
+    """Real speech as 44.1 kHz stereo PCM: the streaming decoder fed bytes in odd pieces (splitting samples
+    and frames), StdinSource reading a trickling pipe, the server's per-stream decoder, and the array path of
+    Engine.push (as_mono_float + StreamResampler) give the same samples, bit for bit, as decoding it all at once."""
+    from realtime.audio import PcmDecoder, StreamResampler, as_mono_float, decode_pcm
+    from realtime.protocol import ProtocolError, StreamConfig
+
+    x = soxr.resample(original[: 16000 * 4], 16000, 44100).astype(np.float32)
+    stereo = np.stack([x, 0.6 * x], axis=1)
+    raw = _pcm16(stereo) if fmt == "s16le" else stereo.astype("<f4").tobytes()
+    whole = StreamResampler(44100)(decode_pcm(raw, fmt, 2), last=True)
+    assert whole.size == pytest.approx(4 * 16000, abs=2) and np.abs(whole).max() > 0.1
+
+    def pieces(decoder):
+        out, i, sizes = [], 0, [1, 3, 7, 1001, 4097, 333, 65536, 5]
+        for k in range(len(raw)):
+            if i >= len(raw):
+                break
+            out.append(decoder.feed(raw[i:i + sizes[k % len(sizes)]]))
+            i += sizes[k % len(sizes)]
+        return np.concatenate(out + [decoder.flush()])
+
+    np.testing.assert_array_equal(pieces(PcmDecoder(fmt, 44100, 2)), whole)
+    np.testing.assert_array_equal(pieces(StreamConfig(rate=44100, encoding=fmt, channels=2).decoder()), whole)
+    stdin = StdinSource(rate=44100, channels=2, fmt=fmt, stream=_Trickle(raw, 777))
+    np.testing.assert_array_equal(stdin.read_all(), whole)
+    as_array = stereo if fmt == "f32le" else np.frombuffer(raw, "<i2").reshape(-1, 2)
+    np.testing.assert_array_equal(StreamResampler(44100)(as_mono_float(as_array), last=True), whole)
+    if fmt == "f32le":  # unusable audio is the caller's kind of error: AudioError here, ProtocolError for a client
+        bad = np.array([0.1, np.nan] * 4, "<f4").tobytes()
+        with pytest.raises(AudioError, match="stream:BytesIO: f32le audio contains NaN"):
+            StdinSource(fmt="f32le", stream=io.BytesIO(bad)).read_all()
+        with pytest.raises(ProtocolError, match="NaN"):
+            StreamConfig(encoding="f32le").decoder().feed(bad)
+
+
 def test_stdin_source_rejects_bad_settings():
     with pytest.raises(ValueError, match="s16le, f32le"):
         StdinSource(fmt="u8")

@@ -1,0 +1,50 @@
+"""The server's settings: :class:`ServerConfig`, every limit with the defaults of ``python -m realtime serve``."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from ..protocol import MAX_CONFIG_BYTES, _short
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass
+class ServerConfig:
+    """Every limit of the server, with the defaults of ``python -m realtime serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # WebSocket + HTTP page; 0 picks a free port
+    tcp_port: int | None = None  # raw TCP; None: port + 1 (or a free port when port is 0); -1: no TCP
+    token: str | None = None
+    max_connections: int = 256
+    max_message_bytes: int = 65536  # one WebSocket message (2 s of 16 kHz s16le mono)
+    max_config_bytes: int = MAX_CONFIG_BYTES
+    idle_timeout: float = 30.0  # seconds without a byte from the client (or without it reading events)
+    handshake_timeout: float = 5.0  # from accept to a complete, authenticated config (trickling does not extend it)
+    max_pending: int = 256  # connections not yet authenticated (whole server); see _Admission
+    max_pending_per_address: int = 64  # of those, from one client address
+    max_stream_seconds: float = 4 * 3600.0  # of audio, at the declared rate
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
+
+    def __post_init__(self):
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ValueError(f"port must be 0-65535 (0: any free port), got {_short(self.port)}")
+        if self.tcp_port is not None and not (isinstance(self.tcp_port, int) and -1 <= self.tcp_port <= 65535):
+            raise ValueError(f"tcp_port must be 0-65535 (0: any free port, -1: no TCP), got {_short(self.tcp_port)}")
+        for name in ("max_connections", "max_message_bytes", "max_config_bytes", "workers", "max_pending",
+                     "max_pending_per_address"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("idle_timeout", "max_stream_seconds", "handshake_timeout"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number of seconds, got {v}")
+
+    def limits(self) -> dict:
+        """What a client is told in the ready message."""
+        return {"max_message_bytes": self.max_message_bytes, "idle_timeout_s": self.idle_timeout,
+                "max_stream_seconds": self.max_stream_seconds}
+

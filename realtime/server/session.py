@@ -1,0 +1,206 @@
+"""One stream of the server: :class:`StreamSession` reads a connection's messages, decodes them, feeds its
+Engine (inline or in the shared worker pool) and sends the events; :class:`Deadline` is the cheap
+per-connection timer behind ``--idle-timeout``."""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Callable
+
+from ..events import Event
+from ..protocol import ProtocolError, StreamConfig, encode, end_message, parse_control
+from .config import ServerConfig
+from .transport import ClientGone, Connection
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from ..engine import Engine
+
+__all__ = ["StreamSession", "Deadline", "Refusal", "BATCH_SECONDS"]
+
+BATCH_SECONDS = 0.5  # most audio (at 16 kHz) one executor job handles for one connection
+
+
+class Refusal(Exception):
+    """Refuse the connection with this message (a ProtocolError or a server-side limit)."""
+
+
+_RESET = object()  # a {"event": "reset"} between audio items
+_FLUSH = object()  # end of stream: Engine.flush()
+
+
+class Deadline:
+    """A deadline on one connection, cheap to re-arm per message (no task or timer per call): one timer
+    handle is kept and re-scheduled lazily; ``on_expire()`` runs once when the deadline passes."""
+
+    __slots__ = ("loop", "seconds", "on_expire", "deadline", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float, on_expire: Callable[[], None]):
+        self.loop, self.seconds, self.on_expire = loop, seconds, on_expire
+        self.deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self.deadline = self.loop.time() + self.seconds
+        if self._handle is None:
+            self._handle = self.loop.call_at(self.deadline, self._check)
+
+    def disarm(self) -> None:
+        self.deadline = None
+
+    def cancel(self) -> None:
+        self.deadline = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self.deadline is None:
+            return
+        if self.loop.time() < self.deadline:
+            self._handle = self.loop.call_at(self.deadline, self._check)
+            return
+        self.deadline = None
+        self.on_expire()
+
+
+class StreamSession:
+    """One connection's stream, run by one coroutine: read a message, decode it, feed the engine, send
+    the events, read the next.
+
+    * Backpressure: while a message is being processed or its events sent, the socket is not read, so
+      what a connection can hold is one message plus the transport's small buffers (websockets'
+      ``max_queue`` frames; asyncio's 64 KiB stream buffer, then the kernel's) and a fast sender is
+      slowed by TCP flow control. Under load TCP reads coalesce into larger batches by themselves.
+    * Work placement: decoding, resampling and pushes too short to bring an event (fewer samples than
+      ``Engine.samples_until_event()``: VAD only) run inline on the event loop; a push that may end a hop
+      (features + models), a reset and the final flush run in the shared executor, at most one job per
+      connection, so the pool's FIFO queue serves streams round-robin. (Handing every short message to a
+      thread costs more CPU than the VAD it runs.)
+    * Deadlines (``--idle-timeout``) for the next message and for each send are re-armed per message
+      on one timer handle per connection (no task or timer per call).
+    """
+
+    def __init__(self, conn: Connection, config: StreamConfig, engine: Engine, *, limits: ServerConfig,
+                 executor: concurrent.futures.Executor):
+        """``config``: the client's stream; ``limits``: the server's; ``executor``: the shared worker pool."""
+        self.conn, self.config, self.engine = conn, config, engine
+        self.limits, self.executor = limits, executor
+        self.decoder = config.decoder()
+        self.audio_bytes = 0
+        self.limit_error: ProtocolError | None = None
+        self.expired: Exception | None = None
+        self.summary_rows: list[dict] = []  # what summarise() reads of each event, kept for the end message
+        self.n_events = 0
+        self.batch_bytes = max(config.frame_bytes, int(BATCH_SECONDS * config.bytes_per_second))
+        self.task: asyncio.Task | None = None
+        loop = asyncio.get_running_loop()
+        idle = limits.idle_timeout
+        self.idle_watch = Deadline(loop, idle, lambda: self._expire(Refusal(
+            f"idle for {idle:g} s waiting for audio (--idle-timeout); closing")))
+        self.send_watch = Deadline(loop, idle, lambda: self._expire(ClientGone(
+            f"not reading its events for {idle:g} s")))
+
+    def _expire(self, exc: Exception) -> None:
+        self.expired = exc
+        if self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        """Until the client ends the stream; raises ProtocolError / Refusal / ClientGone otherwise."""
+        self.task = asyncio.current_task()
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            if self.expired is None:
+                raise  # the server is shutting down
+        finally:
+            self.idle_watch.cancel()
+            self.send_watch.cancel()
+        if self.expired is not None:
+            raise self.expired
+        if self.limit_error is not None:
+            raise self.limit_error
+
+    async def _loop(self) -> None:
+        cfg = self.limits
+        max_bytes = int(cfg.max_stream_seconds * self.config.bytes_per_second)
+        while True:
+            self.idle_watch.arm()
+            msg = await self.conn.recv()
+            self.idle_watch.disarm()
+            if msg is None:
+                break
+            if isinstance(msg, str):
+                if parse_control(msg) == "end":
+                    break
+                await self._process([_RESET])
+                continue
+            self.conn.check_size(msg)
+            if self.audio_bytes + len(msg) > max_bytes:  # process up to the limit, then refuse the rest
+                msg = msg[: max(0, max_bytes - self.audio_bytes)]
+                self.limit_error = ProtocolError(
+                    f"stream longer than {cfg.max_stream_seconds:g} s of audio (--max-stream-seconds); the estimates "
+                    "up to the limit were sent; open a new connection to go on")
+            self.audio_bytes += len(msg)
+            # at most BATCH_SECONDS of audio per engine job, so one big message cannot hog a worker
+            for i in range(0, len(msg), self.batch_bytes):
+                await self._process([msg[i:i + self.batch_bytes]])
+            if self.limit_error is not None:
+                return
+        await self._process([], last=True)
+
+    def _prepare(self, batch: list, last: bool) -> tuple[list, bool]:
+        """Decode and resample (inline: cheap). Returns the engine operations (arrays to push, _RESET,
+        _FLUSH) and whether they may produce an event and classify a window (then they go to a worker
+        thread): audio as long as the engine says its next event needs at the least, a reset, the flush."""
+        ops, heavy, n = [], False, 0
+        for item in batch:
+            if item is _RESET:
+                ops.append(_RESET)
+                heavy = True
+                continue
+            x = self.decoder.feed(item)
+            if x.size:
+                ops.append(x)
+                n += x.size
+        if last:
+            x = self.decoder.flush()
+            if x.size:
+                ops.append(x)
+            ops.append(_FLUSH)  # the last, partial hop: it may classify a window
+            heavy = True
+        return ops, heavy or (n > 0 and n >= self.engine.samples_until_event())
+
+    def _run(self, ops: list) -> list[Event]:
+        events = []
+        for x in ops:
+            if x is _RESET:
+                self.engine.reset()
+            elif x is _FLUSH:
+                events.extend(self.engine.flush())
+            else:
+                events.extend(self.engine.push(x))
+        return events
+
+    async def _process(self, batch: list, last: bool = False) -> None:
+        ops, heavy = self._prepare(batch, last)
+        if not ops:
+            return
+        if heavy:
+            events = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, ops)
+        else:
+            events = self._run(ops)
+        for ev in events:
+            self.n_events += 1
+            self.summary_rows.append({"window_p_female": ev.window_p_female, "level_dbfs": ev.level_dbfs})
+            self.send_watch.arm()
+            await self.conn.send(encode(ev))
+            self.send_watch.disarm()
+
+    def summary(self) -> dict:
+        from ..engine import summarise  # onnxruntime loads with the first stream, not with the server
+
+        return end_message(summarise(self.summary_rows, self.engine), events=self.n_events,
+                           audio_seconds=self.decoder.seconds_in, dropped_bytes=self.decoder.pending_bytes)
