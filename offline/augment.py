@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from realtime.audio import SAMPLE_RATE
+from realtime.audio import RESAMPLE_QUALITY, SAMPLE_RATE
 
 COLORS = ("white", "pink", "brown")
 MAX_SEMITONES = 1.0  # beyond about one semitone a shift starts to move voices across the gender boundary
@@ -100,10 +100,10 @@ def _round_trip(x: np.ndarray, rate: int, sr: int, inner=None) -> np.ndarray:
     at its own length."""
     import soxr
 
-    y = soxr.resample(x, sr, rate, quality="HQ")
+    y = soxr.resample(x, sr, rate, quality=RESAMPLE_QUALITY)
     if inner is not None:
         y = inner(y).astype(np.float32)
-    y = soxr.resample(y, rate, sr, quality="HQ")
+    y = soxr.resample(y, rate, sr, quality=RESAMPLE_QUALITY)
     return _finite_clip(_same_length(y, x.shape[0]))
 
 

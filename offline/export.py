@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from realtime.bundle import MODEL_FILES, SPEECH_MODEL, Bundle, bundle_meta, model_entry, onnx_session, write_meta
+from realtime.errors import VoiceGenderError
 from realtime.logodds import sigmoid
 
 from .metrics import json_safe
@@ -40,7 +41,7 @@ ONNX_OPSET = 17
 XGB_OPSET = 15  # the highest onnxmltools 1.16 converts XGBoost to
 
 
-class ExportError(RuntimeError):
+class ExportError(VoiceGenderError, RuntimeError):
     """An exported model does not reproduce the original."""
 
 

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import soundfile as sf
 
+from realtime.errors import VoiceGenderError
+
 SPEAKERS_FILE = "SPEAKERS.TXT"
 _GENDERS = {"f": "F", "female": "F", "m": "M", "male": "M"}
 _LIST_LIMIT = 20  # how many skipped files a warning names
 
 
-class DatasetError(ValueError):
+class DatasetError(VoiceGenderError, ValueError):
     """A corpus that cannot be read as asked, with a message that says why."""
 
 

@@ -1,8 +1,8 @@
 """Live speaker-gender classification: sources -> ring buffer -> VAD -> windows -> features -> ONNX ensemble -> smoother -> sinks.
 
-The per-window work is a few small matrix products. OpenBLAS's thread pool makes them 25x slower
-on a busy 2-core machine (0.8 ms -> 24 ms per window, measured), so unless told otherwise the
-engine runs BLAS on one thread: streams scale across processes and worker threads instead. This
+The per-window work is a few small matrix products, which OpenBLAS's thread pool makes many times
+slower on a busy machine, so unless told otherwise the engine runs BLAS on one thread: streams
+scale across processes and worker threads instead. This
 takes effect when ``realtime`` is imported before numpy (the command line always is); set
 OPENBLAS_NUM_THREADS yourself to choose otherwise.
 
@@ -13,6 +13,9 @@ Python API (imported lazily, so ``import realtime`` stays cheap)::
     segments("dialogue.wav")         # [{'start': 0.0, 'end': 4.5, 'label': 'female', 'p_female': 0.96}, ...]
     for ev in Engine().run("talk.flac"):
         print(ev.t, ev.label, ev.p_female)
+
+Every error raised on purpose derives from ``VoiceGenderError`` (bad audio: ``AudioError``; an unusable
+bundle: ``BundleError``), and also from ``ValueError`` or ``RuntimeError`` as before.
 """
 import os
 
@@ -28,7 +31,7 @@ _EXPORTS = {
     "Bundle": "bundle",
     "Source": "sources", "FileSource": "sources", "StdinSource": "sources", "MicSource": "sources",
     "parse_source": "sources", "list_devices": "sources",
-    "AudioError": "audio",
+    "AudioError": "audio", "BundleError": "bundle", "VoiceGenderError": "errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import VoiceGenderError
+
 SAMPLE_RATE = 16000
 RESAMPLE_QUALITY = "HQ"  # soxr quality of every resampler here, one-shot and streaming
 DATA_ENV = "VOICEGENDER_DATA"  # environment variable: the folder holding LibriSpeech/ (and other corpora)
@@ -26,7 +28,7 @@ MAX_CHANNELS = 32  # more looks like a (channels, samples) array passed the wron
 _S16_SCALE = np.float32(1.0 / PCM_ENCODINGS["s16le"][1])  # a power of two: multiplying equals dividing
 
 
-class AudioError(ValueError):
+class AudioError(VoiceGenderError, ValueError):
     """Input audio that cannot be used, with a message that says why."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .errors import VoiceGenderError
 from .features import DEFAULT, FeatureDefinition
 from .logodds import logit, sigmoid
 
@@ -53,7 +54,7 @@ P_CLIP = 1e-6       # ensemble.p_clip: xgb's probability is clipped to [P_CLIP, 
 FILE_P_CLIP = 1e-4  # a file verdict clips each window's p_female to [FILE_P_CLIP, 1 - FILE_P_CLIP] before its logit
 
 
-class BundleError(ValueError):
+class BundleError(VoiceGenderError, ValueError):
     """A model bundle that cannot be used, with a message that says why."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__, bench, client, loadtest, server, soak
 from .audio import AudioError
+from .errors import VoiceGenderError
 from .options import add_engine_arguments, make_engine
 
 def _add_source_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -300,6 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (AudioError, ValueError, OSError) as exc:
+    except (VoiceGenderError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

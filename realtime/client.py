@@ -30,10 +30,12 @@ import threading
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from .errors import VoiceGenderError
+
 __all__ = ["StreamClient", "AsyncStream", "ServerError", "parse_url", "add_parser"]
 
 
-class ServerError(RuntimeError):
+class ServerError(VoiceGenderError, RuntimeError):
     """The server answered {"event": "error"}; ``str()`` is its message."""
 
 

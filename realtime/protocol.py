@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .audio import MAX_CHANNELS, MAX_PCM_RATE, MIN_PCM_RATE, PCM_ENCODINGS, SAMPLE_RATE, PcmDecoder
+from .errors import VoiceGenderError
 from .events import to_json
 
 __all__ = [
@@ -52,7 +53,7 @@ MAX_CONFIG_BYTES = 4096
 CONFIG_KEYS = ("rate", "encoding", "channels", "token")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(VoiceGenderError, ValueError):
     """Something a client sent that the server refuses; ``str()`` is the message sent back to it."""
 
 

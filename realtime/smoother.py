@@ -47,19 +47,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from .events import LABELS
+from .logodds import logit, sigmoid
 
 __all__ = ["Estimate", "Smoother", "LABELS"]
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 @dataclass(frozen=True)
@@ -100,7 +90,6 @@ class Smoother:
         self.hysteresis = float(hysteresis)
         self.reset_after_silence_s = float(reset_after_silence_s)
         self.max_window_p = float(max_window_p)
-        self._clip = _logit(self.max_window_p)
         self.reset()
 
     def reset(self) -> None:
@@ -135,11 +124,11 @@ class Smoother:
             if not 0.0 <= p <= 1.0:  # NaN fails too
                 raise ValueError(f"window_p must be a probability in [0, 1] or None, got {window_p!r}")
             eps = 1.0 - self.max_window_p
-            lo = _logit(min(max(p, eps), 1.0 - eps))
+            lo = logit(p, eps)
             self._sum += lo
             self._weight += 1.0
         if self._weight > 1e-9:
-            self._p = _sigmoid(self._sum / math.sqrt(self._weight))
+            self._p = sigmoid(self._sum / math.sqrt(self._weight))
             self._label = self._next_label(self._p)
         else:
             self._p = None

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from realtime.bundle import DEFAULT_MODELS_DIR
+from realtime.bundle import BUNDLE_FILE, DEFAULT_MODELS_DIR, MODEL_FILES
 from realtime.server import ServerConfig, ServerThread, engine_factory
 
 #: the files of the shipped bundle (models/): what a copy of it must hold
-BUNDLE_FILES = ("xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "speech.onnx", "bundle.json")
+BUNDLE_FILES = (*MODEL_FILES.values(), BUNDLE_FILE)
 
 
 @pytest.fixture

@@ -190,3 +190,30 @@ def test_classify_wav_bytes_in_memory(female):
     sf.write(buf, female, 16000, format="WAV")
     buf.seek(0)
     assert classify(buf)["label"] == "female"
+
+
+def test_every_deliberate_error_is_a_voicegender_error(tmp_path, female):
+    """One ``except VoiceGenderError`` catches bad audio, a broken bundle and a refused stream config, and each
+    error is still the built-in type it always was."""
+    import shutil
+
+    from realtime import AudioError, Bundle, BundleError, Engine, VoiceGenderError, classify
+    from realtime.bundle import DEFAULT_MODELS_DIR
+    from realtime.protocol import ProtocolError, parse_config
+
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    with pytest.raises(VoiceGenderError, match="corrupt.flac") as caught:
+        classify(corrupt)
+    assert isinstance(caught.value, (AudioError, ValueError))
+    with pytest.raises(VoiceGenderError, match="NaN"):
+        Engine().push(np.full(1600, np.nan, np.float32))
+    broken = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODELS_DIR, broken)
+    (broken / "cnn1d.onnx").write_bytes(b"not a model")
+    with pytest.raises(VoiceGenderError) as caught:
+        Bundle.load(broken)
+    assert isinstance(caught.value, BundleError) and isinstance(caught.value, ValueError)
+    with pytest.raises(VoiceGenderError) as caught:
+        parse_config('{"rate": 16000, "encoding": "u8"}')
+    assert isinstance(caught.value, ProtocolError)
