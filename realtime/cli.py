@@ -34,6 +34,14 @@ def _add_source_arguments(p: argparse.ArgumentParser, *, required: bool) -> None
                    help="pace a file source at real time, as a live stream would arrive (default: as fast as compute allows)")
 
 
+def _add_file_arguments(p: argparse.ArgumentParser) -> None:
+    """PATH... (files or folders), --no-progress and the engine options: what the per-file commands share."""
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="audio files (any rate and channel count) or folders (searched recursively for audio files)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_engine_arguments(p)
+
+
 def _resolve_source(args, *, required: bool) -> None:
     """The positional PATH and --source are one choice: exactly one of them (or neither, for live: the mic)."""
     if args.path is not None and args.source is not None:
@@ -254,26 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify whole files: label (female | male | uncertain | no speech), p_female "
                                    "(mean log-odds of the speech windows), speech_seconds, windows, level_dbfs, "
                                    "warning. Exit status 1 if any file failed.")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                   help="audio files (any rate and channel count) or folders (searched recursively for audio files)")
+    _add_file_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON object per file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    add_engine_arguments(p)
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("segments", help="speaker turns per file: start, end, label, p_female",
                        description="Split each file's speech into turns, at pauses and where the voice changes "
                                    "confidently, and write one row per turn: file, start and end (seconds), label "
                                    "(female | male | uncertain), p_female. Exit status 1 if any file failed.")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audio files or folders (recursive)")
+    _add_file_arguments(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="format", action="store_const", const="json", help="one JSON object per turn")
     fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV with a header row")
     p.set_defaults(format="text")
     p.add_argument("--min-pause", type=float, default=1.0, metavar="SECONDS",
                    help="pauses at least this long end a turn (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    add_engine_arguments(p)
     p.set_defaults(func=_segments)
 
     for module in (bench, server, client, loadtest, soak):

@@ -14,27 +14,24 @@ from pathlib import Path
 
 from .engine import Engine, EngineConfig
 
-# field -> (option, metavar, help). %(default)s is filled from EngineConfig by argparse.
+# field -> (option, metavar, help); each help gets "(default: ...)" from EngineConfig
 OPTIONS: dict[str, tuple[str, str | tuple[str, str] | None, str]] = {
-    "hop_s": ("--hop", "SECONDS", "time between estimates, a multiple of 0.02 s (default: %(default)s)"),
-    "vad_aggressiveness": ("--vad", "0-3", "webrtcvad aggressiveness: 3 rejects the most non-speech "
-                                           "(default: %(default)s)"),
-    "first_window_s": ("--first-window", "SECONDS", "speech needed before the first estimate; shorter windows "
-                                                    "are wrap-padded to 2 s (default: %(default)s)"),
-    "min_new_speech_s": ("--min-new-speech", "SECONDS", "a window is classified only in a hop that brought at "
-                                                        "least this much new speech (default: %(default)s)"),
-    "speech_fraction": ("--speech-fraction", "SHARE", "share of a hop's 20 ms frames that must be speech for the "
-                                                      "hop to count as speech (default: %(default)s)"),
-    "reset_after_silence_s": ("--reset-after", "SECONDS", "silence after which the estimate resets, since the "
-                                                          "next voice may be someone else (default: %(default)s)"),
-    "forget_s": ("--forget", "SECONDS", "time constant of the smoothed estimate: older windows weigh less "
-                                        "(default: %(default)s)"),
-    "hysteresis": ("--hysteresis", "P", "how far p_female must move back past a threshold before the label "
-                                        "changes again (default: %(default)s)"),
-    "speech_only": ("--speech-only", None, "windows hold only the speech frames (--no-speech-only: all audio, "
-                                           "pauses too) (default: %(default)s)"),
-    "level_range_dbfs": ("--level-range", ("LOW", "HIGH"), "speech levels the models know, in dBFS; outside, results "
-                                                  "carry a level warning (default: %(default)s)"),
+    "hop_s": ("--hop", "SECONDS", "time between estimates, a multiple of 0.02 s"),
+    "vad_aggressiveness": ("--vad", "0-3", "webrtcvad aggressiveness: 3 rejects the most non-speech"),
+    "first_window_s": ("--first-window", "SECONDS",
+                       "speech needed before the first estimate; shorter windows are wrap-padded to 2 s"),
+    "min_new_speech_s": ("--min-new-speech", "SECONDS",
+                         "a window is classified only in a hop that brought at least this much new speech"),
+    "speech_fraction": ("--speech-fraction", "SHARE",
+                        "share of a hop's 20 ms frames that must be speech for the hop to count as speech"),
+    "reset_after_silence_s": ("--reset-after", "SECONDS",
+                              "silence after which the estimate resets, since the next voice may be someone else"),
+    "forget_s": ("--forget", "SECONDS", "time constant of the smoothed estimate: older windows weigh less"),
+    "hysteresis": ("--hysteresis", "P",
+                   "how far p_female must move back past a threshold before the label changes again"),
+    "speech_only": ("--speech-only", None, "windows hold only the speech frames (--no-speech-only: all audio, pauses too)"),
+    "level_range_dbfs": ("--level-range", ("LOW", "HIGH"),
+                         "speech levels the models know, in dBFS; outside, results carry a level warning"),
 }
 
 
@@ -46,6 +43,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     defaults = EngineConfig()
     for f in dataclasses.fields(EngineConfig):
         option, metavar, text = OPTIONS[f.name]
+        text += " (default: %(default)s)"
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
             g.add_argument(option, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
