@@ -78,10 +78,7 @@ global
     maxconn {maxconn}
     # logs go to stdout: the terminal, or the journal under systemd
     log stdout format raw local0
-    # the admin socket: `echo "show stat" | socat stdio {stats_socket}`; rolling restart of a backend:
-    # "set server voicegender_ws/s1 state drain" (and voicegender_tcp/s1): no new streams, open ones finish
-    stats socket {stats_socket} mode 600 level admin
-    # in production also drop privileges, as Debian's /etc/haproxy/haproxy.cfg does:
+{stats_socket}    # in production also drop privileges, as Debian's /etc/haproxy/haproxy.cfg does:
     #   user haproxy  group haproxy  chroot /var/lib/haproxy
 
 defaults
@@ -153,6 +150,15 @@ listen stats
 """
 
 
+_SOCKET = """\
+    # the admin socket{how}: drain a backend for a rolling restart
+    # ("set server voicegender_ws/s1 state drain", and voicegender_tcp/s1: no new streams, the open ones
+    # finish) or read the state:  echo "show stat" | socat stdio {path}
+    # its folder must be writable by haproxy (/run/haproxy is, for root and the haproxy user)
+    {off}stats socket {path} mode 600 level admin
+"""
+
+
 def _millis(text: str) -> int:
     m = re.fullmatch(r"(\d+)(ms|s)?", text.strip())
     if not m or int(m.group(1)) == 0:
@@ -165,9 +171,10 @@ def _duration(ms: int) -> str:
 
 
 def render(backends: list[Backend], *, ws_bind: str = "127.0.0.1:8765", tcp_bind: str = "127.0.0.1:8766",
-           stats_bind: str = "127.0.0.1:8404", stats_socket: str = "/run/haproxy/admin.sock",
-           check_interval: str = "2s", fall: int = 3, rise: int = 2, maxconn: int = 4000) -> str:
-    """The configuration text for ``backends`` (servers s1..sN in both backends, in this order)."""
+           stats_bind: str = "127.0.0.1:8404", stats_socket: str | None = None,
+           check_interval: str = "2s", fall: int = 3, rise: int = 2, maxconn: int = 2000) -> str:
+    """The configuration text for ``backends`` (servers s1..sN in both backends, in this order);
+    ``stats_socket``: the path of the admin socket, None for none (the line stays as a comment)."""
     backends = list(backends)
     if not backends:
         raise ValueError("need at least one backend")
@@ -183,8 +190,12 @@ def render(backends: list[Backend], *, ws_bind: str = "127.0.0.1:8765", tcp_bind
     inter = _millis(check_interval)
     ws = "\n".join(f"    server s{i} {b.address(b.port)} check" for i, b in enumerate(backends, 1))
     tcp = "\n".join(f"    server s{i} {b.address(b.tcp_port)} check port {b.port}" for i, b in enumerate(backends, 1))
+    if stats_socket is not None and (not stats_socket.strip() or any(c.isspace() for c in stats_socket)):
+        raise ValueError(f"the admin socket must be a path without spaces, got {stats_socket!r}")
+    socket = _SOCKET.format(path=stats_socket or "/run/haproxy/admin.sock", off="" if stats_socket else "# ",
+                            how="" if stats_socket else " (off: render with --stats-socket PATH)")
     return _TEMPLATE.format(count=len(backends), plural="s" if len(backends) > 1 else "", maxconn=maxconn,
-                            stats_socket=stats_socket, inter=_duration(inter), fastinter=_duration(max(1, inter // 2)),
+                            stats_socket=socket, inter=_duration(inter), fastinter=_duration(max(1, inter // 2)),
                             fall=fall, rise=rise, ws_bind=ws_bind, tcp_bind=tcp_bind, stats_bind=stats_bind,
                             ws_servers=ws, tcp_servers=tcp)
 
@@ -207,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="where clients connect over raw TCP (default: %(default)s)")
     p.add_argument("--stats-bind", default="127.0.0.1:8404", metavar="ADDR:PORT",
                    help="the read-only status page /stats (default: %(default)s)")
-    p.add_argument("--stats-socket", default="/run/haproxy/admin.sock", metavar="PATH",
-                   help="the admin socket (drain a backend, show stat) (default: %(default)s)")
+    p.add_argument("--stats-socket", default=None, metavar="PATH",
+                   help="an admin socket to drain a backend or read its state, e.g. /run/haproxy/admin.sock "
+                        "(haproxy as root or the haproxy user) (default: none)")
     p.add_argument("--check-interval", default="2s", metavar="T", help="health check period, e.g. 2s, 500ms (default: %(default)s)")
     p.add_argument("--fall", type=int, default=3, help="failed checks before a backend is down (default: %(default)s)")
     p.add_argument("--rise", type=int, default=2, help="passed checks before it is up again (default: %(default)s)")
-    p.add_argument("--maxconn", type=int, default=4000, metavar="N",
+    p.add_argument("--maxconn", type=int, default=2000, metavar="N",
                    help="streams open through haproxy at once (each takes two file descriptors) (default: %(default)s)")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE", help="write here (default: stdout)")
     args = p.parse_args(argv)

@@ -214,6 +214,8 @@ def test_the_example_config_is_current_valid_and_bad_input_is_refused():
     for needed in ("balance leastconn", "timeout tunnel", "http-check send meth GET uri /healthz",
                    "server s2 127.0.0.1:8783 check port 8782", "server s2 127.0.0.1:8782 check"):
         assert needed in text
+    assert "\n    stats socket" not in text  # no admin socket unless asked for: runs without privileges
+    assert "\n    stats socket /x.sock mode 600 level admin\n" in render(spaced(1), stats_socket="/x.sock")
     assert parse_backend("10.0.0.7:8765") == Backend("10.0.0.7", 8765, 8766)
     assert parse_backend("[::1]:9000:9100") == Backend("::1", 9000, 9100)
     with pytest.raises(ValueError, match="HOST:PORT"):
