@@ -5,7 +5,8 @@ it over WebSocket and raw TCP with the project's own client (realtime.client.Str
 Every stream through the balancer must give exactly what the same file gives streamed straight to a
 backend; new streams spread over both backends (their /healthz counters, haproxy's own statistics);
 a backend that dies is marked down by the health check on /healthz, and afterwards every new stream
-succeeds on the other one, while the streams that had finished lost nothing.
+succeeds on the other one, while the streams that had finished lost nothing; a drained backend takes no new
+streams while its open ones finish, and one that died before its check failed costs no stream either.
 Needs the haproxy binary (``./setup.sh --dev`` installs the Debian package); skipped without it.
 """
 from __future__ import annotations
@@ -308,18 +309,51 @@ def test_streams_through_haproxy_spread_over_backends_and_survive_one_dying(clus
 
 
 @needs_haproxy
-def test_a_dead_backend_not_yet_marked_down_costs_no_stream(cluster, voices):
-    """Between a backend's death and its health check failing, new streams still all succeed: a refused
-    connection is retried on the other backend (retries + option redispatch). The window is held open
-    by switching s1's health check off on haproxy's admin socket, so haproxy keeps it UP."""
+def test_a_backend_leaving_drained_or_dead_before_its_check_fails_costs_no_stream(cluster, voices):
+    """Rolling restart: s1 drained on haproxy's admin socket takes no new streams while its open ones
+    finish; stopped once idle. Then the window between a backend's death and its failed health check
+    (held open by switching s1's check off, so haproxy keeps it UP): new streams still all succeed, a
+    refused connection being retried on the other backend (retries + option redispatch)."""
     balancer, backends, procs = cluster
-    for px in ("voicegender_ws", "voicegender_tcp"):
+    pxs = ("voicegender_ws", "voicegender_tcp")
+    half = len(voices["F"]) // 2
+
+    def open_streams() -> list[Stream]:
+        out = [Stream(url) for url in (balancer.ws_url, balancer.ws_url, balancer.tcp_url, balancer.tcp_url)]
+        for s in out:
+            s.send(voices["F"][:half])
+        return out
+
+    def connections() -> list[int]:
+        return [healthz(b.port)["connections"] for b in backends]
+
+    def complete(msgs: list[dict], g: str) -> bool:
+        return msgs[-1]["event"] == "end" and msgs[-1]["label"] == GENDER[g] and msgs[-1]["events"] == len(msgs) - 2
+
+    # drain: the open streams (one per backend and transport) stay, new ones all go to s2
+    first = open_streams()
+    wait_for("two open streams on each backend", lambda: connections() == [2, 2])
+    for px in pxs:
+        assert balancer.admin(f"set server {px}/s1 state drain").strip() == ""
+    second = open_streams()
+    wait_for("the new streams on s2 only", lambda: connections() == [2, 6])
+    for s in first + second:
+        s.send(voices["F"][half:])
+        assert complete(s.finish(), "F"), s.msgs[-1]
+    assert connections() == [0, 0]
+
+    # dead, but not yet marked down (its check off before it stops, back from drain to ready): every new
+    # stream succeeds, retried on s2
+    for px in pxs:
         assert balancer.admin(f"disable health {px}/s1").strip() == ""
     procs[0].terminate()
     procs[0].wait(20)
+    for px in pxs:
+        assert balancer.admin(f"set server {px}/s1 state ready").strip() == ""
+    assert balancer.status("s1") == {"no check"}  # haproxy takes it for alive
     before = healthz(backends[1].port)["streams_completed"]
     jobs = [(url, g) for url in (balancer.ws_url, balancer.tcp_url) for g in "FMFM"]
     for (url, g), msgs in zip(jobs, [stream(url, voices[g]) for url, g in jobs]):
-        assert msgs[-1]["event"] == "end" and msgs[-1]["label"] == GENDER[g], (url, g, msgs[-1])
+        assert complete(msgs, g), (url, g, msgs[-1])
     assert healthz(backends[1].port)["streams_completed"] == before + len(jobs)
     assert balancer.redispatched("s1") >= 2  # at least one per transport: sent to s1, refused, retried on s2
