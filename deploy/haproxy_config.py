@@ -96,6 +96,9 @@ defaults
     # raw TCP ends with the client's half-close; the server still sends the last estimates and the end
     timeout client-fin 30s
     timeout server-fin 30s
+    # a health check's answer (after a connect within min(timeout connect, inter)): a /healthz slower
+    # than this means the server's event loop is stalled, and counts as a failure
+    timeout check 2s
     # a backend that refuses the connection (died, not yet marked down): try again on another one
     retries 2
     option redispatch 1
