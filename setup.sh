@@ -11,8 +11,9 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; the
 pkgs="libportaudio2"
 # the tests capture from a real PulseAudio server (a virtual microphone) and drive headless Chromium;
 # asc-music is real music the bundle never heard (the non-speech tests); training the release bundle also
-# reads singularity-music and drascula-music (see models/MODEL_CARD.md)
-[ $dev = 1 ] && pkgs="$pkgs pulseaudio pulseaudio-utils libasound2-plugins chromium asc-music"
+# reads singularity-music and drascula-music (see models/MODEL_CARD.md); haproxy: the scale-out test
+# (tests/test_scaleout.py) puts it in front of two servers
+[ $dev = 1 ] && pkgs="$pkgs pulseaudio pulseaudio-utils libasound2-plugins chromium asc-music haproxy"
 [ "${2:-}" = "--train-music" ] && pkgs="$pkgs singularity-music drascula-music"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
