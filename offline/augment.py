@@ -1,5 +1,6 @@
 """Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain, and real capture
-channels (a source sampled at 8 or 11.025 kHz, a telephone line, low-bitrate MP3 and Opus).
+channels (a source sampled at 8 or 11.025 kHz, a telephone line, low-bitrate MP3 and Opus); room
+reverberation (``reverb``) for evaluation.
 
 Never used on the live path. All outputs are finite float32 in [-1, 1].
 """
@@ -114,6 +115,40 @@ def band_limit(x: np.ndarray, source_rate: int, sr: int = SAMPLE_RATE) -> np.nda
     if source_rate >= sr or x.size == 0:
         return x.copy()
     return _round_trip(x, source_rate, sr)
+
+
+def room_response(rt60: float, drr_db: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A synthetic room impulse response: the direct sound (1.0 at t = 0), then from 3 ms an exponentially
+    decaying noise tail that falls 60 dB in ``rt60`` seconds, low-passed at 4 kHz (walls and air absorb the
+    highs), scaled so that direct / reverberant energy is ``drr_db`` (0 dB: as much echo as voice)."""
+    from scipy.signal import butter, sosfilt
+
+    if not (rt60 > 0 and np.isfinite(drr_db)):
+        raise ValueError(f"rt60 must be > 0 s and drr_db finite, got {rt60}, {drr_db}")
+    n = int(min(1.2 * rt60, 1.5) * sr)
+    t = np.arange(n) / sr
+    tail = rng.standard_normal(n) * np.exp(-np.log(1000.0) * t / rt60)  # -60 dB at rt60
+    tail[: int(0.003 * sr)] = 0.0
+    tail = sosfilt(butter(1, 4000.0, fs=sr, output="sos"), tail)
+    tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / np.sum(tail ** 2))
+    tail[0] = 1.0
+    return tail
+
+
+def reverb(x: np.ndarray, rt60: float = 0.6, drr_db: float = 3.0, rng: np.random.Generator | None = None,
+           sr: int = SAMPLE_RATE) -> np.ndarray:
+    """``x`` as heard across a room (``room_response``), at its own length and RMS level."""
+    from scipy.signal import fftconvolve
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    h = room_response(rt60, drr_db, rng if rng is not None else np.random.default_rng(0), sr)
+    y = fftconvolve(x.astype(np.float64), h)[: x.size]
+    p_x, p_y = float(np.mean(np.square(x, dtype=np.float64))), float(np.mean(y * y))
+    if p_y > 0:
+        y *= np.sqrt(p_x / p_y)
+    return _finite_clip(y.astype(np.float32))
 
 
 def telephone(x: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:

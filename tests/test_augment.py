@@ -222,3 +222,31 @@ def test_recipe_augmenter_keeps_its_cache_key():
         AugmentConfig(copies=-1)
     with pytest.raises(ValueError, match="p_noise must be in"):
         AugmentConfig(p_noise=1.5)
+
+
+def test_reverb_smears_speech_over_time_and_keeps_length_and_level(female):
+    """A room keeps the recording's length and RMS level, is reproducible by its generator, and spreads each
+    sound over time: the envelope's autocorrelation 100 ms apart rises, and the tail decays as RT60 says."""
+    from offline.augment import reverb, room_response
+
+    x = female[: 4 * 16000]
+    y = reverb(x, 0.6, 3.0, np.random.default_rng(0))
+    assert y.shape == x.shape and y.dtype == np.float32 and np.all(np.isfinite(y))
+    assert np.sqrt(np.mean(y ** 2)) == pytest.approx(np.sqrt(np.mean(x ** 2)), rel=1e-3)
+    assert np.array_equal(y, reverb(x, 0.6, 3.0, np.random.default_rng(0)))
+
+    def envelope_corr(z, lag=1600):
+        e = np.abs(z).reshape(-1, 160).mean(axis=1)  # 10 ms envelope
+        e = e - e.mean()
+        k = lag // 160
+        return float(np.dot(e[:-k], e[k:]) / np.dot(e, e))
+
+    assert envelope_corr(y) > envelope_corr(x) + 0.1
+    h = room_response(0.6, 3.0, np.random.default_rng(1))
+    energy_db = 10 * np.log10(np.convolve(h[1:] ** 2, np.ones(800), "valid") + 1e-30)
+    t0, t1 = int(0.1 * 16000), int(0.4 * 16000)
+    slope_db_per_s = (energy_db[t1] - energy_db[t0]) / 0.3
+    assert slope_db_per_s == pytest.approx(-60 / 0.6, rel=0.25)
+    assert np.sum(h[1:] ** 2) == pytest.approx(10 ** (-0.3), rel=1e-6)  # direct / reverberant = 3 dB
+    with pytest.raises(ValueError, match="rt60"):
+        room_response(0.0, 3.0, np.random.default_rng(0))
