@@ -469,11 +469,16 @@ def _engine_fold(models, utterances, *, fold: int, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="voicegender-fold-") as tmp:
         export_bundle(models, tmp)
         bundle = Bundle.load(tmp)
-    rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": []}
+    rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": [],
+            "hop_y": [], "hop_label": [], "hop_corpus": []}
     engine = Engine(bundle)
     for u in utterances:
         events = list(engine.run(load_audio(u.path)))  # run() starts each file from a clean state
         v = summarise(events, engine)
+        live = [e.label for e in events if e.p_female is not None and e.label in ("female", "male", "uncertain")]
+        rows["hop_y"] += [1 if u.gender == "F" else 0] * len(live)
+        rows["hop_label"] += live
+        rows["hop_corpus"] += [u.corpus] * len(live)
         rows["y"].append(1 if u.gender == "F" else 0)
         rows["p"].append(math.nan if v["p_female"] is None else v["p_female"])
         rows["label"].append(v["label"])
@@ -501,21 +506,34 @@ def _file_verdict_metrics(y, label, p) -> dict:
             "n": int(y.size)}
 
 
+def _live_hop_metrics(y, label) -> dict:
+    """The live label of every hop with an estimate (what the console shows): the share decided (female or
+    male), and the balanced accuracy of the decided hops."""
+    y, label = np.asarray(y), np.asarray(label)
+    decided = label != "uncertain"
+    right = np.where(y == 1, label == "female", label == "male")
+    rec = [float(right[decided & (y == v)].mean()) for v in (0, 1) if np.any(decided & (y == v))]
+    return {"live_hops_decided": float(decided.mean()) if y.size else math.nan,
+            "live_decided_balanced_accuracy": float(np.mean(rec)) if len(rec) == 2 else math.nan}
+
+
 def _engine_summary(rows: list[dict]) -> dict:
     """Per-fold engine-path file figures (all files and per corpus) -> mean ± std, plus the pooled counts."""
     per_fold, per_corpus = [], {}
     for r in rows:
-        per_fold.append(_file_verdict_metrics(r["y"], r["label"], r["p"]))
-        corpus = np.asarray(r["corpus"])
+        hop_y, hop_label = np.asarray(r.get("hop_y", [])), np.asarray(r.get("hop_label", []))
+        per_fold.append({**_file_verdict_metrics(r["y"], r["label"], r["p"]), **_live_hop_metrics(hop_y, hop_label)})
+        corpus, hop_corpus = np.asarray(r["corpus"]), np.asarray(r.get("hop_corpus", []))
         names = sorted(set(corpus.tolist()))
         if len(names) > 1:
             for c in names:
-                m = corpus == c
-                per_corpus.setdefault(c, []).append(_file_verdict_metrics(np.asarray(r["y"])[m],
-                                                                          np.asarray(r["label"])[m],
-                                                                          np.asarray(r["p"])[m]))
+                m, h = corpus == c, hop_corpus == c
+                per_corpus.setdefault(c, []).append({
+                    **_file_verdict_metrics(np.asarray(r["y"])[m], np.asarray(r["label"])[m], np.asarray(r["p"])[m]),
+                    **_live_hop_metrics(hop_y[h], hop_label[h])})
     keys = ("balanced_accuracy", "recall_female", "recall_male", "undecided", "no_speech",
-            "decided_balanced_accuracy", "balanced_accuracy_at_0_5")
+            "decided_balanced_accuracy", "balanced_accuracy_at_0_5", "live_hops_decided",
+            "live_decided_balanced_accuracy")
     summ = lambda items: {k: M.mean_std([f[k] for f in items]) for k in keys}  # noqa: E731
     return {"all": summ(per_fold), "corpora": {c: summ(v) for c, v in per_corpus.items()},
             "files": int(sum(len(r["y"]) for r in rows))}
@@ -697,7 +715,9 @@ def engine_lines(result: dict) -> list[str]:
         for group, m in [("all", e["all"])] + list(e.get("corpora", {}).items()):
             out.append(f"  {name:<36} {group:<16} bal.acc {_fmt(m['balanced_accuracy'])} %  recall F "
                        f"{_fmt(m['recall_female'])} / M {_fmt(m['recall_male'])} %  undecided "
-                       f"{_fmt(m['undecided'])} %  decided bal.acc {_fmt(m['decided_balanced_accuracy'])} %")
+                       f"{_fmt(m['undecided'])} %  decided bal.acc {_fmt(m['decided_balanced_accuracy'])} %  "
+                       f"live hops decided {_fmt(m.get('live_hops_decided', {}))} % "
+                       f"(bal.acc {_fmt(m.get('live_decided_balanced_accuracy', {}))} %)")
     return out
 
 
@@ -756,12 +776,14 @@ def format_markdown(result: dict) -> str:
     if rows:
         out += ["", "**File verdicts through the live engine** (`realtime classify`'s answer; 'uncertain' and "
                     "'no speech' count wrong)", "",
-                "| protocol | files | balanced accuracy % | recall F / M % | undecided % | decided balanced accuracy % |",
-                "|---|---|---|---|---|---|"]
+                "| protocol | files | balanced accuracy % | recall F / M % | undecided % | decided balanced accuracy % "
+                "| live hops decided % | decided live hops balanced accuracy % |",
+                "|---|---|---|---|---|---|---|---|"]
         for name, e in rows:
             for group, m in [("all", e["all"])] + list(e.get("corpora", {}).items()):
                 out.append(f"| {name} | {group} | {_md(m['balanced_accuracy'])} | {_md(m['recall_female'])} / "
-                           f"{_md(m['recall_male'])} | {_md(m['undecided'])} | {_md(m['decided_balanced_accuracy'])} |")
+                           f"{_md(m['recall_male'])} | {_md(m['undecided'])} | {_md(m['decided_balanced_accuracy'])} "
+                           f"| {_md(m.get('live_hops_decided', {}))} | {_md(m.get('live_decided_balanced_accuracy', {}))} |")
     sc = result.get("speech_check")
     if sc:
         out += ["", "**Speech check**: % of test speech windows kept / % of held-out non-speech windows given no "

@@ -352,3 +352,31 @@ def test_bundle_on_a_csv_manifest_with_noise(tmp_path):
     assert readers <= set(shipped) and set(out["readers_seen_in_training"]) == readers
     assert "were in the bundle's training data" in table
     assert LIBRISPEECH.is_dir()
+
+
+def test_live_hop_figures_count_what_the_console_shows():
+    """The engine-path summary's live-hop figures, on the shipped bundle's events for real speech: the share of
+    estimate hops with a decided label and their balanced accuracy, recounted here from the labels."""
+    from offline.evaluate import _engine_summary, _live_hop_metrics
+    from realtime.engine import Engine
+
+    engine = Engine()
+    hop_y, hop_label = [], []
+    for gender, files in readers_by_gender(2).items():
+        for f in files:
+            live = [e.label for e in engine.run(f) if e.p_female is not None]
+            assert live and set(live) <= {"female", "male", "uncertain"}
+            hop_y += [int(gender == "F")] * len(live)
+            hop_label += live
+    y, lab = np.asarray(hop_y), np.asarray(hop_label)
+    m = _live_hop_metrics(y, lab)
+    decided = lab != "uncertain"
+    assert m["live_hops_decided"] == pytest.approx(decided.mean())
+    rec_f = np.mean(lab[decided & (y == 1)] == "female")
+    rec_m = np.mean(lab[decided & (y == 0)] == "male")
+    assert m["live_decided_balanced_accuracy"] == pytest.approx((rec_f + rec_m) / 2)
+    assert m["live_hops_decided"] > 0.8 and m["live_decided_balanced_accuracy"] > 0.9  # LibriSpeech speech, in training
+    rows = [{"y": [1, 0], "label": ["female", "male"], "p": [0.9, 0.1], "corpus": ["LibriSpeech"] * 2,
+             "hop_y": hop_y, "hop_label": hop_label, "hop_corpus": ["LibriSpeech"] * len(hop_y)}]
+    summary = _engine_summary(rows)["all"]
+    assert summary["live_hops_decided"]["mean"] == pytest.approx(m["live_hops_decided"])
