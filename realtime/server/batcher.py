@@ -1,0 +1,121 @@
+"""Batching across streams (``serve --batch-ms``): the pushes of a process's streams that may end a hop wait
+up to a tick and go to the worker pool together, as one :func:`realtime.batching.run_many` job.
+
+One :class:`HopBatcher` per worker pool (:func:`hop_batcher`). A session hands it the steps of one push
+(``Engine.push_steps``) and awaits that stream's events; a stream has at most one push waiting, so its
+order and its backpressure stay as without batching. A batch leaves when the tick since its first push
+has passed, or at once when ``MAX_BATCH`` pushes wait; while every worker already runs a batch, pushes
+keep gathering until one is free (so the busier the server, the larger its batches), and a batch that ends
+sends the next one off at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import weakref
+from typing import TYPE_CHECKING
+
+from .config import ServerConfig
+
+if TYPE_CHECKING:
+    from ..engine import Steps
+    from ..events import Event
+
+__all__ = ["HopBatcher", "MAX_BATCH", "hop_batcher"]
+
+MAX_BATCH = 256  # pushes in one batch job at the most
+
+_BATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # worker pool -> its HopBatcher
+
+
+def hop_batcher(executor: concurrent.futures.Executor, limits: ServerConfig) -> HopBatcher | None:
+    """The batcher of this worker pool (one per server), made on first use in the server's event loop;
+    None when ``limits.batch_ms`` is 0 (no batching: each push is its own job)."""
+    if not limits.batch_ms:
+        return None
+    batcher = _BATCHERS.get(executor)
+    if batcher is None:
+        batcher = _BATCHERS[executor] = HopBatcher(executor, limits.batch_ms / 1000, limits.workers)
+    return batcher
+
+
+class HopBatcher:
+    """Gathers pushes for up to ``tick_s`` and runs them in ``executor`` as one job, at most ``max_jobs``
+    jobs at once. ``batches``, ``pushes`` and ``largest`` count what it did."""
+
+    def __init__(self, executor: concurrent.futures.Executor, tick_s: float, max_jobs: int,
+                 max_batch: int = MAX_BATCH):
+        self.loop = asyncio.get_running_loop()
+        self._executor = weakref.ref(executor)  # the pool owns its batcher, not the other way round
+        self.tick_s, self.max_jobs, self.max_batch = tick_s, max_jobs, max_batch
+        self._queue: list[tuple[Steps, asyncio.Future]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._running = 0
+        self.batches = self.pushes = self.largest = 0
+
+    async def run(self, steps: Steps) -> list[Event]:
+        """The events of one push (its steps), run in the next batch."""
+        fut = self.loop.create_future()
+        self._queue.append((steps, fut))
+        if len(self._queue) >= self.max_batch:
+            self._send()
+        elif self._timer is None:
+            self._timer = self.loop.call_later(self.tick_s, self._tick)
+        return await fut
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._send()
+
+    def _send(self) -> None:
+        """Send the waiting pushes off as one job, if a worker is free (else the end of a job sends them)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running >= self.max_jobs:
+            return
+        batch = [(s, f) for s, f in self._queue[: self.max_batch] if not f.done()]  # done: its session was cancelled
+        del self._queue[: self.max_batch]
+        if self._queue:
+            self._timer = self.loop.call_later(self.tick_s, self._tick)
+        if not batch:
+            return
+        from ..batching import run_many  # onnxruntime loads with the first stream, not with the server
+
+        executor = self._executor()
+        try:
+            if executor is None:
+                raise RuntimeError("the server's worker pool is gone")
+            job = self.loop.run_in_executor(executor, run_many, [s for s, _ in batch])
+        except RuntimeError as exc:  # the pool was shut down: the server is stopping
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self._running += 1
+        self.batches += 1
+        self.pushes += len(batch)
+        self.largest = max(self.largest, len(batch))
+        job.add_done_callback(functools.partial(self._done, batch))
+
+    def _done(self, batch: list[tuple[Steps, asyncio.Future]], job: asyncio.Future) -> None:
+        self._running -= 1
+        if job.cancelled():
+            results = None
+        elif job.exception() is not None:
+            results = [job.exception()] * len(batch)
+        else:
+            results = job.result()
+        for i, (_, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            r = results[i] if results is not None else None
+            if results is None:
+                fut.cancel()
+            elif isinstance(r, BaseException):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
+        if self._queue:  # they waited for a free worker: send them now
+            self._send()
