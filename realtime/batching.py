@@ -21,6 +21,7 @@ it on real speech). In a batch, a window's ``stages_ms`` are its share of the ba
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -28,7 +29,10 @@ from .engine import Steps, WindowJob, WindowResult
 from .events import Event
 from .features import extract_streams
 
-__all__ = ["classify_many", "run_many"]
+__all__ = ["Classifier", "classify_many", "run_many"]
+
+#: classifies a list of windows of distinct engines (``classify_many``, or one at a time)
+Classifier = Callable[[list[WindowJob]], list[WindowResult]]
 
 
 def classify_many(jobs: list[WindowJob]) -> list[WindowResult]:
@@ -70,11 +74,11 @@ def _classify_group(jobs: list[WindowJob]) -> list[WindowResult]:
             for i, (stats_i, mfcc_i) in enumerate(feats)]
 
 
-def _classify_each(jobs: list[WindowJob]) -> list[WindowResult | Exception]:
-    """classify_many, or, if it fails, each window alone, so that a failing window fails only its stream.
+def _classify_each(jobs: list[WindowJob], classify: Classifier) -> list[WindowResult | Exception]:
+    """``classify(jobs)``, or, if it fails, each window alone, so that a failing window fails only its stream.
     (A window classified again gives the same result: its extractor then reuses all the frames it shares.)"""
     try:
-        return classify_many(jobs)
+        return classify(jobs)
     except Exception:
         out: list[WindowResult | Exception] = []
         for job in jobs:
@@ -85,10 +89,10 @@ def _classify_each(jobs: list[WindowJob]) -> list[WindowResult | Exception]:
         return out
 
 
-def run_many(steps: list[Steps]) -> list[list[Event] | Exception]:
+def run_many(steps: list[Steps], classify: Classifier = classify_many) -> list[list[Event] | Exception]:
     """Run many engines' steps to their end together (at most one of them per engine), classifying the
-    windows they wait on in rounds (:func:`classify_many`). Returns, in order, each one's events, or the
-    exception that ended it (that stream only: the others go on)."""
+    windows they wait on in rounds (``classify``: :func:`classify_many`; the benchmark times others). Returns,
+    in order, each one's events, or the exception that ended it (that stream only: the others go on)."""
     out: list[list[Event] | Exception | None] = [None] * len(steps)
     waiting: dict[int, WindowJob] = {}
 
@@ -104,7 +108,7 @@ def run_many(steps: list[Steps]) -> list[list[Event] | Exception]:
         advance(i, None)
     while waiting:
         rows = list(waiting)
-        results = _classify_each([waiting.pop(i) for i in rows])
+        results = _classify_each([waiting.pop(i) for i in rows], classify)
         for i, r in zip(rows, results):
             if isinstance(r, Exception):
                 out[i] = r

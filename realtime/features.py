@@ -622,13 +622,19 @@ class FramePlan(NamedTuple):
     eframes: np.ndarray  # the same, edge-padded
 
 
+#: fresh frames per ``_frame_block`` call in :func:`extract_streams`: a few windows' worth share the per-call cost
+#: and their arrays (~40 KB a frame) still fit the CPU's caches (with many more, each frame costs more than alone)
+BLOCK_FRAMES = 128
+
+
 def extract_streams(items) -> list[tuple[np.ndarray, np.ndarray]]:
     """``StreamingExtractor.extract`` for the next window of many streams at once: ``items`` are
     ``(streaming_extractor, window, start)``, each extractor at most once, all of one feature definition.
 
-    The fresh frames of every window go through one ``FeatureExtractor._frame_block`` call (its matrix products
-    segment by segment), then each window is summarised as ``extract`` would: each result equals that
-    stream's own ``extract(window, start)`` to the bit, and each extractor ends in the same state."""
+    The fresh frames of several windows go through one ``FeatureExtractor._frame_block`` call (up to
+    ``BLOCK_FRAMES`` frames; its matrix products segment by segment), then each window is summarised as
+    ``extract`` would: each result equals that stream's own ``extract(window, start)`` to the bit, and each
+    extractor ends in the same state."""
     if not items:
         return []
     fe = items[0][0].fe
@@ -636,12 +642,25 @@ def extract_streams(items) -> list[tuple[np.ndarray, np.ndarray]]:
         raise ValueError("extract_streams: the streams' extractors compute different feature definitions")
     if len({id(sx) for sx, _, _ in items}) != len(items):
         raise ValueError("extract_streams: one window per stream at a time (its next window reuses this one's frames)")
-    plans = [sx.plan(window, start) for sx, window, start in items]
-    if len(plans) == 1:
-        Q, D = fe._frame_block(plans[0].zframes, plans[0].eframes)
-        return [items[0][0].complete(plans[0], Q, D)]
-    segments = np.cumsum([0] + [len(p.zframes) for p in plans])
-    Q, D = fe._frame_block(np.concatenate([p.zframes for p in plans]), np.concatenate([p.eframes for p in plans]),
-                           segments=segments)
-    return [sx.complete(p, Q[:, lo:hi], D[:, lo:hi])
-            for (sx, _, _), p, lo, hi in zip(items, plans, segments[:-1], segments[1:])]
+    out = []
+    i = 0
+    while i < len(items):  # consecutive windows, up to BLOCK_FRAMES fresh frames a call, planned just before it
+        group = [items[i][0].plan(items[i][1], items[i][2])]
+        frames = len(group[0].zframes)
+        while i + len(group) < len(items):
+            sx, window, start = items[i + len(group)]
+            p = sx.plan(window, start)
+            if frames + len(p.zframes) > BLOCK_FRAMES:
+                break  # (planning again later is free of side effects)
+            group.append(p)
+            frames += len(p.zframes)
+        if len(group) == 1:
+            out.append(items[i][0].complete(group[0], *fe._frame_block(group[0].zframes, group[0].eframes)))
+        else:
+            segments = np.cumsum([0] + [len(p.zframes) for p in group])
+            Q, D = fe._frame_block(np.concatenate([p.zframes for p in group]),
+                                   np.concatenate([p.eframes for p in group]), segments=segments)
+            out += [sx.complete(p, Q[:, lo:hi], D[:, lo:hi])
+                    for (sx, _, _), p, lo, hi in zip(items[i:], group, segments[:-1], segments[1:])]
+        i += len(group)
+    return out
