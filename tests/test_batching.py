@@ -223,3 +223,48 @@ def test_server_with_batching_sends_each_stream_its_own_events(make_server, voic
         assert [{k: v for k, v in e.items() if k not in TIMINGS} for e in events] == _fields(want)
     batcher = hop_batcher(srv.server.executor, srv.server.config)
     assert batcher.batches > 0 and batcher.largest >= 2, (batcher.batches, batcher.largest)
+
+
+def _cli(*args, timeout: float = 300):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", "realtime", *args], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["serve", "--batch-ms", "-1"], "--batch-ms: must be between 0 and 100, got -1"),
+    (["serve", "--batch-ms", "nan"], "--batch-ms: must be between 0 and 100"),
+    (["serve", "--batch-ms", "soon"], "--batch-ms: expected a number of milliseconds"),
+    (["bench", "--batch", "0,8"], "--batch sizes must be 1..4096"),
+    (["bench", "--batch", "8,x"], "--batch wants batch sizes like 1,8,32,128"),
+])
+def test_bad_batch_options_are_refused_clearly(args, words):
+    r = _cli(*args, timeout=60)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_server_config_refuses_a_batch_tick_out_of_range():
+    from realtime.server import ServerConfig
+
+    for bad in (-1.0, 100.5, float("nan"), "5"):
+        with pytest.raises(ValueError, match="batch_ms must be 0"):
+            ServerConfig(batch_ms=bad)
+    assert ServerConfig(batch_ms=0).batch_ms == 0 and ServerConfig(batch_ms=100).batch_ms == 100
+
+
+def test_bench_batch_reports_each_size_and_identical_events():
+    import json
+
+    r = _cli("bench", "--batch", "1,3", "--batch-rounds", "6", "--files", "4", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert [row["size"] for row in res["batch"]] == [1, 3] and res["rounds"] == 6
+    for row in res["batch"]:
+        assert row["identical"] is True and row["windows"] > 0
+        for way in ("one_at_a_time", "batched"):
+            assert row[way]["cpu_ms"] > 0 and row[way]["wall_ms"] > 0
+            assert {"features", "speech_check", "xgb", "cnn1d", "cnn2d"} <= set(row[way]["stages_ms"])
+    assert res["command"].startswith("python -m realtime bench --batch")

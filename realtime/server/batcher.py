@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["HopBatcher", "MAX_BATCH", "hop_batcher"]
 
 MAX_BATCH = 256  # pushes in one batch job at the most
+LOG_EVERY_S = 60.0  # how often the batcher logs what it did (at INFO)
+
+log = logging.getLogger("realtime.server")
 
 _BATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # worker pool -> its HopBatcher
 
@@ -53,6 +58,7 @@ class HopBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._running = 0
         self.batches = self.pushes = self.largest = 0
+        self._logged = (time.monotonic(), 0, 0)  # when it last logged, and its counts then
 
     async def run(self, steps: Steps) -> list[Event]:
         """The events of one push (its steps), run in the next batch."""
@@ -119,3 +125,10 @@ class HopBatcher:
                 fut.set_result(r)
         if self._queue:  # they waited for a free worker: send them now
             self._send()
+        t, batches, pushes = self._logged
+        now = time.monotonic()
+        if now - t >= LOG_EVERY_S:
+            self._logged = (now, self.batches, self.pushes)
+            log.info("batching: %d pushes in %d batches in the last %.0f s (%.1f a batch; largest so far %d)",
+                     self.pushes - pushes, self.batches - batches, now - t,
+                     (self.pushes - pushes) / max(self.batches - batches, 1), self.largest)
