@@ -21,8 +21,13 @@ utterance by utterance so that load from other jobs hits both alike: ``python -m
 that with the naive librosa + Keras + XGBoost pipeline (``offline/bench_naive.py``, which needs the
 training extras) and reports the speedup. This module only runs it; it imports nothing from ``offline``.
 
+``--batch 1,8,32,128`` measures something else instead: the per-window cost of features and models when
+that many streams' windows are classified as one batch (``serve --batch-ms``) against one at a time
+(``bench_batch``).
+
 The parts: ``bench_live`` (utterances, per-hop timing, decision latency, the summary), ``bench_probes``
-(subprocesses), ``bench_report`` (goals, text), ``bench_plot`` (figures), ``bench_stats`` (numbers).
+(subprocesses), ``bench_report`` (goals, text), ``bench_plot`` (figures), ``bench_stats`` (numbers),
+``bench_batch`` (batching across streams).
 """
 from __future__ import annotations
 
