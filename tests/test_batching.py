@@ -14,10 +14,10 @@ import pytest
 import soxr
 
 from offline.nonspeech import synthesize
-from realtime.audio import SAMPLE_RATE, float_to_pcm16, load_audio, pcm16_to_float
+from realtime.audio import SAMPLE_RATE, AudioError, float_to_pcm16, load_audio, pcm16_to_float
 from realtime.batching import classify_many, run_many
 from realtime.bundle import Bundle
-from realtime.engine import Engine, EngineConfig, drive
+from realtime.engine import Engine, EngineConfig, WindowJob, drive
 from realtime.features import FeatureExtractor, StreamingExtractor, extract_streams
 
 from .data import librispeech_files, readers_by_gender
@@ -182,6 +182,14 @@ def test_a_failing_stream_fails_alone(bundle, voices_pcm):
                     Engine(bundle).push_steps(x)])
     assert isinstance(out[1], ValueError) and "NaN" in str(out[1])
     assert len(out[0]) >= 4 and _fields(out[0]) == _fields(out[2]) == _fields(Engine(bundle).push(x))
+
+    def broken(engine):  # steps whose window cannot be classified (NaN samples), in the same batch as good ones
+        yield WindowJob(engine, np.full(engine.window_samples, np.nan, np.float32), None)
+        return []
+
+    out = run_many([Engine(bundle).push_steps(x), broken(Engine(bundle)), Engine(bundle).push_steps(x)])
+    assert isinstance(out[1], AudioError) and "NaN" in str(out[1])
+    assert _fields(out[0]) == _fields(out[2]) == _fields(Engine(bundle).push(x))
 
 
 @pytest.fixture(scope="module")
