@@ -65,7 +65,11 @@ def _classify_group(jobs: list[WindowJob]) -> list[WindowResult]:
     p_female: list[float | None] = [None] * n
     model_stages = {}
     if keep:
-        ps, model_ms = bundle.predict_many(stats[keep], np.stack([feats[i][1] for i in keep]))
+        if len(keep) == 1:  # one window: predict_one's buffers, bound to the sessions, cost less than a batch run
+            p, _, model_ms = bundle.predict_one(*feats[keep[0]])
+            ps = [p]
+        else:
+            ps, model_ms = bundle.predict_many(stats[keep], np.stack([feats[i][1] for i in keep]))
         for i, p in zip(keep, ps):
             p_female[i] = p
         model_stages = {name: ms / len(keep) for name, ms in model_ms.items()}

@@ -53,6 +53,7 @@ SPEECH_MODEL = "speech"  # optional: XGBoost speech / non-speech on the stats ve
 MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx", SPEECH_MODEL: "speech.onnx"}
 P_CLIP = 1e-6       # ensemble.p_clip: xgb's probability is clipped to [P_CLIP, 1 - P_CLIP] before its logit
 FILE_P_CLIP = 1e-4  # a file verdict clips each window's p_female to [FILE_P_CLIP, 1 - FILE_P_CLIP] before its logit
+CNN_ROWS = 16  # windows per CNN run in predict_many: fewer pay the per-run cost, more outgrow the CPU caches
 
 
 class BundleError(VoiceGenderError, ValueError):
@@ -605,6 +606,8 @@ class Bundle:
         normalisation, the same combination (:meth:`_combine`), and onnxruntime's CPU kernels give each row
         the same result whatever the batch size (tests/test_batching.py checks it on real windows)."""
         s, m = self._check_inputs(stats, mfcc)
+        if s.shape[0] == 0:
+            return [], {}
         x = np.empty(m.shape, dtype=np.float32)
         np.subtract(m, self._mean_col, out=x)
         np.multiply(x, self._inv_std_col, out=x)
@@ -612,7 +615,10 @@ class Bundle:
         outs = {}
         for name in MODEL_NAMES:
             t0 = time.perf_counter()
-            out = self._sessions[name].run([self._out[name]], {self._in[name]: s if name == "xgb" else x})[0]
+            sess, inp = self._sessions[name], s if name == "xgb" else x
+            step = len(inp) if name == "xgb" else CNN_ROWS
+            out = np.concatenate([sess.run([self._out[name]], {self._in[name]: inp[i:i + step]})[0]
+                                  for i in range(0, len(inp), step)])
             stage_ms[name] = (time.perf_counter() - t0) * 1000.0
             outs[name] = np.asarray(out, dtype=np.float32)[:, 1 if name == "xgb" else 0].tolist()
         return [self._combine({n: outs[n][i] for n in MODEL_NAMES})[0] for i in range(s.shape[0])], stage_ms
