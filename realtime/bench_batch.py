@@ -72,7 +72,7 @@ def _fields(events) -> list[dict]:
 def _one_size(make_engine, tracks: list[np.ndarray], n: int, rounds: int) -> dict:
     from .batching import classify_many, run_many
 
-    hop = int(round(make_engine().config.hop_s * SAMPLE_RATE))
+    hop = round(make_engine().config.hop_s * SAMPLE_RATE)
     alone, together = _Timed(_one_at_a_time), _Timed(classify_many)
     pairs = [(make_engine(), make_engine()) for _ in range(n)]
     streams = [tracks[k % len(tracks)][(k // len(tracks)) * 3331 % SAMPLE_RATE:] for k in range(n)]

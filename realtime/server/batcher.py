@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..engine import Steps
     from ..events import Event
 
-__all__ = ["HopBatcher", "MAX_BATCH", "hop_batcher"]
+__all__ = ["MAX_BATCH", "HopBatcher", "hop_batcher"]
 
 MAX_BATCH = 256  # pushes in one batch job at the most
 LOG_EVERY_S = 60.0  # how often the batcher logs what it did (at INFO)
