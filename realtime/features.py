@@ -642,25 +642,25 @@ def extract_streams(items) -> list[tuple[np.ndarray, np.ndarray]]:
         raise ValueError("extract_streams: the streams' extractors compute different feature definitions")
     if len({id(sx) for sx, _, _ in items}) != len(items):
         raise ValueError("extract_streams: one window per stream at a time (its next window reuses this one's frames)")
-    out = []
-    i = 0
-    while i < len(items):  # consecutive windows, up to BLOCK_FRAMES fresh frames a call, planned just before it
-        group = [items[i][0].plan(items[i][1], items[i][2])]
-        frames = len(group[0].zframes)
-        while i + len(group) < len(items):
-            sx, window, start = items[i + len(group)]
-            p = sx.plan(window, start)
-            if frames + len(p.zframes) > BLOCK_FRAMES:
-                break  # (planning again later is free of side effects)
-            group.append(p)
-            frames += len(p.zframes)
-        if len(group) == 1:
-            out.append(items[i][0].complete(group[0], *fe._frame_block(group[0].zframes, group[0].eframes)))
-        else:
-            segments = np.cumsum([0] + [len(p.zframes) for p in group])
-            Q, D = fe._frame_block(np.concatenate([p.zframes for p in group]),
-                                   np.concatenate([p.eframes for p in group]), segments=segments)
-            out += [sx.complete(p, Q[:, lo:hi], D[:, lo:hi])
-                    for (sx, _, _), p, lo, hi in zip(items[i:], group, segments[:-1], segments[1:])]
-        i += len(group)
-    return out
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    group: list[tuple[StreamingExtractor, FramePlan]] = []
+    frames = 0
+    for sx, window, start in items:  # consecutive windows, up to BLOCK_FRAMES fresh frames a call
+        plan = sx.plan(window, start)
+        if group and frames + len(plan.zframes) > BLOCK_FRAMES:
+            out += _complete_block(fe, group)
+            group, frames = [], 0
+        group.append((sx, plan))
+        frames += len(plan.zframes)
+    return out + _complete_block(fe, group)
+
+
+def _complete_block(fe: FeatureExtractor, group: list[tuple[StreamingExtractor, FramePlan]]) -> list:
+    """The fresh frames of a few windows in one ``_frame_block`` call, then each window completed by its stream."""
+    if len(group) == 1:
+        sx, plan = group[0]
+        return [sx.complete(plan, *fe._frame_block(plan.zframes, plan.eframes))]
+    segments = np.cumsum([0] + [len(plan.zframes) for _, plan in group])
+    Q, D = fe._frame_block(np.concatenate([plan.zframes for _, plan in group]),
+                           np.concatenate([plan.eframes for _, plan in group]), segments=segments)
+    return [sx.complete(plan, Q[:, lo:hi], D[:, lo:hi]) for (sx, plan), lo, hi in zip(group, segments[:-1], segments[1:])]
