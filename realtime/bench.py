@@ -21,8 +21,13 @@ utterance by utterance so that load from other jobs hits both alike: ``python -m
 that with the naive librosa + Keras + XGBoost pipeline (``offline/bench_naive.py``, which needs the
 training extras) and reports the speedup. This module only runs it; it imports nothing from ``offline``.
 
+``--batch 1,8,32,128`` measures something else instead: the per-window cost of features and models when
+that many streams' windows are classified as one batch (``serve --batch-ms``) against one at a time
+(``bench_batch``).
+
 The parts: ``bench_live`` (utterances, per-hop timing, decision latency, the summary), ``bench_probes``
-(subprocesses), ``bench_report`` (goals, text), ``bench_plot`` (figures), ``bench_stats`` (numbers).
+(subprocesses), ``bench_report`` (goals, text), ``bench_plot`` (figures), ``bench_stats`` (numbers),
+``bench_batch`` (batching across streams).
 """
 from __future__ import annotations
 
@@ -140,10 +145,41 @@ def run_bench(args, log=print, comparison: Comparison | None = None, prog: str =
     return result
 
 
+def run_batch(args, prog: str = "python -m realtime") -> dict:
+    """``--batch``: the per-window cost of features and models, one window at a time vs batched across streams
+    (``realtime.bench_batch``), instead of the live benchmark."""
+    from .audio import load_audio
+    from .bench_batch import batch_figures, parse_sizes
+    from .options import make_engine
+
+    sizes = parse_sizes(args.batch)
+    if args.batch_rounds < 1:
+        raise ValueError(f"--batch-rounds must be >= 1, got {args.batch_rounds}")
+    utts = select_utterances(args.data, args.files)
+    if not utts:
+        raise ValueError(f"no utterances under {args.data}")
+    bundle = make_engine(args).bundle
+    info = machine()
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    log(f"bench --batch: {len(utts)} utterances from {args.data}; one core; hop {make_engine(args, bundle).config.hop_s} s")
+    res = batch_figures(lambda: make_engine(args, bundle), [load_audio(u.path) for u in utts], sizes,
+                        args.batch_rounds, log)
+    if loadavg() is not None:
+        info["loadavg_end"] = loadavg()
+    res.update(machine=info, command=_command(prog), date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return res
+
+
 def run(args, comparison: Comparison | None = None, prog: str = "python -m realtime") -> int:
     """Run, then print the result (text, or JSON with --json) and write the plots (--plot)."""
     from .bench_report import report_text
 
+    if getattr(args, "batch", None):
+        from .bench_batch import report_lines
+
+        res = run_batch(args, prog)
+        print(json.dumps(res, indent=2) if args.json else "\n".join(report_lines(res)))
+        return 0
     if args.plot:
         from .sinks import check_plotting
 
@@ -186,6 +222,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write plots: a folder gets latency_hist.png and stages.png; X.png gets X.png and X_stages.png")
     p.add_argument("--save-raw", action="store_true", help="include every per-hop time in the JSON")
     p.add_argument("--progress", action="store_true", help="one line per utterance")
+    p.add_argument("--batch", default=None, metavar="N[,N...]",
+                   help="instead: the per-window cost of features + models for N streams' windows classified "
+                        "as one batch (serve --batch-ms) vs one at a time, for each N (e.g. 1,8,32,128)")
+    p.add_argument("--batch-rounds", type=int, default=30, metavar="HOPS",
+                   help="with --batch: hops pushed per stream, per batch size (default: %(default)s)")
     add_engine_arguments(p)
 
 

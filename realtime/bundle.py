@@ -19,6 +19,7 @@ session.
     bundle = Bundle.load()                       # models/ of the repository
     out = bundle.predict(stats, mfcc)            # (N, 123), (N, 40, 87) -> dict of (N,) arrays
     p, components, stage_ms = bundle.predict_one(stats, mfcc)   # one window, lowest latency
+    ps, stage_ms = bundle.predict_many(stats, mfcc)  # many windows (many streams), each equal to predict_one's
     bundle.label(p)                              # 'female' | 'male' | 'uncertain'
 """
 from __future__ import annotations
@@ -52,6 +53,7 @@ SPEECH_MODEL = "speech"  # optional: XGBoost speech / non-speech on the stats ve
 MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx", SPEECH_MODEL: "speech.onnx"}
 P_CLIP = 1e-6       # ensemble.p_clip: xgb's probability is clipped to [P_CLIP, 1 - P_CLIP] before its logit
 FILE_P_CLIP = 1e-4  # a file verdict clips each window's p_female to [FILE_P_CLIP, 1 - FILE_P_CLIP] before its logit
+CNN_ROWS = 16  # windows per CNN run in predict_many: fewer pay the per-run cost, more outgrow the CPU caches
 
 
 class BundleError(VoiceGenderError, ValueError):
@@ -573,21 +575,53 @@ class Bundle:
         np.subtract(m, self._mean_col, out=st.tmp)
         np.multiply(st.tmp, self._inv_std_col, out=st.mfcc[0])
         stage_ms: dict[str, float] = {}
-        comps: dict[str, float] = {}
-        zsum = self.bias
+        raw: dict[str, float] = {}
         for name in MODEL_NAMES:
             t0 = time.perf_counter()
             self._sessions[name].run_with_iobinding(st.bind[name])
             stage_ms[name] = (time.perf_counter() - t0) * 1000.0
+            raw[name] = float(st.out[name][0, 1 if name == "xgb" else 0])
+        p, comps = self._combine(raw)
+        return p, comps, stage_ms
+
+    def _combine(self, raw: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The ensemble of one window from its models' raw outputs (xgb: P(female); the CNNs: a logit):
+        (p_female, {model: p_female}), in Python floats, in ``MODEL_NAMES`` order."""
+        comps: dict[str, float] = {}
+        zsum = self.bias
+        for name in MODEL_NAMES:
             if name == "xgb":
-                p = float(st.out[name][0, 1])
+                p = raw[name]
                 z = logit(p, self.p_clip)
             else:
-                z = float(st.out[name][0, 0])
+                z = raw[name]
                 p = sigmoid(z)
             comps[name] = p
             zsum += self.weights[name] * z
-        return sigmoid(zsum), comps, stage_ms
+        return sigmoid(zsum), comps
+
+    def predict_many(self, stats, mfcc) -> tuple[list[float], dict[str, float]]:
+        """Many windows through each model in one run: stats (N, n_stats), mfcc (N, 40, 87) -> ([p_female] * N,
+        {model: ms for all N}). Each p_female is ``predict_one``'s for that window, to the bit: the same
+        normalisation, the same combination (:meth:`_combine`), and onnxruntime's CPU kernels give each row
+        the same result whatever the batch size (tests/test_batching.py checks it on real windows)."""
+        s, m = self._check_inputs(stats, mfcc)
+        if s.shape[0] == 0:
+            return [], {}
+        x = np.empty(m.shape, dtype=np.float32)
+        np.subtract(m, self._mean_col, out=x)
+        np.multiply(x, self._inv_std_col, out=x)
+        stage_ms: dict[str, float] = {}
+        outs = {}
+        for name in MODEL_NAMES:
+            t0 = time.perf_counter()
+            sess, inp = self._sessions[name], s if name == "xgb" else x
+            step = len(inp) if name == "xgb" else CNN_ROWS
+            out = np.concatenate([sess.run([self._out[name]], {self._in[name]: inp[i:i + step]})[0]
+                                  for i in range(0, len(inp), step)])
+            stage_ms[name] = (time.perf_counter() - t0) * 1000.0
+            outs[name] = np.asarray(out, dtype=np.float32)[:, 1 if name == "xgb" else 0].tolist()
+        return [self._combine({n: outs[n][i] for n in MODEL_NAMES})[0] for i in range(s.shape[0])], stage_ms
 
     @property
     def has_speech_model(self) -> bool:

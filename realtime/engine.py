@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 
@@ -125,6 +125,44 @@ class _HopState:
     stages: dict = field(default_factory=dict)
 
 
+@dataclass
+class WindowJob:
+    """A window a hop classifies (``Engine._due_window``): ``window`` lies in the engine's speech buffer and
+    stays valid until the engine's steps go on; ``start``: its position in the speech stream (None: wrap-padded)."""
+
+    engine: "Engine"
+    window: np.ndarray
+    start: int | None
+
+
+@dataclass
+class WindowResult:
+    """What classifying a window gives (``Engine.classify``, ``realtime.batching.classify_many``): its features,
+    the speech check's p (None without the model), p_female (None when the speech check turned it away) and
+    the milliseconds of each stage."""
+
+    stats: np.ndarray
+    mfcc: np.ndarray
+    p_speech: float | None
+    p_female: float | None
+    stages: dict
+
+
+#: a push or flush as steps: yields the windows to classify, is sent their results, returns the events
+Steps = Generator[WindowJob, WindowResult, "list[Event]"]
+
+
+def drive(steps: Steps) -> list[Event]:
+    """Run an engine's steps (``Engine.push_steps`` / ``flush_steps``) to the end, classifying each window
+    inline with its engine (``Engine.classify``); the events."""
+    try:
+        job = next(steps)
+        while True:
+            job = steps.send(job.engine.classify(job))
+    except StopIteration as done:
+        return done.value
+
+
 class Engine:
     """Stateful per-stream classifier. One Engine per stream; the Bundle (ONNX sessions) can be shared."""
 
@@ -201,6 +239,13 @@ class Engine:
         engine, so a stream may come in chunks of any size. NaN or infinite samples, float samples far
         outside [-1, 1] (int16 values cast to float?) and other dtypes are a ``ValueError``.
         """
+        return drive(self.push_steps(chunk, sample_rate))
+
+    def push_steps(self, chunk: np.ndarray, sample_rate: float = SAMPLE_RATE) -> Steps:
+        """:meth:`push` as steps: a generator that yields each window the push must classify (a
+        :class:`WindowJob`), takes its :class:`WindowResult` back (``send``) and returns the events.
+        :func:`drive` classifies inline; ``realtime.batching.run_many`` classifies many streams' windows
+        at once. Nothing else may use the engine until the generator is done."""
         chunk = as_mono_float(chunk)
         rate = float(sample_rate)
         if not (math.isfinite(rate) and rate > 0):
@@ -208,15 +253,15 @@ class Engine:
         events: list[Event] = []
         rs = self._resampler
         if rs is not None and rs.in_rate != rate:  # the rate changed: drain the old resampler first
-            events += self._push16(rs(np.zeros(0, dtype=np.float32), last=True))
+            events += yield from self._push16(rs(np.zeros(0, dtype=np.float32), last=True))
             rs = self._resampler = None
         if rate != SAMPLE_RATE:
             if rs is None:
                 rs = self._resampler = StreamResampler(rate)
             chunk = rs(chunk)
-        return events + self._push16(chunk)
+        return events + (yield from self._push16(chunk))
 
-    def _push16(self, chunk: np.ndarray) -> list[Event]:
+    def _push16(self, chunk: np.ndarray) -> Steps:
         """The engine proper: 16 kHz mono float32."""
         if chunk.size == 0:
             return []
@@ -249,7 +294,7 @@ class Engine:
             self._frames_done += take
             i += take
             if early is not None or self._hop.frames == self.hop_frames:
-                events.append(self._end_hop())
+                events.append((yield from self._end_hop()))
         return events
 
     def _first_window_ready_at(self, sel: np.ndarray) -> int | None:
@@ -267,41 +312,70 @@ class Engine:
     def flush(self) -> list[Event]:
         """End of stream: drain the resampler and emit the last, partial hop (if any audio is left in it),
         so short clips still get a verdict."""
+        return drive(self.flush_steps())
+
+    def flush_steps(self) -> Steps:
+        """:meth:`flush` as steps (see :meth:`push_steps`)."""
         events = []
         if self._resampler is not None:
-            events += self._push16(self._resampler(np.zeros(0, dtype=np.float32), last=True))
+            events += yield from self._push16(self._resampler(np.zeros(0, dtype=np.float32), last=True))
             self._resampler = None
         if self._hop.frames:
-            events.append(self._end_hop())
+            events.append((yield from self._end_hop()))
         return events
 
-    def _end_hop(self) -> Event:
+    def _end_hop(self) -> Steps:
+        """The end of a hop: the window it classifies, if any (yielded: whoever drives the steps classifies
+        it), then its event."""
+        job = self._due_window()
+        result = (yield job) if job is not None else None
+        return self._finish_hop(job, result)
+
+    def _due_window(self) -> WindowJob | None:
+        """The window this hop classifies, or None: in a hop that counts as speech, with enough speech
+        buffered and enough of it new."""
+        cfg, hop = self.config, self._hop
+        speech = hop.speech_frames >= cfg.speech_fraction * hop.frames
+        if not (speech and self.speech.size >= self.first_samples and self._new_speech >= self.min_new):
+            return None
+        window, start = self._window()
+        self._classified = True
+        self._new_speech = 0
+        return WindowJob(self, window, start)
+
+    def classify(self, job: WindowJob) -> WindowResult:
+        """Features, speech check and the three models of one window of this engine's stream."""
+        t0 = time.perf_counter()
+        stats, mfcc = self.streaming.extract(job.window, job.start)
+        stages = {"features": (time.perf_counter() - t0) * 1000}
+        p_speech = window_p = None
+        if self.bundle.has_speech_model:
+            t0 = time.perf_counter()
+            p_speech = float(self.bundle.p_speech(stats)[0])
+            stages["speech_check"] = (time.perf_counter() - t0) * 1000
+        if p_speech is None or p_speech >= self.bundle.speech_threshold:
+            window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
+            stages.update(model_ms)
+        return WindowResult(stats, mfcc, p_speech, window_p, stages)
+
+    def _finish_hop(self, job: WindowJob | None, result: WindowResult | None) -> Event:
+        """The hop's event from its window's result (None: no window), through the smoother."""
         cfg, hop = self.config, self._hop
         dt = hop.frames * self.frame_samples / SAMPLE_RATE
         stages = hop.stages
         speech = hop.speech_frames >= cfg.speech_fraction * hop.frames
         window_p = level = p_speech = None
-        if speech and self.speech.size >= self.first_samples and self._new_speech >= self.min_new:
-            t0 = time.perf_counter()
-            window, start = self._window()
-            stats, mfcc = self.streaming.extract(window, start)
-            t1 = time.perf_counter()
-            self.last_window = (window.copy(), stats, mfcc)  # what was classified (a copy: the buffer moves on)
-            level = 10.0 * math.log10(max(float(np.dot(window, window)) / window.size, 1e-12))
-            self._classified = True
-            stages["features"] = (t1 - t0) * 1000
-            self._new_speech = 0
-            if self.bundle.has_speech_model:
-                t2 = time.perf_counter()
-                p_speech = float(self.bundle.p_speech(stats)[0])
-                stages["speech_check"] = (time.perf_counter() - t2) * 1000
+        if result is not None:
+            window = job.window
+            self.last_window = (window.copy(), result.stats, result.mfcc)  # what was classified (a copy: the buffer moves on)
+            stages.update(result.stages)
+            p_speech = result.p_speech
+            if p_speech is not None:
                 self._not_speech = p_speech < self.bundle.speech_threshold
                 self.rejected_windows += self._not_speech
-            if self._not_speech:
-                level = None  # no window was classified
-            else:
-                window_p, _, model_ms = self.bundle.predict_one(stats, mfcc)
-                stages.update(model_ms)
+            if not self._not_speech:  # else no window was classified
+                window_p = result.p_female
+                level = 10.0 * math.log10(max(float(np.dot(window, window)) / window.size, 1e-12))
         speech = speech and not self._not_speech
         t0 = time.perf_counter()
         est = self.smoother.update(window_p, speech, dt)

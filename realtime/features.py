@@ -30,6 +30,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import scipy.fft
@@ -234,6 +235,16 @@ def _mean_std(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean[:, 0], np.sqrt(np.add.reduce(dev, axis=1) / n)
 
 
+def _by_rows(a: np.ndarray, b: np.ndarray, segments) -> np.ndarray:
+    """``a @ b``, one BLAS call per segment of rows (``segments``: row offsets, None: one call)."""
+    if segments is None:
+        return a @ b
+    out = np.empty((a.shape[0], *b.shape[1:]), dtype=np.result_type(a, b))
+    for lo, hi in zip(segments[:-1], segments[1:]):
+        out[lo:hi] = a[lo:hi] @ b
+    return out
+
+
 class FeatureExtractor:
     """Computes the shared features of one window. Build once (filterbanks are precomputed), call often.
 
@@ -354,14 +365,18 @@ class FeatureExtractor:
         shape, strides = (d.n_frames, d.n_fft), (d.hop_length * 4, 4)
         return np.ndarray(shape, np.float32, zpad, 0, strides), np.ndarray(shape, np.float32, epad, 0, strides)
 
-    def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, *, keep_spectrum: bool = False):
+    def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, *, keep_spectrum: bool = False,
+                     segments: np.ndarray | None = None):
         """Per-frame quantities of the given frames: Q's rows (``self.rows``) for those columns, and D, the dB of
         spectral contrast's peaks and valleys (float64, as librosa; rows: peaks then valleys). The contrast rows
         of Q are left for :meth:`_assemble`: they need the whole window. Returns (Q, D), and S if asked.
 
         ``zframes`` are zero-padded frames (STFT and YIN), ``eframes`` the same frames edge-padded (ZCR).
-        Each quantity is the arithmetic of the definition, operation for operation, so the result does
-        not depend on which frames are computed together.
+        Each quantity is the arithmetic of the definition, operation for operation, row by row, so the
+        elementwise and per-row work does not depend on which frames are computed together. The four matrix
+        products (mel, centroid, chroma, tonnetz) are the exception: BLAS rounds by the shape of the call.
+        ``segments`` (row offsets ``[0, ..., T]``) runs them once per segment, so that the frames of several
+        windows stacked into one call (:func:`extract_streams`) get the bits each window's own call gives.
         """
         d, R = self.definition, self.rows
         T = zframes.shape[0]
@@ -369,10 +384,10 @@ class FeatureExtractor:
         spec = scipy.fft.rfft(zframes * self._win, axis=1)  # (T, F) complex64
         S = np.abs(spec)  # magnitude
         P = S * S
-        out[R["mel_db"]] = (10.0 * np.log10(np.maximum(d.db_amin, P @ self._mel.T))).T
+        out[R["mel_db"]] = (10.0 * np.log10(np.maximum(d.db_amin, _by_rows(P, self._mel.T, segments)))).T
         total = S.sum(axis=1, keepdims=True)
         Sn = S / np.where(total > _TINY32, total, 1.0)
-        centroid = out[R["centroid"].start] = Sn @ self.freqs
+        centroid = out[R["centroid"].start] = _by_rows(Sn, self.freqs, segments)
         dev = self.freqs[None, :] - centroid[:, None]
         out[R["bandwidth"].start] = np.sqrt(np.einsum("tf,tf->t", Sn, dev * dev))
         csum = np.cumsum(S, axis=1)
@@ -387,11 +402,11 @@ class FeatureExtractor:
         np.log10(D, out=D)
         D *= 10.0
         # tonnetz over STFT chroma (chroma normalised by its max, then L1, per frame)
-        chroma = P @ self._chroma.T  # (T, 12)
+        chroma = _by_rows(P, self._chroma.T, segments)  # (T, 12)
         cmax = np.max(np.abs(chroma), axis=1, keepdims=True)
         chroma = chroma / np.where(cmax > _TINY32, cmax, 1.0)
         c1 = np.sum(np.abs(chroma), axis=1, keepdims=True)
-        out[R["tonnetz"]] = ((chroma / np.where(c1 > _TINY32, c1, 1.0)) @ self._tonnetz.T).T
+        out[R["tonnetz"]] = (_by_rows(chroma / np.where(c1 > _TINY32, c1, 1.0), self._tonnetz.T, segments)).T
         # rms last: it halves the DC and Nyquist bins of P in place
         P[:, 0] *= 0.5
         if d.n_fft % 2 == 0:
@@ -462,7 +477,7 @@ class FeatureExtractor:
         trough &= cmndf < d.yin_trough_threshold
         period = np.where(trough.any(axis=1), np.argmax(trough, axis=1), np.argmin(cmndf, axis=1))
         # parabolic interpolation, only at the chosen lag (none at the first and last lag)
-        rows = self._frame_index[:T]
+        rows = self._frame_index[:T] if T <= self._frame_index.size else np.arange(T)  # more: frames of many windows
         q = np.clip(period, 1, K - 2)
         c0, c1, c2 = cmndf[rows[:, None], q[:, None] + self._neighbours].T
         a = c2 + c0 - 2 * c1
@@ -558,25 +573,94 @@ class StreamingExtractor:
             todo = self._todo[shift] = np.flatnonzero(~reuse)
         return todo
 
-    def extract(self, window: np.ndarray, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def plan(self, window: np.ndarray, start: int | None = None) -> FramePlan:
+        """What ``extract(window, start)`` must compute afresh, given the previous window (no state changes)."""
         fe = self.fe
         x = fe._check(window)
         n = len(self._interior)
         shift = None
         if start is not None and self._start is not None and start >= self._start and (start - self._start) % self.hop == 0:
             shift = (start - self._start) // self.hop
+        zv, ev = fe._frame_views(x)
         if shift is None or shift >= n:
-            Q, D = fe._window_block(x)
+            return FramePlan(start, None, None, zv, ev)
+        todo = self._fresh(shift)
+        return FramePlan(start, shift, todo, zv[todo], ev[todo])
+
+    def complete(self, plan: FramePlan, Q: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``extract``'s result from its plan and the fresh frames' (Q, D) (``FeatureExtractor._frame_block`` of
+        ``plan.zframes, plan.eframes``); keeps this window's frames for the next one."""
+        n = len(self._interior)
+        if plan.todo is None:
+            Q, D = np.ascontiguousarray(Q), np.ascontiguousarray(D)  # a batch's columns become this window's own
             self.computed_frames += n
         else:
+            fresh_Q, fresh_D = Q, D
             Q, D = self._Q, self._D
-            if shift:  # frame j of the new window is frame j + shift of the old one
-                Q[:, : n - shift] = Q[:, shift:]
-                D[:, : n - shift] = D[:, shift:]
-            todo = self._fresh(shift)
-            zv, ev = fe._frame_views(x)
-            Q[:, todo], D[:, todo] = fe._frame_block(zv[todo], ev[todo])
-            self.reused_frames += n - todo.size
-            self.computed_frames += todo.size
-        self._start, self._Q, self._D = start, Q, D
-        return fe._assemble(Q, D)
+            if plan.shift:  # frame j of the new window is frame j + shift of the old one
+                Q[:, : n - plan.shift] = Q[:, plan.shift:]
+                D[:, : n - plan.shift] = D[:, plan.shift:]
+            Q[:, plan.todo], D[:, plan.todo] = fresh_Q, fresh_D
+            self.reused_frames += n - plan.todo.size
+            self.computed_frames += plan.todo.size
+        self._start, self._Q, self._D = plan.start, Q, D
+        return self.fe._assemble(Q, D)
+
+    def extract(self, window: np.ndarray, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(stats, mfcc) of this window of the stream (``start``: its first sample's position; None: unknown)."""
+        plan = self.plan(window, start)
+        return self.complete(plan, *self.fe._frame_block(plan.zframes, plan.eframes))
+
+
+class FramePlan(NamedTuple):
+    """The frames one window of a stream needs computed (``StreamingExtractor.plan``)."""
+
+    start: int | None
+    shift: int | None  # STFT hops since the previous window; None: every frame is new
+    todo: np.ndarray | None  # the indices of the new frames; None: all
+    zframes: np.ndarray  # those frames, zero-padded (T, n_fft)
+    eframes: np.ndarray  # the same, edge-padded
+
+
+#: fresh frames per ``_frame_block`` call in :func:`extract_streams`: a few windows' worth share the per-call cost
+#: and their arrays (~40 KB a frame) still fit the CPU's caches (with many more, each frame costs more than alone)
+BLOCK_FRAMES = 128
+
+
+def extract_streams(items) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``StreamingExtractor.extract`` for the next window of many streams at once: ``items`` are
+    ``(streaming_extractor, window, start)``, each extractor at most once, all of one feature definition.
+
+    The fresh frames of several windows go through one ``FeatureExtractor._frame_block`` call (up to
+    ``BLOCK_FRAMES`` frames; its matrix products segment by segment), then each window is summarised as
+    ``extract`` would: each result equals that stream's own ``extract(window, start)`` to the bit, and each
+    extractor ends in the same state."""
+    if not items:
+        return []
+    fe = items[0][0].fe
+    if any(sx.fe.definition != fe.definition for sx, _, _ in items):
+        raise ValueError("extract_streams: the streams' extractors compute different feature definitions")
+    if len({id(sx) for sx, _, _ in items}) != len(items):
+        raise ValueError("extract_streams: one window per stream at a time (its next window reuses this one's frames)")
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    group: list[tuple[StreamingExtractor, FramePlan]] = []
+    frames = 0
+    for sx, window, start in items:  # consecutive windows, up to BLOCK_FRAMES fresh frames a call
+        plan = sx.plan(window, start)
+        if group and frames + len(plan.zframes) > BLOCK_FRAMES:
+            out += _complete_block(fe, group)
+            group, frames = [], 0
+        group.append((sx, plan))
+        frames += len(plan.zframes)
+    return out + _complete_block(fe, group)
+
+
+def _complete_block(fe: FeatureExtractor, group: list[tuple[StreamingExtractor, FramePlan]]) -> list:
+    """The fresh frames of a few windows in one ``_frame_block`` call, then each window completed by its stream."""
+    if len(group) == 1:
+        sx, plan = group[0]
+        return [sx.complete(plan, *fe._frame_block(plan.zframes, plan.eframes))]
+    segments = np.cumsum([0] + [len(plan.zframes) for _, plan in group])
+    Q, D = fe._frame_block(np.concatenate([plan.zframes for _, plan in group]),
+                           np.concatenate([plan.eframes for _, plan in group]), segments=segments)
+    return [sx.complete(plan, Q[:, lo:hi], D[:, lo:hi]) for (sx, plan), lo, hi in zip(group, segments[:-1], segments[1:])]

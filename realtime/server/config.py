@@ -9,6 +9,8 @@ from ..protocol import MAX_CONFIG_BYTES, _short
 
 __all__ = ["ServerConfig"]
 
+MAX_BATCH_MS = 100.0  # a batch tick adds up to this much to an estimate's delay
+
 
 @dataclass
 class ServerConfig:
@@ -28,6 +30,7 @@ class ServerConfig:
     max_stream_seconds: float = 4 * 3600.0  # of audio, at the declared rate
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
+    batch_ms: float = 0.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
 
     def __post_init__(self):
         if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
@@ -42,6 +45,8 @@ class ServerConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number of seconds, got {v}")
+        if not (isinstance(self.batch_ms, (int, float)) and 0 <= self.batch_ms <= MAX_BATCH_MS):
+            raise ValueError(f"batch_ms must be 0 (off) to {MAX_BATCH_MS:g} ms, got {_short(self.batch_ms)}")
 
     def limits(self) -> dict:
         """What a client is told in the ready message."""

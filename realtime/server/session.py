@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Callable
 
 from ..events import Event
 from ..protocol import ProtocolError, StreamConfig, encode, end_message, parse_control
+from .batcher import hop_batcher
 from .config import ServerConfig
 from .transport import ClientGone, Connection
 
 if TYPE_CHECKING:
     import concurrent.futures
 
-    from ..engine import Engine
+    from ..engine import Engine, Steps
 
 __all__ = ["StreamSession", "Deadline", "Refusal", "BATCH_SECONDS"]
 
@@ -87,6 +88,7 @@ class StreamSession:
         """``config``: the client's stream; ``limits``: the server's; ``executor``: the shared worker pool."""
         self.conn, self.config, self.engine = conn, config, engine
         self.limits, self.executor = limits, executor
+        self.batcher = hop_batcher(executor, limits)
         self.decoder = config.decoder()
         self.audio_bytes = 0
         self.limit_error: ProtocolError | None = None
@@ -173,22 +175,30 @@ class StreamSession:
             heavy = True
         return ops, heavy or (n > 0 and n >= self.engine.samples_until_event())
 
-    def _run(self, ops: list) -> list[Event]:
+    def _steps(self, ops: list) -> Steps:
+        """The engine operations as steps (``Engine.push_steps``): run inline by ``_run``, or batched."""
         events = []
         for x in ops:
             if x is _RESET:
                 self.engine.reset()
             elif x is _FLUSH:
-                events.extend(self.engine.flush())
+                events += yield from self.engine.flush_steps()
             else:
-                events.extend(self.engine.push(x))
+                events += yield from self.engine.push_steps(x)
         return events
+
+    def _run(self, ops: list) -> list[Event]:
+        from ..engine import drive  # onnxruntime loads with the first stream, not with the server
+
+        return drive(self._steps(ops))
 
     async def _process(self, batch: list, last: bool = False) -> None:
         ops, heavy = self._prepare(batch, last)
         if not ops:
             return
-        if heavy:
+        if heavy and self.batcher is not None:  # --batch-ms: with the other streams' pushes, one job
+            events = await self.batcher.run(self._steps(ops))
+        elif heavy:
             events = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, ops)
         else:
             events = self._run(ops)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .admission import Counters
 from .app import StreamServer
-from .config import ServerConfig
+from .config import MAX_BATCH_MS, ServerConfig
 from .engines import warm_up
 
 __all__ = ["ServerThread", "add_parser"]
@@ -109,7 +109,7 @@ def _server_config(args, *, processes: int = 1) -> ServerConfig:
                         idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
                         max_pending=-(-args.max_pending // processes),
                         max_pending_per_address=-(-args.max_pending_per_address // processes),
-                        max_stream_seconds=args.max_stream_seconds, workers=workers)
+                        max_stream_seconds=args.max_stream_seconds, workers=workers, batch_ms=args.batch_ms)
 
 
 def _banner(cfg: ServerConfig, urls: dict, processes: int) -> str:
@@ -309,5 +309,11 @@ def add_parser(subparsers) -> None:
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="log only warnings (refusals) and errors")
     p.add_argument("--log-file", type=Path, default=None, metavar="FILE", help="log there instead of stderr")
+    p.add_argument("--batch-ms", type=_arg_type(float, "a number of milliseconds", lambda v: 0 <= v <= MAX_BATCH_MS,
+                                                f"between 0 and {MAX_BATCH_MS:g}"), default=d.batch_ms, metavar="MS",
+                   help="batch across streams: the audio of streams whose hop ends within this many milliseconds "
+                        "is classified together, one pass of the features and models for all of them (each "
+                        "stream's estimates stay exactly what it gets alone; each is delayed by up to MS); "
+                        "0 = off, each stream's hop on its own (default: %(default)s)")
     add_engine_arguments(p)
     p.set_defaults(func=_serve)
