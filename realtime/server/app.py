@@ -19,7 +19,7 @@ from .admission import (ACCEPT_BATCH, EVICT_AFTER_S, LISTEN_BACKLOG, LOG_EVERY_S
 from .config import ServerConfig
 from .engines import limit_blas_threads
 from .session import Refusal, StreamSession
-from .transport import ClientGone, Connection, TcpConnection, WsConnection, http_response, ws_connection_class
+from .transport import ClientGone, Connection, TcpConnection, WsConnection, bounded, http_response, ws_connection_class
 
 __all__ = ["StreamServer", "QuietRefusal", "WEB_DIR"]
 
@@ -124,7 +124,7 @@ class StreamServer:
         for srv in (self._tcp_server, self._ws_server):
             if srv is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(srv.wait_closed(), 5.0)
+                    await bounded(srv.wait_closed(), 5.0)
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -181,7 +181,7 @@ class StreamServer:
 
     async def _send(self, conn, obj: dict) -> None:
         try:
-            await asyncio.wait_for(conn.send(encode(obj)), self.config.idle_timeout)
+            await bounded(conn.send(encode(obj)), self.config.idle_timeout)
         except asyncio.TimeoutError:
             raise ClientGone(f"not reading events for {self.config.idle_timeout:g} s") from None
 
@@ -210,11 +210,11 @@ class StreamServer:
             await self._send_error(conn, str(exc))
         except (ProtocolError, Refusal) as exc:
             self.stats["refused"] += 1
-            log.warning("%s %s: refused: %s", conn.kind, conn.peer, exc)
+            log.warning("%s %s: refused: %s", conn.kind, conn.peer, str(exc))  # a string: a kept record holds no frames
             await self._send_error(conn, str(exc))
         except ClientGone as exc:
             self.stats["client_gone"] += 1
-            log.info("%s %s: client went away (%s)", conn.kind, conn.peer, exc)
+            log.info("%s %s: client went away (%s)", conn.kind, conn.peer, str(exc))
             conn.abort()
         except asyncio.CancelledError:
             conn.abort()
@@ -254,7 +254,7 @@ class StreamServer:
 
     async def _send_error(self, conn, message: str) -> None:
         try:
-            await asyncio.wait_for(conn.send(encode(error_message(message))), 2.0)
+            await bounded(conn.send(encode(error_message(message))), 2.0)
         except (Exception, asyncio.TimeoutError):
             conn.abort()
 
@@ -277,7 +277,7 @@ class StreamServer:
         try:
             deadline = min(cfg.handshake_timeout, cfg.idle_timeout, fuse or math.inf)
             try:
-                raw = await asyncio.wait_for(conn.read_config(), deadline)
+                raw = await bounded(conn.read_config(), deadline)
             except asyncio.TimeoutError:
                 self.stats["handshake_timeouts"] += 1
                 why = ("--handshake-timeout" if fuse is None else
