@@ -18,10 +18,11 @@ from .admission import (ACCEPT_BATCH, EVICT_AFTER_S, LISTEN_BACKLOG, LOG_EVERY_S
                         AuthThrottle, Counters, LogAggregate, PendingConnections, relisten)
 from .config import ServerConfig
 from .engines import limit_blas_threads
+from .load import LoadMonitor
 from .session import Refusal, StreamSession
 from .transport import ClientGone, Connection, TcpConnection, WsConnection, bounded, http_response, ws_connection_class
 
-__all__ = ["StreamServer", "QuietRefusal", "WEB_DIR"]
+__all__ = ["StreamServer", "QuietRefusal", "Busy", "WEB_DIR"]
 
 log = logging.getLogger("realtime.server")
 
@@ -37,6 +38,18 @@ class QuietRefusal(Refusal):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
+
+
+class Busy(QuietRefusal):
+    """No room for a new stream (every slot taken, or the server sheds load): the error says
+    ``"code": "busy"`` and ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__("busy refusals", message)
+        self.retry_after_s = retry_after_s
+
+    def fields(self) -> dict:
+        return {"code": "busy", "retry_after_s": self.retry_after_s}
 
 
 class StreamServer:
@@ -61,6 +74,7 @@ class StreamServer:
         self._static: dict[str, tuple[bytes, str]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.open_streams: set[StreamSession] = set()  # for inspection (tests, /healthz)
+        self.load: LoadMonitor | None = None  # this process's load signal, from start()
 
     # -- lifecycle
     async def start(self) -> None:
@@ -70,6 +84,9 @@ class StreamServer:
         if cfg.single_thread_blas:
             limit_blas_threads(1)
         self.executor = concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="infer")
+        self.load = LoadMonitor(self.executor, cfg.max_lag, on_sample=self.stats.set_load)
+        self.load.start()
+        self.stats.set_load(0.0, True)
         for path, (name, ctype) in _STATIC.items():
             f = WEB_DIR / name
             if f.is_file():
@@ -116,6 +133,9 @@ class StreamServer:
     async def aclose(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        if self.load is not None:
+            self.load.stop()
+            self.stats.set_load(0.0, False)
         for srv in (self._tcp_server, self._ws_server):
             if srv is not None:
                 srv.close()
@@ -146,8 +166,10 @@ class StreamServer:
             return None
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            body = json.dumps(self.health()).encode()
-            resp = (200, body, "application/json")
+            health = self.health()
+            # 503 while no new stream would be accepted, so that a balancer's health check (HAProxy's
+            # `option httpchk`) takes this server out of rotation until it has room again
+            resp = (200 if health["accepting"] else 503, json.dumps(health).encode(), "application/json")
         elif path in self._static:
             body, ctype = self._static[path]
             resp = (200, body, ctype)
@@ -168,9 +190,21 @@ class StreamServer:
     def health(self) -> dict:
         """What /healthz answers: counters of the whole server (summed over every --processes process).
         ``connections`` = stream slots taken, ``streams`` = streams with an Engine (``open_streams``),
-        ``pending`` = connections still in their handshake."""
+        ``pending`` = connections still in their handshake. Load: ``accepting`` (would a new stream be
+        taken: a slot free and a process under ``--max-lag``), ``lag_ms`` (the smoothed event-loop lag or
+        pool queue wait of the least loaded process; ``processes_lag_ms``: each), ``load`` (the larger of
+        that lag over ``--max-lag`` and the slots taken over ``--max-connections``: 1 and more is full),
+        ``overloaded`` (streams refused busy for load; ``busy`` counts those and the ones refused for slots)."""
+        cfg = self.config
         totals = self.stats.totals()
-        return {"status": "ok", "connections": totals.pop("active"), "processes": self.stats.processes, **totals}
+        loads = self.stats.loads()
+        lag_ms = min(lag for lag, _ in loads)
+        active = totals.pop("active")
+        accepting = active < cfg.max_connections and any(ok for _, ok in loads)
+        load = max(lag_ms / 1000 / cfg.max_lag if cfg.max_lag > 0 else 0.0, active / cfg.max_connections)
+        return {"status": "ok" if accepting else "busy", "connections": active, "processes": self.stats.processes,
+                **totals, "accepting": accepting, "load": round(load, 3), "lag_ms": round(lag_ms, 1),
+                "processes_lag_ms": [round(lag, 1) for lag, _ in loads], "max_lag_ms": round(cfg.max_lag * 1000, 1)}
 
     # -- connections
     async def _ws_handler(self, ws) -> None:
@@ -195,11 +229,13 @@ class StreamServer:
             config = await self._handshake(conn, task)
             if config is None:
                 return  # evicted or shed (already counted and closed)
+            self._check_load()
             n = await self._stream_slot(t0)
             if n is None:
                 self.stats["busy"] += 1
-                raise Refusal(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
-                              "(--max-connections); try again later")
+                retry = self.load.retry_after()
+                raise Busy(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
+                           f"(--max-connections); try again in {retry:g} s", retry)
             counted = True
             await self._stream(conn, config)
             self.stats["streams_completed"] += 1
@@ -207,7 +243,7 @@ class StreamServer:
         except QuietRefusal as exc:  # storms of these are logged in aggregate
             self.stats["refused"] += 1
             self._quiet.note(exc.kind, conn.address, f"{conn.kind} {conn.peer}: refused: {exc}", time.monotonic())
-            await self._send_error(conn, str(exc))
+            await self._send_error(conn, str(exc), exc.fields() if isinstance(exc, Busy) else None)
         except (ProtocolError, Refusal) as exc:
             self.stats["refused"] += 1
             log.warning("%s %s: refused: %s", conn.kind, conn.peer, str(exc))  # a string: a kept record holds no frames
@@ -252,9 +288,20 @@ class StreamServer:
         finally:
             self._slot_waiters -= 1
 
-    async def _send_error(self, conn, message: str) -> None:
+    def _check_load(self) -> None:
+        """Shed load: refuse a new stream while this process runs late (see LoadMonitor), before taking
+        a slot; the streams it holds go on."""
+        if self.load.accepting:
+            return
+        self.stats["busy"] += 1
+        self.stats["overloaded"] += 1
+        retry = self.load.retry_after()
+        raise Busy(f"server busy: its streams' work runs {self.load.lag_s * 1000:.0f} ms late, over the limit of "
+                   f"{self.config.max_lag * 1000:.0f} ms (--max-lag); try again in {retry:g} s", retry)
+
+    async def _send_error(self, conn, message: str, fields: dict | None = None) -> None:
         try:
-            await bounded(conn.send(encode(error_message(message))), 2.0)
+            await bounded(conn.send(encode({**error_message(message), **(fields or {})})), 2.0)
         except (Exception, asyncio.TimeoutError):
             conn.abort()
 

@@ -27,6 +27,9 @@ class ServerConfig:
     max_pending_per_address: int = 64  # of those, from one client address
     max_stream_seconds: float = 4 * 3600.0  # of audio, at the declared rate
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # shed load: new streams are refused busy while this process's smoothed event-loop lag or worker-pool queue
+    # wait (realtime.server.load) is above this many seconds; open streams are never cut; 0: no load limit
+    max_lag: float = 0.25
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
 
     def __post_init__(self):
@@ -42,6 +45,9 @@ class ServerConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number of seconds, got {v}")
+
+        if not (isinstance(self.max_lag, (int, float)) and math.isfinite(self.max_lag) and self.max_lag >= 0):
+            raise ValueError(f"max_lag must be a finite number of seconds >= 0 (0: no load limit), got {self.max_lag}")
 
     def limits(self) -> dict:
         """What a client is told in the ready message."""

@@ -109,7 +109,7 @@ def _server_config(args, *, processes: int = 1) -> ServerConfig:
                         idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
                         max_pending=-(-args.max_pending // processes),
                         max_pending_per_address=-(-args.max_pending_per_address // processes),
-                        max_stream_seconds=args.max_stream_seconds, workers=workers)
+                        max_stream_seconds=args.max_stream_seconds, workers=workers, max_lag=args.max_lag)
 
 
 def _banner(cfg: ServerConfig, urls: dict, processes: int) -> str:
@@ -304,6 +304,13 @@ def add_parser(subparsers) -> None:
                    help="longest stream, in seconds of audio (default: %(default)s)")
     p.add_argument("--workers", type=_arg_int(1, 1024), default=None, metavar="N",
                    help="inference threads per process, shared by its streams (default: CPU count / --processes)")
+    p.add_argument("--max-lag", type=_arg_type(float, "a number of seconds", lambda v: math.isfinite(v) and v >= 0,
+                                                "a finite number of seconds >= 0 (0: no load limit)"),
+                   default=d.max_lag, metavar="S",
+                   help="shed overload: while a process's work runs this late (its event loop's lag or its worker "
+                        "pool's queue wait, smoothed over about 1 s), it refuses new streams with a `busy` error "
+                        "and a `retry_after_s` hint, and /healthz answers 503; streams already open are never cut; "
+                        "it accepts again below half of it; 0: no load limit (default: %(default)s)")
     p.add_argument("--processes", type=_arg_int(1, 1024), default=1, metavar="N",
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")

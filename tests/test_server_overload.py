@@ -1,0 +1,136 @@
+"""Shedding overload (issue 13, item 3): while the server runs late (its event loop, or its worker pool's
+queue, over ``--max-lag``), new streams are refused with ``"code": "busy"`` and ``retry_after_s``, /healthz
+says ``accepting: false`` with HTTP 503, the streams already open get every estimate and their end
+message, and once the load is gone new streams are accepted again.
+
+The overload is real and deterministic: the server's own event loop is blocked (a callback that sleeps,
+as an expensive inline step would), or its worker pool's one thread is kept busy by a job, so the load
+monitor measures real lateness; the model is the shipped one."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
+from realtime.server import ServerConfig
+
+from .data import readers_by_gender
+from .test_server import check_stream, error_of, pieces, session, tcp_session, ws_session
+from .test_server_hardening import http, wait_for
+
+GENDER = {"F": "female", "M": "male"}
+
+
+@pytest.fixture(scope="module")
+def pcm():
+    voices = readers_by_gender(1)
+    return {g: float_to_pcm16(load_audio(voices[g][0]))[: 16000 * 2 * 8] for g in "FM"}  # 8 s each
+
+
+def healthz(srv) -> tuple[int, dict]:
+    raw = http(srv.server.ws_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def busy_of(msgs: list[dict]) -> dict:
+    error_of(msgs)
+    err = msgs[-1]
+    assert err["code"] == "busy" and err["error"].startswith("server busy"), err
+    assert isinstance(err["retry_after_s"], (int, float)) and 0 < err["retry_after_s"] <= 10, err
+    return err
+
+
+def solo_ts(factory, audio: bytes) -> list[tuple]:
+    """(t, label) of every estimate of this audio through a fresh Engine alone."""
+    engine = factory()
+    return [(round(e.t, 3), e.label) for e in engine.run(np.array_split(pcm16_to_float(audio), 20))]
+
+
+class Starve:
+    """Keep the server overloaded from another thread until stopped: ``"loop"`` blocks its event loop for
+    0.3 s every 0.35 s; ``"pool"`` keeps its (one) worker thread busy with 0.3 s jobs."""
+
+    def __init__(self, srv, where: str):
+        self.srv, self.where = srv, where
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.where == "loop":
+                self.srv.loop.call_soon_threadsafe(time.sleep, 0.3)
+                time.sleep(0.35)
+            else:
+                self.srv.server.executor.submit(time.sleep, 0.3).result()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("where", ["loop", "pool"])
+def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_server, factory, pcm, where):
+    srv = make_server(workers=1, max_lag=0.1)
+    status, h = healthz(srv)
+    assert status == 200 and h["accepting"] is True and h["load"] < 1 and "lag_ms" in h, h
+    # two streams open before the overload, paced at real time: they must get everything
+    out: dict = {}
+    senders = [threading.Thread(target=lambda g=g, tr=tr: out.__setitem__(g, session(
+        srv, tr, {}, pieces(pcm[g], 3200), delay=0.1))) for g, tr in (("F", "tcp"), ("M", "ws"))]
+    for t in senders:
+        t.start()
+    assert wait_for(lambda: srv.server.health()["streams"] == 2, 30)
+    with Starve(srv, where):
+        assert wait_for(lambda: healthz(srv)[0] == 503, 20), srv.server.health()
+        status, h = healthz(srv)
+        assert h["accepting"] is False and h["load"] >= 1 and h["status"] == "busy", h
+        t0 = time.monotonic()
+        busy_of(tcp_session(srv.server.tcp_port, {}, [pcm["F"][:3200]]))
+        busy_of(ws_session(srv.ws_url, {}, [pcm["F"][:3200]]))
+        assert time.monotonic() - t0 < 10  # refused at once, not after a wait
+    assert srv.server.health()["overloaded"] >= 2
+    for t in senders:
+        t.join(120)
+    for g in "FM":  # the open streams: every estimate, the end message, the right label
+        _, events, end = check_stream(out[g])
+        assert [(e["t"], e["label"]) for e in events] == solo_ts(factory, pcm[g])
+        assert end["label"] == GENDER[g]
+    # the load is gone: accepting again, and a new stream is served
+    assert wait_for(lambda: healthz(srv)[0] == 200, 30), srv.server.health()
+    _, _, end = check_stream(session(srv, "tcp", {}, pieces(pcm["M"], 3200)))
+    assert end["label"] == "male"
+    assert srv.server.health()["internal_errors"] == 0
+
+
+def test_no_free_slot_is_busy_with_a_retry_hint_too(make_server, pcm):
+    srv = make_server(max_connections=1, handshake_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", srv.server.tcp_port), timeout=30) as s:
+        s.sendall(b"{}\n")
+        assert json.loads(s.makefile("rb").readline())["event"] == "ready"
+        err = busy_of(ws_session(srv.ws_url, {}, []))
+        assert "--max-connections" in err["error"]
+        status, h = healthz(srv)
+        assert status == 503 and h["accepting"] is False and h["load"] >= 1, h
+    assert wait_for(lambda: healthz(srv)[0] == 200, 30)
+
+
+def test_max_lag_zero_turns_shedding_off_and_bad_values_are_refused(make_server, pcm):
+    srv = make_server(workers=1, max_lag=0)
+    with Starve(srv, "loop"):
+        time.sleep(1.5)
+        _, h = healthz(srv)
+        assert h["accepting"] is True and h["lag_ms"] > 50, h
+        check_stream(tcp_session(srv.server.tcp_port, {}, pieces(pcm["F"][:32000], 3200)))
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_lag"):
+            ServerConfig(max_lag=bad)
