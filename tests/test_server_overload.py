@@ -1,5 +1,5 @@
-"""Shedding overload (issue 13, item 3): while the server runs late (its event loop, or its worker pool's
-queue, over ``--max-lag``), new streams are refused with ``"code": "busy"`` and ``retry_after_s``, /healthz
+"""Shedding overload (issue 13, item 3): while the server has no room (its event loop or worker pool busier
+than ``--max-busy``, or running later than ``--max-lag``), new streams are refused with ``"code": "busy"`` and ``retry_after_s``, /healthz
 says ``accepting: false`` with HTTP 503, the streams already open get every estimate and their end
 message, and once the load is gone new streams are accepted again.
 
@@ -18,6 +18,7 @@ import pytest
 
 from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
 from realtime.server import ServerConfig
+from realtime.server.load import LoadMonitor
 
 from .data import readers_by_gender
 from .test_server import check_stream, error_of, pieces, session, tcp_session, ws_session
@@ -78,9 +79,10 @@ class Starve:
         self.thread.join(10)
 
 
-@pytest.mark.parametrize("where", ["loop", "pool"])
-def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_server, factory, pcm, where):
-    srv = make_server(workers=1, max_lag=0.1)
+@pytest.mark.parametrize("where, limit", [("loop", "lag"), ("pool", "busy"), ("loop", "busy"), ("pool", "lag")])
+def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_server, factory, pcm, where, limit):
+    """``limit``: which of --max-lag (0.1 s) and --max-busy (0.5) is on."""
+    srv = make_server(workers=1, **({"max_lag": 0.1, "max_busy": 0} if limit == "lag" else {"max_lag": 0, "max_busy": 0.5}))
     status, h = healthz(srv)
     assert status == 200 and h["accepting"] is True and h["load"] < 1 and "lag_ms" in h, h
     # two streams open before the overload, paced at real time: they must get everything
@@ -95,8 +97,9 @@ def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_ser
         status, h = healthz(srv)
         assert h["accepting"] is False and h["load"] >= 1 and h["status"] == "busy", h
         t0 = time.monotonic()
-        busy_of(tcp_session(srv.server.tcp_port, {}, [pcm["F"][:3200]]))
-        busy_of(ws_session(srv.ws_url, {}, [pcm["F"][:3200]]))
+        for err in (busy_of(tcp_session(srv.server.tcp_port, {}, [pcm["F"][:3200]])),
+                    busy_of(ws_session(srv.ws_url, {}, [pcm["F"][:3200]]))):
+            assert f"--max-{limit}" in err["error"], err
         assert time.monotonic() - t0 < 10  # refused at once, not after a wait
     assert srv.server.health()["overloaded"] >= 2
     for t in senders:
@@ -124,13 +127,24 @@ def test_no_free_slot_is_busy_with_a_retry_hint_too(make_server, pcm):
     assert wait_for(lambda: healthz(srv)[0] == 200, 30)
 
 
-def test_max_lag_zero_turns_shedding_off_and_bad_values_are_refused(make_server, pcm):
-    srv = make_server(workers=1, max_lag=0)
+def test_limits_at_zero_turn_shedding_off_and_bad_values_are_refused(make_server, pcm):
+    srv = make_server(workers=1, max_lag=0, max_busy=0)
     with Starve(srv, "loop"):
         time.sleep(1.5)
         _, h = healthz(srv)
-        assert h["accepting"] is True and h["lag_ms"] > 50, h
+        p = h["processes_load"][0]
+        assert h["accepting"] is True and h["lag_ms"] > 50 and p["loop_busy"] > 0.5, h
         check_stream(tcp_session(srv.server.tcp_port, {}, pieces(pcm["F"][:32000], 3200)))
-    for bad in (-1, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="max_lag"):
-            ServerConfig(max_lag=bad)
+    for field, bad in (("max_lag", -1), ("max_lag", float("inf")), ("max_lag", float("nan")), ("max_busy", 1.5),
+                       ("max_busy", -0.1)):
+        with pytest.raises(ValueError, match=field):
+            ServerConfig(**{field: bad})
+
+
+def test_predicted_busy_counts_the_streams_admitted_but_not_yet_measured():
+    m = LoadMonitor(None, max_lag=0, max_busy=0.8, streams=lambda: 10)
+    m.loop_busy = 0.4  # 10 streams measured at 40 %: 4 % each
+    assert m.predicted_busy() == pytest.approx(0.44) and m.room()
+    for _ in range(5):
+        m.admitted()  # 5 of the 10 just came in: the 40 % are the other 5's, 8 % each
+    assert m.predicted_busy() == pytest.approx(0.4 * (1 + 6 / 5)) and not m.room()

@@ -35,7 +35,7 @@ def relisten(sock, backlog: int) -> None:
 
 STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "overloaded",
               "client_gone", "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
-LOAD_NAMES = ("lag_us", "accepting")  # each process's load signal (realtime.server.load), not summed
+LOAD_NAMES = ("load_pm", "lag_us", "loop_busy_pm", "pool_busy_pm", "accepting")  # each process's load: not summed
 _GAUGES = ("active", "pending", "streams", *LOAD_NAMES)  # levels, not totals: zeroed when a --processes child is replaced
 _NAMES = STAT_NAMES + LOAD_NAMES
 EVICT_AFTER_S = 2.0  # a connection still in its handshake can be evicted for a newcomer only after this long
@@ -81,15 +81,22 @@ class Counters:
     def totals(self) -> dict[str, int]:
         return {name: self.total(name) for name in STAT_NAMES}
 
-    def set_load(self, lag_ms: float, accepting: bool) -> None:
-        """This process's smoothed lag and whether it takes new streams (its LoadMonitor's last probe)."""
-        self["lag_us"] = int(lag_ms * 1000)
-        self["accepting"] = int(accepting)
+    def set_load(self, monitor) -> None:
+        """This process's load, from its LoadMonitor (realtime.server.load) after each probe."""
+        self["load_pm"] = int(monitor.load * 1000)
+        self["lag_us"] = int(monitor.lag_s * 1e6)
+        self["loop_busy_pm"] = int(monitor.loop_busy * 1000)
+        self["pool_busy_pm"] = int(monitor.pool_busy * 1000)
+        self["accepting"] = int(monitor.accepting)
 
-    def loads(self) -> list[tuple[float, bool]]:
-        """(lag in ms, accepting) of every process; a process that has not probed yet reads (0, False)."""
-        return [(self._cells[self._at("lag_us", r)] / 1000, bool(self._cells[self._at("accepting", r)]))
-                for r in range(self.processes)]
+    def loads(self) -> list[dict]:
+        """Every process's load, lag_ms, loop_busy, pool_busy and accepting (one that has not started yet
+        reads zeros, not accepting)."""
+        def row(r: int) -> dict:
+            get = lambda name: self._cells[self._at(name, r)]  # noqa: E731
+            return {"load": get("load_pm") / 1000, "lag_ms": get("lag_us") / 1000, "loop_busy": get("loop_busy_pm") / 1000,
+                    "pool_busy": get("pool_busy_pm") / 1000, "accepting": bool(get("accepting"))}
+        return [row(r) for r in range(self.processes)]
 
     def acquire_stream(self, limit: int) -> int | None:
         """Take one of ``limit`` stream slots of the whole server; None when all are taken, else the

@@ -4,7 +4,6 @@ answers plain HTTP on the WebSocket port (the browser page, ``/healthz``) and co
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -18,7 +17,7 @@ from .admission import (ACCEPT_BATCH, EVICT_AFTER_S, LISTEN_BACKLOG, LOG_EVERY_S
                         AuthThrottle, Counters, LogAggregate, PendingConnections, relisten)
 from .config import ServerConfig
 from .engines import limit_blas_threads
-from .load import LoadMonitor
+from .load import LoadMonitor, TimedExecutor
 from .session import Refusal, StreamSession
 from .transport import ClientGone, Connection, TcpConnection, WsConnection, bounded, http_response, ws_connection_class
 
@@ -60,7 +59,7 @@ class StreamServer:
         self.engine_factory = engine_factory
         self.config = config or ServerConfig()
         self._socks = sockets  # pre-bound (ws, tcp or None) listening sockets, shared by --processes children
-        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.executor: TimedExecutor | None = None
         self._ws_server = None
         self._tcp_server = None
         self.ws_port: int | None = None
@@ -83,10 +82,11 @@ class StreamServer:
         cfg = self.config
         if cfg.single_thread_blas:
             limit_blas_threads(1)
-        self.executor = concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="infer")
-        self.load = LoadMonitor(self.executor, cfg.max_lag, on_sample=self.stats.set_load)
+        self.executor = TimedExecutor(cfg.workers, thread_name_prefix="infer")
+        self.load = LoadMonitor(self.executor, max_lag=cfg.max_lag, max_busy=cfg.max_busy,
+                                streams=lambda: self.stats["active"], on_sample=self.stats.set_load)
         self.load.start()
-        self.stats.set_load(0.0, True)
+        self.stats.set_load(self.load)
         for path, (name, ctype) in _STATIC.items():
             f = WEB_DIR / name
             if f.is_file():
@@ -135,7 +135,7 @@ class StreamServer:
             self._flusher.cancel()
         if self.load is not None:
             self.load.stop()
-            self.stats.set_load(0.0, False)
+            self.stats.set_load(self.load)
         for srv in (self._tcp_server, self._ws_server):
             if srv is not None:
                 srv.close()
@@ -191,20 +191,20 @@ class StreamServer:
         """What /healthz answers: counters of the whole server (summed over every --processes process).
         ``connections`` = stream slots taken, ``streams`` = streams with an Engine (``open_streams``),
         ``pending`` = connections still in their handshake. Load: ``accepting`` (would a new stream be
-        taken: a slot free and a process under ``--max-lag``), ``lag_ms`` (the smoothed event-loop lag or
-        pool queue wait of the least loaded process; ``processes_lag_ms``: each), ``load`` (the larger of
-        that lag over ``--max-lag`` and the slots taken over ``--max-connections``: 1 and more is full),
-        ``overloaded`` (streams refused busy for load; ``busy`` counts those and the ones refused for slots)."""
+        taken: a slot free and a process with room under ``--max-busy`` and ``--max-lag``), ``load`` (of the
+        least loaded process, see LoadMonitor.load, or the slots taken over ``--max-connections`` if more:
+        1 and more is full), ``lag_ms`` (that process's smoothed event-loop lag or pool queue wait),
+        ``processes_load`` (each process's figures), ``overloaded`` (streams refused busy for load; ``busy``
+        counts those and the ones refused for want of a slot)."""
         cfg = self.config
         totals = self.stats.totals()
         loads = self.stats.loads()
-        lag_ms = min(lag for lag, _ in loads)
+        least = min(loads, key=lambda p: p["load"])
         active = totals.pop("active")
-        accepting = active < cfg.max_connections and any(ok for _, ok in loads)
-        load = max(lag_ms / 1000 / cfg.max_lag if cfg.max_lag > 0 else 0.0, active / cfg.max_connections)
+        accepting = active < cfg.max_connections and any(p["accepting"] for p in loads)
         return {"status": "ok" if accepting else "busy", "connections": active, "processes": self.stats.processes,
-                **totals, "accepting": accepting, "load": round(load, 3), "lag_ms": round(lag_ms, 1),
-                "processes_lag_ms": [round(lag, 1) for lag, _ in loads], "max_lag_ms": round(cfg.max_lag * 1000, 1)}
+                **totals, "accepting": accepting, "load": round(max(least["load"], active / cfg.max_connections), 3),
+                "lag_ms": round(least["lag_ms"], 1), "processes_load": loads}
 
     # -- connections
     async def _ws_handler(self, ws) -> None:
@@ -237,6 +237,7 @@ class StreamServer:
                 raise Busy(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
                            f"(--max-connections); try again in {retry:g} s", retry)
             counted = True
+            self.load.admitted()
             await self._stream(conn, config)
             self.stats["streams_completed"] += 1
             log.info("%s %s: stream done in %.1f s", conn.kind, conn.peer, time.monotonic() - t0)
@@ -289,15 +290,17 @@ class StreamServer:
             self._slot_waiters -= 1
 
     def _check_load(self) -> None:
-        """Shed load: refuse a new stream while this process runs late (see LoadMonitor), before taking
-        a slot; the streams it holds go on."""
-        if self.load.accepting:
+        """Shed load: refuse a new stream when this process has no room for it (see LoadMonitor), before
+        it takes a slot; the streams it holds go on."""
+        load = self.load
+        if load.room():
             return
         self.stats["busy"] += 1
         self.stats["overloaded"] += 1
-        retry = self.load.retry_after()
-        raise Busy(f"server busy: its streams' work runs {self.load.lag_s * 1000:.0f} ms late, over the limit of "
-                   f"{self.config.max_lag * 1000:.0f} ms (--max-lag); try again in {retry:g} s", retry)
+        retry = load.retry_after()
+        why = (f"its work runs {load.lag_s * 1000:.0f} ms late, over --max-lag {self.config.max_lag:g} s" if not load.lag_ok
+               else f"one more stream would make it {load.predicted_busy():.0%} busy, over --max-busy {self.config.max_busy:g}")
+        raise Busy(f"server busy: {why}; try again in {retry:g} s", retry)
 
     async def _send_error(self, conn, message: str, fields: dict | None = None) -> None:
         try:

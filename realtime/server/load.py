@@ -1,60 +1,149 @@
-"""The server's load signal, for shedding overload (``--max-lag``): :class:`LoadMonitor` measures how late
-the event loop runs a periodic timer and how long a job waits in the worker pool's queue before a worker
-starts it, smooths the larger of the two over about a second, and says whether a new stream may come in.
+"""The server's load, for shedding overload (``--max-busy``, ``--max-lag``): :class:`LoadMonitor` measures
+how busy the event loop and the worker pool are and how late they run, and says whether a new stream may
+come in; :func:`new_event_loop` and :class:`TimedExecutor` are the loop and pool it can read.
 
-Why these two: a stream's estimates are late by exactly the time its messages wait for the event loop
-(reading, decoding, sending) plus the time its engine jobs wait for a worker (plus their compute, which load
-does not change). Both stay near zero while the process keeps up and grow without bound once it does not,
-so a threshold well below the lag a client tolerates refuses new streams before the open ones fall behind.
+Why these signals: a stream's estimates are late by the time its messages wait for the event loop (reading,
+decoding, sending) plus the time its engine jobs wait for a worker (plus their compute, which load does not
+change). Those waits stay near zero while the process keeps up and grow without bound once it does not;
+the busy fractions grow with every stream before that, so they tell how much room is left.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import random
+import selectors
+import threading
 import time
+import weakref
 
-__all__ = ["LoadMonitor", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION"]
+__all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
 LOAD_WINDOW_S = 1.0  # time constant of the smoothing (an exponential moving average over time)
 RESUME_FRACTION = 0.5  # once refusing, accept again below this fraction of --max-lag (no flapping)
 
 
+class _TimedSelector(selectors.DefaultSelector):
+    """The platform's default selector, adding up the time its ``select()`` waits: the loop's idle time."""
+
+    def __init__(self):
+        super().__init__()
+        self.idle_s = 0.0
+
+    def select(self, timeout=None):
+        t = time.perf_counter()
+        try:
+            return super().select(timeout)
+        finally:
+            self.idle_s += time.perf_counter() - t
+
+
+_SELECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its _TimedSelector
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A selector event loop whose busy fraction (time not waiting for I/O) a LoadMonitor on it can read."""
+    selector = _TimedSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    _SELECTORS[loop] = selector
+    return loop
+
+
+class TimedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A ThreadPoolExecutor that adds up the time its jobs run (``busy_s``), for its busy fraction."""
+
+    def __init__(self, max_workers: int, **kwargs):
+        super().__init__(max_workers, **kwargs)
+        self.workers = max_workers
+        self.busy_s = 0.0
+        self._busy_lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(self._timed, fn, args, kwargs)
+
+    def _timed(self, fn, args, kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t
+            with self._busy_lock:
+                self.busy_s += dt
+
+
 class LoadMonitor:
-    """Event-loop lag and worker-pool queue wait of one process, smoothed (``lag_s``); ``load`` is
-    ``lag_s / max_lag`` (0 when there is no limit) and ``accepting`` turns False when ``lag_s`` passes
-    ``max_lag`` and True again when it falls below ``RESUME_FRACTION`` of it.
+    """The load of one process and whether it has room for one more stream.
 
-    Each ``PROBE_S`` the loop's timer measures its own lateness and, unless the previous one is still
-    queued, submits an empty job to the pool; a queued probe counts with the time it has waited so far, so
-    a pool that starts nothing still reads as loaded. ``on_sample(lag_ms, accepting)`` (optional) is called
-    after each probe (the server publishes them to the shared counters of ``--processes``)."""
+    Measured each ``PROBE_S`` and smoothed (an exponential moving average with time constant ``window``):
 
-    def __init__(self, executor, max_lag: float, *, on_sample=None, window: float = LOAD_WINDOW_S,
-                 every: float = PROBE_S):
-        self.executor, self.max_lag, self.on_sample = executor, max_lag, on_sample
-        self.window, self.every = window, every
-        self.lag_s = 0.0  # smoothed
-        self.loop_lag_s = self.pool_wait_s = 0.0  # the last probe's raw figures
-        self.accepting = True
+    * ``lag_s``: the larger of the event loop's lateness (this timer's) and the pool's queue wait (an empty
+      probe job, submitted unless the previous one is still queued; a queued probe counts with the time it
+      has waited so far, so a pool that starts nothing still reads as loaded);
+    * ``loop_busy`` / ``pool_busy``: the fraction of time the event loop is not waiting for I/O (on a loop
+      from :func:`new_event_loop`) and the fraction of the pool's threads' time spent in jobs (on a
+      :class:`TimedExecutor`); ``busy`` is the larger.
+
+    Lag only grows once a process is past what it can do, and a stream admitted then makes every open
+    stream late until streams end, so admission looks ahead with the busy fraction, which grows with each
+    stream: ``predicted_busy()`` adds to ``busy`` the cost of one stream (``busy`` over the streams it
+    reflects) for each stream admitted but not yet reflected in the average (``pending``, which decays with
+    it) and for the newcomer. :meth:`room` says yes while that stays at or under ``max_busy`` and the lag
+    has not passed ``max_lag`` (after which it says no until the lag is back under ``RESUME_FRACTION`` of
+    it). ``streams()`` gives this process's open streams; a limit of 0 is off. ``on_sample(monitor)``
+    (optional) is called after each probe (the server publishes the figures for ``/healthz``)."""
+
+    def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
+                 window: float = LOAD_WINDOW_S, every: float = PROBE_S):
+        self.executor, self.max_lag, self.max_busy = executor, max_lag, max_busy
+        self.streams, self.on_sample, self.window, self.every = streams, on_sample, window, every
+        self.lag_s = self.loop_busy = self.pool_busy = 0.0
+        self.pending = 0.0  # admitted streams not yet reflected in the busy fractions
+        self.lag_ok = True  # with hysteresis
+        self.accepting = True  # room() at the last probe
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._selector: _TimedSelector | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._due = self._last = 0.0
+        self._due = self._last = self._idle0 = self._busy0 = 0.0
         self._probe_sent: float | None = None  # time.monotonic() of the queued pool probe
         self._probe_wait: float | None = None  # its wait, set by the worker that starts it
 
+    # -- the signal
+    @property
+    def busy(self) -> float:
+        return max(self.loop_busy, self.pool_busy)
+
+    def predicted_busy(self, extra: int = 1) -> float:
+        """``busy`` once the streams admitted lately and ``extra`` more weigh in fully."""
+        reflected = max(self.streams() - self.pending, 1.0)
+        return self.busy * (1.0 + (self.pending + extra) / reflected)
+
     @property
     def load(self) -> float:
-        return self.lag_s / self.max_lag if self.max_lag > 0 else 0.0
+        """The larger of lag over ``max_lag`` and predicted busy fraction over ``max_busy``: 1 and more is full."""
+        return max(self.lag_s / self.max_lag if self.max_lag > 0 else 0.0,
+                   self.predicted_busy() / self.max_busy if self.max_busy > 0 else 0.0)
+
+    def room(self) -> bool:
+        """May one more stream come in?"""
+        return self.lag_ok and (self.max_busy <= 0 or self.predicted_busy() <= self.max_busy)
+
+    def admitted(self) -> None:
+        """A stream came in (its load shows in the averages over the next ``window`` or so)."""
+        self.pending += 1.0
 
     def retry_after(self) -> float:
         """The hint a refused client gets: 1 to 2 smoothing windows, jittered so that refused clients do not
         all come back at once."""
         return round(self.window * (1.0 + random.random()), 1)
 
+    # -- the probe
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._selector = _SELECTORS.get(self._loop)
+        self._idle0 = self._selector.idle_s if self._selector is not None else 0.0
+        self._busy0 = getattr(self.executor, "busy_s", 0.0)
         self._due = self._last = self._loop.time() + self.every
         self._handle = self._loop.call_at(self._due, self._tick)
 
@@ -62,6 +151,7 @@ class LoadMonitor:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self.accepting = False
 
     def _started(self, sent: float) -> None:  # runs in a worker thread
         self._probe_wait = time.monotonic() - sent
@@ -71,10 +161,10 @@ class LoadMonitor:
         if self._probe_sent is not None:
             if self._probe_wait is None:
                 return now - self._probe_sent  # still queued: at least this long
-            wait, self._probe_sent = self._probe_wait, None
+            wait = self._probe_wait
         else:
             wait = 0.0
-        self._probe_wait = None
+        self._probe_sent = self._probe_wait = None
         try:
             self.executor.submit(self._started, now)
             self._probe_sent = now
@@ -84,18 +174,26 @@ class LoadMonitor:
 
     def _tick(self) -> None:
         now = self._loop.time()
-        self.loop_lag_s = max(0.0, now - self._due)
-        self.pool_wait_s = self._pool_wait()
-        sample = max(self.loop_lag_s, self.pool_wait_s)
-        dt = now - self._last
+        dt = max(now - self._last, 1e-6)
         self._last = now
-        self.lag_s += (sample - self.lag_s) * (1.0 - math.exp(-dt / self.window))
+        a = 1.0 - math.exp(-dt / self.window)
+        self.lag_s += (max(now - self._due, self._pool_wait(), 0.0) - self.lag_s) * a
+        if self._selector is not None:
+            idle, self._idle0 = self._selector.idle_s - self._idle0, self._selector.idle_s
+            self.loop_busy += (min(1.0, max(0.0, 1.0 - idle / dt)) - self.loop_busy) * a
+        busy_s = getattr(self.executor, "busy_s", None)
+        if busy_s is not None:
+            busy, self._busy0 = busy_s - self._busy0, busy_s
+            # a job's run time counts when it ends: a long one may push one sample past 1
+            self.pool_busy = min(1.0, self.pool_busy + (busy / (dt * self.executor.workers) - self.pool_busy) * a)
+        self.pending *= 1.0 - a
         if self.max_lag > 0:
-            if self.accepting and self.lag_s > self.max_lag:
-                self.accepting = False
-            elif not self.accepting and self.lag_s < RESUME_FRACTION * self.max_lag:
-                self.accepting = True
+            if self.lag_ok and self.lag_s > self.max_lag:
+                self.lag_ok = False
+            elif not self.lag_ok and self.lag_s < RESUME_FRACTION * self.max_lag:
+                self.lag_ok = True
+        self.accepting = self.room()
         if self.on_sample is not None:
-            self.on_sample(self.lag_s * 1000.0, self.accepting)
+            self.on_sample(self)
         self._due = now + self.every
         self._handle = self._loop.call_at(self._due, self._tick)
