@@ -18,7 +18,7 @@ import pytest
 
 from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
 from realtime.server import ServerConfig
-from realtime.server.load import LoadMonitor
+from realtime.server.load import SLOW_START, LoadMonitor
 
 from .data import readers_by_gender
 from .test_server import check_stream, error_of, pieces, session, tcp_session, ws_session
@@ -141,10 +141,21 @@ def test_limits_at_zero_turn_shedding_off_and_bad_values_are_refused(make_server
             ServerConfig(**{field: bad})
 
 
-def test_predicted_busy_counts_the_streams_admitted_but_not_yet_measured():
-    m = LoadMonitor(None, max_lag=0, max_busy=0.8, streams=lambda: 10)
-    m.loop_busy = 0.4  # 10 streams measured at 40 %: 4 % each
-    assert m.predicted_busy() == pytest.approx(0.44) and m.room()
-    for _ in range(5):
-        m.admitted()  # 5 of the 10 just came in: the 40 % are the other 5's, 8 % each
-    assert m.predicted_busy() == pytest.approx(0.4 * (1 + 6 / 5)) and not m.room()
+def test_admission_looks_ahead_with_the_cost_per_stream_learned_in_steady_periods():
+    n = [0]
+    m = LoadMonitor(None, max_lag=0, max_busy=0.6, streams=lambda: n[0])
+    for _ in range(SLOW_START):  # nothing learned yet: a burst gets SLOW_START streams, then waits
+        assert m.room()
+        m.admitted()
+        n[0] += 1
+    assert not m.room()
+    m.pending, n[0], m.pool_busy, m.loop_busy = 1.0, 20, 0.2, 0.1  # a steady period: 20 streams, 1 % each
+    m._learn(60.0)
+    assert m.pool_cost == pytest.approx(0.01) and m.loop_cost == pytest.approx(0.005)
+    assert m.predicted_busy() == pytest.approx(0.21) and m.room()
+    n[0] = 59  # a burst just admitted: the averages do not show it yet, the learned cost does
+    assert m.predicted_busy() == pytest.approx(0.60) and m.room()
+    n[0] = 60
+    assert not m.room()
+    n[0], m.loop_busy = 10, 0.7  # what is measured counts too (a storm of handshakes on the loop)
+    assert m.predicted_busy() == 0.7 and not m.room()

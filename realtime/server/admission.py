@@ -90,12 +90,13 @@ class Counters:
         self["accepting"] = int(monitor.accepting)
 
     def loads(self) -> list[dict]:
-        """Every process's load, lag_ms, loop_busy, pool_busy and accepting (one that has not started yet
-        reads zeros, not accepting)."""
+        """Every process's streams (slots it holds), load, lag_ms, loop_busy, pool_busy and accepting (one that
+        has not started yet reads zeros, not accepting)."""
         def row(r: int) -> dict:
             get = lambda name: self._cells[self._at(name, r)]  # noqa: E731
-            return {"load": get("load_pm") / 1000, "lag_ms": get("lag_us") / 1000, "loop_busy": get("loop_busy_pm") / 1000,
-                    "pool_busy": get("pool_busy_pm") / 1000, "accepting": bool(get("accepting"))}
+            return {"streams": get("active"), "load": get("load_pm") / 1000, "lag_ms": get("lag_us") / 1000,
+                    "loop_busy": get("loop_busy_pm") / 1000, "pool_busy": get("pool_busy_pm") / 1000,
+                    "accepting": bool(get("accepting"))}
         return [row(r) for r in range(self.processes)]
 
     def acquire_stream(self, limit: int) -> int | None:

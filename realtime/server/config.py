@@ -30,7 +30,7 @@ class ServerConfig:
     # shed load (realtime.server.load): a process refuses new streams (busy) when one more would bring its
     # event loop's or worker pool's busy fraction over max_busy, or while its smoothed event-loop lag or
     # pool queue wait is over max_lag seconds; open streams are never cut; 0 turns either limit off
-    max_busy: float = 0.8
+    max_busy: float = 0.6
     max_lag: float = 0.25
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
 

@@ -18,11 +18,18 @@ import threading
 import time
 import weakref
 
-__all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION"]
+__all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION",
+           "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "STEADY_FRACTION"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
-LOAD_WINDOW_S = 1.0  # time constant of the smoothing (an exponential moving average over time)
-RESUME_FRACTION = 0.5  # once refusing, accept again below this fraction of --max-lag (no flapping)
+LOAD_WINDOW_S = 1.0  # time constant of the busy fractions' and the lag's averages (exponential, over time)
+RESUME_FRACTION = 0.5  # once refusing for lag, accept again below this fraction of --max-lag (no flapping)
+# an admitted stream counts as not yet measured ("pending") for about this many windows: its first engine
+# jobs come with its first hop, then the average takes a window to follow
+PENDING_WINDOWS = 2.0
+COST_WINDOW_S = 5.0  # the per-stream costs: averages over the steady periods of about this long
+STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams pending (and >= 4 streams)
+SLOW_START = 8  # before any steady period, at most this many streams pending: the costs are unknown
 
 
 class _TimedSelector(selectors.DefaultSelector):
@@ -76,29 +83,34 @@ class TimedExecutor(concurrent.futures.ThreadPoolExecutor):
 class LoadMonitor:
     """The load of one process and whether it has room for one more stream.
 
-    Measured each ``PROBE_S`` and smoothed (an exponential moving average with time constant ``window``):
+    Measured each ``PROBE_S`` and averaged over about ``window`` seconds:
 
     * ``lag_s``: the larger of the event loop's lateness (this timer's) and the pool's queue wait (an empty
       probe job, submitted unless the previous one is still queued; a queued probe counts with the time it
       has waited so far, so a pool that starts nothing still reads as loaded);
     * ``loop_busy`` / ``pool_busy``: the fraction of time the event loop is not waiting for I/O (on a loop
       from :func:`new_event_loop`) and the fraction of the pool's threads' time spent in jobs (on a
-      :class:`TimedExecutor`); ``busy`` is the larger.
+      :class:`TimedExecutor`).
 
     Lag only grows once a process is past what it can do, and a stream admitted then makes every open
-    stream late until streams end, so admission looks ahead with the busy fraction, which grows with each
-    stream: ``predicted_busy()`` adds to ``busy`` the cost of one stream (``busy`` over the streams it
-    reflects) for each stream admitted but not yet reflected in the average (``pending``, which decays with
-    it) and for the newcomer. :meth:`room` says yes while that stays at or under ``max_busy`` and the lag
-    has not passed ``max_lag`` (after which it says no until the lag is back under ``RESUME_FRACTION`` of
-    it). ``streams()`` gives this process's open streams; a limit of 0 is off. ``on_sample(monitor)``
-    (optional) is called after each probe (the server publishes the figures for ``/healthz``)."""
+    stream late until streams end, so admission looks ahead. A new stream's work shows in the averages only
+    a second or two after it is admitted (``pending`` counts those streams, decaying over
+    ``PENDING_WINDOWS`` windows), too late for a burst of arrivals; so each process learns what one stream
+    costs of its loop and of its pool (``loop_cost``, ``pool_cost``: busy fraction per stream, averaged over
+    the steady periods, when few streams are pending) and :meth:`predicted_busy` is the larger of what is
+    measured now and that cost times the streams open plus the newcomer. :meth:`room` says yes while the
+    prediction stays at or under ``max_busy`` and the lag has not passed ``max_lag`` (after which it says
+    no until the lag is back under ``RESUME_FRACTION`` of it); before the first steady period it admits
+    ``SLOW_START`` streams at a time. ``streams()`` gives this process's open streams; a limit of 0 is off.
+    ``on_sample(monitor)`` (optional) is called after each probe (the server publishes the figures)."""
 
     def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
                  window: float = LOAD_WINDOW_S, every: float = PROBE_S):
         self.executor, self.max_lag, self.max_busy = executor, max_lag, max_busy
         self.streams, self.on_sample, self.window, self.every = streams, on_sample, window, every
         self.lag_s = self.loop_busy = self.pool_busy = 0.0
+        self.loop_cost: float | None = None  # busy fraction per stream, learned in steady periods
+        self.pool_cost: float | None = None
         self.pending = 0.0  # admitted streams not yet reflected in the busy fractions
         self.lag_ok = True  # with hysteresis
         self.accepting = True  # room() at the last probe
@@ -110,14 +122,11 @@ class LoadMonitor:
         self._probe_wait: float | None = None  # its wait, set by the worker that starts it
 
     # -- the signal
-    @property
-    def busy(self) -> float:
-        return max(self.loop_busy, self.pool_busy)
-
     def predicted_busy(self, extra: int = 1) -> float:
-        """``busy`` once the streams admitted lately and ``extra`` more weigh in fully."""
-        reflected = max(self.streams() - self.pending, 1.0)
-        return self.busy * (1.0 + (self.pending + extra) / reflected)
+        """The larger busy fraction (loop or pool) with ``extra`` more streams: what is measured now, or
+        the learned cost per stream times the streams, whichever is more."""
+        n = self.streams() + extra
+        return max(self.loop_busy, self.pool_busy, (self.loop_cost or 0.0) * n, (self.pool_cost or 0.0) * n)
 
     @property
     def load(self) -> float:
@@ -127,15 +136,21 @@ class LoadMonitor:
 
     def room(self) -> bool:
         """May one more stream come in?"""
-        return self.lag_ok and (self.max_busy <= 0 or self.predicted_busy() <= self.max_busy)
+        if not self.lag_ok:
+            return False
+        if self.max_busy <= 0:
+            return True
+        if self.pool_cost is None and self.pending >= SLOW_START:
+            return False
+        return self.predicted_busy() <= self.max_busy
 
     def admitted(self) -> None:
-        """A stream came in (its load shows in the averages over the next ``window`` or so)."""
+        """A stream came in (its load shows in the averages over the next ``PENDING_WINDOWS`` windows)."""
         self.pending += 1.0
 
     def retry_after(self) -> float:
-        """The hint a refused client gets: 1 to 2 smoothing windows, jittered so that refused clients do not
-        all come back at once."""
+        """The hint a refused client gets: 1 to 2 windows, jittered so that refused clients do not all
+        come back at once."""
         return round(self.window * (1.0 + random.random()), 1)
 
     # -- the probe
@@ -172,6 +187,16 @@ class LoadMonitor:
             pass
         return wait
 
+    def _learn(self, dt: float) -> None:
+        """In a steady period (enough streams, few pending), average the busy fractions per stream."""
+        n = self.streams()
+        if n < 4 or self.pending > STEADY_FRACTION * n:
+            return
+        b = 1.0 - math.exp(-dt / COST_WINDOW_S)
+        loop, pool = self.loop_busy / n, self.pool_busy / n
+        self.loop_cost = loop if self.loop_cost is None else self.loop_cost + (loop - self.loop_cost) * b
+        self.pool_cost = pool if self.pool_cost is None else self.pool_cost + (pool - self.pool_cost) * b
+
     def _tick(self) -> None:
         now = self._loop.time()
         dt = max(now - self._last, 1e-6)
@@ -186,7 +211,8 @@ class LoadMonitor:
             busy, self._busy0 = busy_s - self._busy0, busy_s
             # a job's run time counts when it ends: a long one may push one sample past 1
             self.pool_busy = min(1.0, self.pool_busy + (busy / (dt * self.executor.workers) - self.pool_busy) * a)
-        self.pending *= 1.0 - a
+        self.pending *= math.exp(-dt / (PENDING_WINDOWS * self.window))
+        self._learn(dt)
         if self.max_lag > 0:
             if self.lag_ok and self.lag_s > self.max_lag:
                 self.lag_ok = False
