@@ -18,7 +18,7 @@ import pytest
 
 from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
 from realtime.server import ServerConfig
-from realtime.server.load import SLOW_START, LoadMonitor
+from realtime.server.load import GROWTH, SLOW_START, TRUST, LoadMonitor
 
 from .data import readers_by_gender
 from .test_server import check_stream, error_of, pieces, session, tcp_session, ws_session
@@ -144,7 +144,7 @@ def test_limits_at_zero_turn_shedding_off_and_bad_values_are_refused(make_server
 def test_admission_looks_ahead_with_the_cost_per_stream_learned_in_steady_periods():
     n = [0]
     m = LoadMonitor(None, max_lag=0, max_busy=0.6, streams=lambda: n[0])
-    for _ in range(SLOW_START):  # nothing learned yet: a burst gets SLOW_START streams, then waits
+    for _ in range(SLOW_START):  # a burst from nothing gets SLOW_START streams, then waits for the averages
         assert m.room()
         m.admitted()
         n[0] += 1
@@ -153,7 +153,13 @@ def test_admission_looks_ahead_with_the_cost_per_stream_learned_in_steady_period
     m._learn(60.0)
     assert m.pool_cost == pytest.approx(0.01) and m.loop_cost == pytest.approx(0.005)
     assert m.predicted_busy() == pytest.approx(0.21) and m.room()
-    n[0] = 59  # a burst just admitted: the averages do not show it yet, the learned cost does
+    m.pending, n[0] = 9.0, 29  # a burst up to TRUST x the 20 measured: the learned cost says yes
+    assert m.room()
+    n[0] = 30  # beyond it, at most GROWTH x the streams pending
+    assert TRUST * 20 < 31 and m.pending < GROWTH * 30 and m.room()
+    m.pending = GROWTH * 30
+    assert not m.room()
+    m.pending, n[0] = 0.0, 59  # streams the averages do not show yet: the learned cost does
     assert m.predicted_busy() == pytest.approx(0.60) and m.room()
     n[0] = 60
     assert not m.room()

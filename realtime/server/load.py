@@ -19,7 +19,8 @@ import time
 import weakref
 
 __all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION",
-           "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "STEADY_FRACTION"]
+           "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "GROWTH", "TRUST",
+           "STEADY_FRACTION"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
 LOAD_WINDOW_S = 1.0  # time constant of the busy fractions' and the lag's averages (exponential, over time)
@@ -29,7 +30,12 @@ RESUME_FRACTION = 0.5  # once refusing for lag, accept again below this fraction
 PENDING_WINDOWS = 2.0
 COST_WINDOW_S = 5.0  # the per-stream costs: averages over the steady periods of about this long
 STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams pending (and >= 4 streams)
-SLOW_START = 8  # before any steady period, at most this many streams pending: the costs are unknown
+# past TRUST x the most streams of a steady period, at most max(SLOW_START, GROWTH x the streams open) streams
+# pending: a burst of arrivals beyond what was measured is taken in steps that the measurements can follow
+# (the cost per stream grows with the streams: GIL, caches; and the machine's other load comes and goes)
+SLOW_START = 8
+GROWTH = 0.5
+TRUST = 1.5
 
 
 class _TimedSelector(selectors.DefaultSelector):
@@ -99,9 +105,9 @@ class LoadMonitor:
     costs of its loop and of its pool (``loop_cost``, ``pool_cost``: busy fraction per stream, averaged over
     the steady periods, when few streams are pending) and :meth:`predicted_busy` is the larger of what is
     measured now and that cost times the streams open plus the newcomer. :meth:`room` says yes while the
-    prediction stays at or under ``max_busy`` and the lag has not passed ``max_lag`` (after which it says
-    no until the lag is back under ``RESUME_FRACTION`` of it); before the first steady period it admits
-    ``SLOW_START`` streams at a time. ``streams()`` gives this process's open streams; a limit of 0 is off.
+    prediction stays at or under ``max_busy``, the lag has not passed ``max_lag`` (after which it says no until the lag is back under
+    ``RESUME_FRACTION`` of it) and, past ``TRUST`` times the most streams of a steady period (where the
+    linear cost was measured), fewer than ``max(SLOW_START, GROWTH x streams)`` are pending. ``streams()`` gives this process's open streams; a limit of 0 is off.
     ``on_sample(monitor)`` (optional) is called after each probe (the server publishes the figures)."""
 
     def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
@@ -112,6 +118,7 @@ class LoadMonitor:
         self.loop_cost: float | None = None  # busy fraction per stream, learned in steady periods
         self.pool_cost: float | None = None
         self.pending = 0.0  # admitted streams not yet reflected in the busy fractions
+        self.learned_streams = 0  # the most streams open in a steady period
         self.lag_ok = True  # with hysteresis
         self.accepting = True  # room() at the last probe
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,8 +147,9 @@ class LoadMonitor:
             return False
         if self.max_busy <= 0:
             return True
-        if self.pool_cost is None and self.pending >= SLOW_START:
-            return False
+        n = self.streams()
+        if n + 1 > TRUST * self.learned_streams and self.pending >= max(SLOW_START, GROWTH * n):
+            return False  # a burst past what was measured: wait until the averages show the streams just admitted
         return self.predicted_busy() <= self.max_busy
 
     def admitted(self) -> None:
@@ -192,6 +200,7 @@ class LoadMonitor:
         n = self.streams()
         if n < 4 or self.pending > STEADY_FRACTION * n:
             return
+        self.learned_streams = max(self.learned_streams, n)
         b = 1.0 - math.exp(-dt / COST_WINDOW_S)
         loop, pool = self.loop_busy / n, self.pool_busy / n
         self.loop_cost = loop if self.loop_cost is None else self.loop_cost + (loop - self.loop_cost) * b
