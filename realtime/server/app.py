@@ -163,7 +163,7 @@ class StreamServer:
             return http_response(405, b"method not allowed: only GET and HEAD\n", "text/plain; charset=utf-8",
                                   extra=[("Allow", "GET, HEAD")])
         if method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
+            return None  # a busy server answers after the upgrade, with the JSON error the page can show
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             health = self.health()
@@ -229,7 +229,8 @@ class StreamServer:
             config = await self._handshake(conn, task)
             if config is None:
                 return  # evicted or shed (already counted and closed)
-            self._check_load()
+            if not self.load.room():
+                raise self._busy_for_load()  # (no local holds it: a raised exception holds its frames)
             n = await self._stream_slot(t0)
             if n is None:
                 self.stats["busy"] += 1
@@ -289,18 +290,17 @@ class StreamServer:
         finally:
             self._slot_waiters -= 1
 
-    def _check_load(self) -> None:
-        """Shed load: refuse a new stream when this process has no room for it (see LoadMonitor), before
-        it takes a slot; the streams it holds go on."""
+    def _busy_for_load(self) -> Busy:
+        """Shed load: the refusal (counted) for a new stream when this process has no room for it (see
+        LoadMonitor.room, asked once the client is authenticated, before it takes a slot); the streams
+        open go on."""
         load = self.load
-        if load.room():
-            return
         self.stats["busy"] += 1
         self.stats["overloaded"] += 1
         retry = load.retry_after()
         why = (f"its work runs {load.lag_s * 1000:.0f} ms late, over --max-lag {self.config.max_lag:g} s" if not load.lag_ok
                else f"one more stream would make it {load.predicted_busy():.0%} busy, over --max-busy {self.config.max_busy:g}")
-        raise Busy(f"server busy: {why}; try again in {retry:g} s", retry)
+        return Busy(f"server busy: {why}; try again in {retry:g} s", retry)
 
     async def _send_error(self, conn, message: str, fields: dict | None = None) -> None:
         try:
