@@ -9,8 +9,15 @@ Client starts are spread over ``--ramp`` seconds. For every estimate the client 
 **lag**: arrival time minus the moment the message holding the estimate's last sample (stream time
 ``t``) had been sent, i.e. the server's delay (queueing, compute, network). A
 stream *holds* when it ends without error and its largest lag stays below ``--max-lag``
-(default 1 s). With ``--spawn`` the server runs as a child process (``--server-args`` passed to
-``python -m realtime serve``) and its CPU use is reported too.
+(default 1 s). A stream the server refuses as ``busy`` (no free stream slot, or it sheds load:
+``serve --max-lag``) is counted apart, with how fast the refusal came; the lag figures are those
+of the accepted streams. With ``--spawn`` the server runs as a child process (``--server-args``
+passed to ``python -m realtime serve``) and its CPU use is reported too.
+
+    python -m realtime loadtest --spawn --streams 100 --waves 100 --seconds 3   # memory over waves
+
+``--waves K`` runs each N K times, one wave after another, and reports the spawned server's RSS
+after each wave (once its streams are closed) and its growth from the first wave to the last.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["StreamResult", "run_load", "spawn_server", "load_pcm", "default_files", "rss_mb", "add_parser"]
+__all__ = ["StreamResult", "run_load", "spawn_server", "load_pcm", "default_files", "rss_mb", "health", "add_parser"]
 
 from .audio import data_dir
 
@@ -45,6 +52,10 @@ class StreamResult:
     label: str | None = None
     error: str | None = None
     ended: bool = False
+    accepted: bool = False  # got its ready message
+    busy: bool = False  # refused with {"code": "busy"} (no stream slot, or the server sheds load)
+    retry_after_s: float | None = None  # the busy refusal's hint
+    answered_s: float | None = None  # from connecting to the ready message or the refusal
 
     def holds(self, max_lag: float) -> bool:
         return self.ended and self.error is None and self.events > 0 and max(self.lags, default=0.0) < max_lag
@@ -74,12 +85,17 @@ async def _one_stream(url: str, pcm: bytes, *, chunk_s: float, delay: float, tok
         config["token"] = token
     stream = None
     try:
+        t_connect = loop.time()
         stream = await AsyncStream.open(url, timeout=timeout)
         await stream.send(json.dumps(config))
         ready = await asyncio.wait_for(stream.recv(), timeout)
+        res.answered_s = loop.time() - t_connect
         if not ready or ready.get("event") != "ready":
             res.error = (ready or {}).get("error", "no ready message")
+            res.busy = (ready or {}).get("code") == "busy"
+            res.retry_after_s = (ready or {}).get("retry_after_s")
             return res
+        res.accepted = True
         t0 = loop.time()
         send_task = asyncio.ensure_future(stream.send_paced(pcm, chunk_s, t0))
         try:
@@ -174,6 +190,58 @@ def default_files(k: int) -> list[Path]:
     return files[:k]
 
 
+def health(ws_url: str) -> dict:
+    """The server's ``/healthz`` JSON (its HTTP status too, as ``http_status``), from its WebSocket URL."""
+    import socket
+
+    host, port = ws_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    return {**json.loads(body), "http_status": int(head.split()[1])}
+
+
+def _settle(ws_url: str, timeout: float = 60.0) -> dict:
+    """Wait until the server has no stream, slot or handshake open (its closes are over); its /healthz."""
+    t_end = time.monotonic() + timeout
+    while True:
+        h = health(ws_url)
+        if (h["streams"] == 0 and h["connections"] == 0 and h["pending"] == 0) or time.monotonic() > t_end:
+            return h
+        time.sleep(0.2)
+
+
+def _row(n: int, results: list[StreamResult], max_lag: float, wall: float) -> dict:
+    """One run's figures: streams held (ended, every estimate below ``max_lag``), refused busy, the lag of
+    the accepted streams' estimates, other errors."""
+    lags = np.array([x for r in results for x in r.lags]) if any(r.lags for r in results) else np.zeros(1)
+    held = sum(r.holds(max_lag) for r in results)
+    busy = [r for r in results if r.busy]
+    errors = [r.error for r in results if r.error and not r.busy]
+    answer = [r.answered_s for r in busy if r.answered_s is not None]
+    return {"streams": n, "held": held, "accepted": sum(r.accepted for r in results), "busy": len(busy),
+            "busy_answer_p95_s": round(float(np.percentile(answer, 95)), 3) if answer else None,
+            "retry_after_s": max((r.retry_after_s for r in busy if r.retry_after_s is not None), default=None),
+            "lag_p50_s": round(float(np.percentile(lags, 50)), 3), "lag_p95_s": round(float(np.percentile(lags, 95)), 3),
+            "lag_max_s": round(float(lags.max()), 3), "events": int(sum(r.events for r in results)),
+            "errors": len(errors), "first_error": errors[0] if errors else None, "wall_s": round(wall, 1)}
+
+
+def _line(row: dict) -> str:
+    return (f"{row['streams']:5d} streams: held {row['held']:5d}  busy {row['busy']:5d}"
+            + (f" (answered within {row['busy_answer_p95_s']:.2f} s p95)" if row["busy"] else "")
+            + f"  lag p50 {row['lag_p50_s']:.3f}  p95 {row['lag_p95_s']:.3f}  max {row['lag_max_s']:.3f} s"
+            f"  errors {row['errors']}  "
+            + (f"server {row['server_cpu_cores']:.2f} cores {row['server_peak_rss_mb']} MB  "
+               if "server_cpu_cores" in row else "")
+            + f"client {row['client_cpu_cores']:.2f} cores"
+            + (f"  wave {row['wave']} RSS {row['server_rss_mb']} MB" if "wave" in row else "")
+            + (f"  ({row['first_error']})" if row["errors"] else ""))
+
+
 def _loadtest(args) -> int:
     files = [Path(f) for f in args.files] if args.files else default_files(16)
     pcms = load_pcm(files, args.seconds)
@@ -184,48 +252,57 @@ def _loadtest(args) -> int:
         url = tcp_url if args.transport == "tcp" else ws_url
     elif not url:
         raise SystemExit("give --url or --spawn")
-    rows = []
+    if args.waves < 1:
+        raise SystemExit(f"--waves must be >= 1, got {args.waves}")
+    if args.waves > 1 and proc is None:
+        raise SystemExit("--waves measures the spawned server's RSS: give --spawn")
+    rows, growth = [], []
     try:
         for n in [int(s) for s in str(args.streams).split(",")]:
-            cpu0 = _cpu_seconds(proc.pid) if proc else None
-            me0 = time.process_time()
-            w0 = time.monotonic()
-            peak = [0.0]
-            done = threading.Event()
+            rss_waves = []
+            for wave in range(1, args.waves + 1):
+                cpu0 = _cpu_seconds(proc.pid) if proc else None
+                me0 = time.process_time()
+                w0 = time.monotonic()
+                peak = [0.0]
+                done = threading.Event()
 
-            def sample():
-                while proc is not None and not done.wait(0.5):
-                    peak[0] = max(peak[0], rss_mb(proc.pid))
+                def sample():
+                    while proc is not None and not done.wait(0.5):
+                        peak[0] = max(peak[0], rss_mb(proc.pid))
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            try:
-                results = asyncio.run(run_load(url, pcms, n, chunk_s=args.chunk_ms / 1000, ramp_s=args.ramp,
-                                               token=args.token))
-            finally:
-                done.set()
-                sampler.join()
-            wall = time.monotonic() - w0
-            lags = np.array([l for r in results for l in r.lags]) if any(r.lags for r in results) else np.zeros(1)
-            held = sum(r.holds(args.max_lag) for r in results)
-            errors = [r.error for r in results if r.error]
-            row = {"streams": n, "held": held, "lag_p50_s": round(float(np.percentile(lags, 50)), 3),
-                   "lag_p95_s": round(float(np.percentile(lags, 95)), 3), "lag_max_s": round(float(lags.max()), 3),
-                   "events": int(sum(r.events for r in results)), "errors": len(errors),
-                   "first_error": errors[0] if errors else None, "wall_s": round(wall, 1),
-                   "client_cpu_cores": round((time.process_time() - me0) / wall, 2)}
-            if proc:
-                row["server_cpu_cores"] = round((_cpu_seconds(proc.pid) - cpu0) / wall, 2)
-                row["server_peak_rss_mb"] = round(peak[0])
-            rows.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
-            else:
-                print(f"{n:5d} streams: held {held:5d}  lag p50 {row['lag_p50_s']:.3f}  p95 {row['lag_p95_s']:.3f}  "
-                      f"max {row['lag_max_s']:.3f} s  errors {len(errors)}  "
-                      + (f"server {row['server_cpu_cores']:.2f} cores {row['server_peak_rss_mb']} MB  " if proc else "")
-                      + f"client {row['client_cpu_cores']:.2f} cores"
-                      + (f"  ({errors[0]})" if errors else ""), flush=True)
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                try:
+                    results = asyncio.run(run_load(url, pcms, n, chunk_s=args.chunk_ms / 1000, ramp_s=args.ramp,
+                                                   token=args.token, seed=wave - 1))
+                finally:
+                    done.set()
+                    sampler.join()
+                wall = time.monotonic() - w0
+                row = _row(n, results, args.max_lag, wall)
+                row["client_cpu_cores"] = round((time.process_time() - me0) / wall, 2)
+                if proc:
+                    row["server_cpu_cores"] = round((_cpu_seconds(proc.pid) - cpu0) / wall, 2)
+                    row["server_peak_rss_mb"] = round(peak[0])
+                if args.waves > 1:  # the RSS once the wave's streams are closed
+                    _settle(ws_url)
+                    rss_waves.append(rss_mb(proc.pid))
+                    row.update(wave=wave, server_rss_mb=round(rss_waves[-1], 1))
+                rows.append(row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                elif args.waves == 1 or wave in (1, args.waves) or wave % max(1, args.waves // 10) == 0:
+                    print(_line(row), flush=True)
+            if args.waves > 1:
+                g = {"streams": n, "waves": args.waves, "rss_after_first_wave_mb": round(rss_waves[0], 1),
+                     "rss_after_last_wave_mb": round(rss_waves[-1], 1), "rss_peak_after_wave_mb": round(max(rss_waves), 1),
+                     "growth_mb": round(rss_waves[-1] - rss_waves[0], 1)}
+                growth.append(g)
+                print(json.dumps(g) if args.json else
+                      f"{n} streams x {args.waves} waves: server RSS after the first wave {g['rss_after_first_wave_mb']} MB, "
+                      f"after the last {g['rss_after_last_wave_mb']} MB (growth {g['growth_mb']:+.1f} MB, highest "
+                      f"{g['rss_peak_after_wave_mb']} MB)", flush=True)
     finally:
         if proc is not None:
             proc.terminate()
@@ -233,7 +310,8 @@ def _loadtest(args) -> int:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return 0 if rows and all(r["held"] == r["streams"] for r in rows) else 1
+    ok = bool(rows) and all(r["held"] == r["streams"] for r in rows)
+    return 0 if ok and all(g["growth_mb"] <= args.max_growth_mb for g in growth) else 1
 
 
 def add_parser(subparsers) -> None:
@@ -249,6 +327,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per message (default: %(default)s)")
     p.add_argument("--ramp", type=float, default=2.0, help="spread client starts over this long (default: %(default)s)")
     p.add_argument("--max-lag", type=float, default=1.0, help="a stream holds if every lag is below (default: %(default)s)")
+    p.add_argument("--waves", type=int, default=1, metavar="K",
+                   help="with --spawn: run each N K times, one wave after another, and report the server's RSS after "
+                        "each wave once its streams are closed, and its growth from the first wave to the last "
+                        "(default: %(default)s)")
+    p.add_argument("--max-growth-mb", type=float, default=30.0, metavar="MB",
+                   help="with --waves: exit status 1 if the RSS grew more from the first wave to the last "
+                        "(default: %(default)s)")
     p.add_argument("--files", nargs="+", default=None, help="recordings to stream (default: 16 LibriSpeech files)")
     p.add_argument("--token", default=None)
     p.add_argument("--json", action="store_true", help="one JSON row per run")

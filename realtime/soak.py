@@ -278,18 +278,8 @@ def _storm(ws_url: str, tcp_url: str, pcm: bytes, solo: list[tuple], n: int, sta
             "good_clients": n_good}
 
 
-def _health(ws_url: str) -> dict:
-    host, port = ws_url[len("ws://"):].rstrip("/").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])
-
-
 def _run(args) -> int:
-    from .loadtest import default_files, load_pcm, rss_mb
+    from .loadtest import default_files, health, load_pcm, rss_mb
 
     files = [Path(f) for f in args.files] if args.files else default_files(12)
     pcms = load_pcm(files, args.seconds)
@@ -310,7 +300,7 @@ def _run(args) -> int:
         if args.storm:
             short = pcms[0][: 16000 * 2]  # 1 s, sent at once: many handshakes during the storm
             row = _storm(ws_url, tcp_url, short, _solo(short), args.storm, stats)
-            h = _health(ws_url)
+            h = health(ws_url)
             row.update(good_identical=stats.good_same, good_failed=len(stats.good_errors), server_busy=h.get("busy"),
                        server_shed=h.get("shed"), server_evicted=h.get("evicted"), rss_mb=round(rss(), 1))
             print("storm:", json.dumps(row), flush=True)
@@ -321,7 +311,7 @@ def _run(args) -> int:
             stats = _Stats()
             samples = asyncio.run(_soak(ws_url, tcp_url, pcms, solos, minutes=args.minutes, streams=args.streams,
                                         churn=args.churn, every=args.every, rss=rss, stats=stats))
-            h = _health(ws_url)
+            h = health(ws_url)
             # growth is counted from the first sample after the warm-up (every good stream started, pools grown)
             warm = min(60.0, args.minutes * 60 / 3)
             first = next((r for t, r in samples if t >= warm), samples[-1][1])

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 
-__all__ = ["Counters", "PendingConnections", "AuthThrottle", "LogAggregate", "relisten", "STAT_NAMES",
+__all__ = ["Counters", "PendingConnections", "AuthThrottle", "LogAggregate", "relisten", "STAT_NAMES", "LOAD_NAMES",
            "ACCEPT_BATCH", "LISTEN_BACKLOG", "EVICT_AFTER_S", "SHED_FACTOR", "SLOT_POLL_S", "LOG_EVERY_S"]
 
 # Accept-rate limiting: asyncio accepts up to its ``backlog`` argument connections per event-loop turn and
@@ -33,9 +33,11 @@ def relisten(sock, backlog: int) -> None:
             dup.close()
 
 
-STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "client_gone",
-              "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
-_GAUGES = ("active", "pending", "streams")  # levels, not running totals: zeroed when a --processes child is replaced
+STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "overloaded",
+              "client_gone", "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
+LOAD_NAMES = ("load_pm", "lag_us", "loop_busy_pm", "pool_busy_pm", "accepting")  # each process's load: not summed
+_GAUGES = ("active", "pending", "streams", *LOAD_NAMES)  # levels, not totals: zeroed when a --processes child is replaced
+_NAMES = STAT_NAMES + LOAD_NAMES
 EVICT_AFTER_S = 2.0  # a connection still in its handshake can be evicted for a newcomer only after this long
 # (long enough for a client whose config waits behind a busy event loop; silent ones are older)
 SHED_FACTOR = 8  # past this many times a pre-auth budget (all younger than EVICT_AFTER_S), newcomers are closed
@@ -49,12 +51,13 @@ class Counters:
     One process: a plain list. ``--processes N``: a table in shared memory made before the fork (one
     row per process, so a process only writes its own row and a sum needs no lock) plus one lock that
     makes "is there a free stream slot? take it" atomic across processes. ``counters[name] += 1``
-    works on this process's row; :meth:`total` sums the rows.
+    works on this process's row; :meth:`total` sums the rows. Each row also holds its process's load
+    (``LOAD_NAMES``: :meth:`set_load`, :meth:`loads`), which is not summed.
     """
 
     def __init__(self, processes: int = 1, *, shared: bool = False):
         self.processes, self.index = int(processes), 0
-        n = self.processes * len(STAT_NAMES)
+        n = self.processes * len(_NAMES)
         if shared:
             import multiprocessing
 
@@ -64,7 +67,7 @@ class Counters:
             self._cells, self._lock = [0] * n, None
 
     def _at(self, name: str, row: int | None = None) -> int:
-        return (self.index if row is None else row) * len(STAT_NAMES) + STAT_NAMES.index(name)
+        return (self.index if row is None else row) * len(_NAMES) + _NAMES.index(name)
 
     def __getitem__(self, name: str) -> int:
         return self._cells[self._at(name)]
@@ -77,6 +80,24 @@ class Counters:
 
     def totals(self) -> dict[str, int]:
         return {name: self.total(name) for name in STAT_NAMES}
+
+    def set_load(self, monitor) -> None:
+        """This process's load, from its LoadMonitor (realtime.server.load) after each probe."""
+        self["load_pm"] = int(monitor.load * 1000)
+        self["lag_us"] = int(monitor.lag_s * 1e6)
+        self["loop_busy_pm"] = int(monitor.loop_busy * 1000)
+        self["pool_busy_pm"] = int(monitor.pool_busy * 1000)
+        self["accepting"] = int(monitor.accepting)
+
+    def loads(self) -> list[dict]:
+        """Every process's streams (slots it holds), load, lag_ms, loop_busy, pool_busy and accepting (one that
+        has not started yet reads zeros, not accepting)."""
+        def row(r: int) -> dict:
+            get = lambda name: self._cells[self._at(name, r)]  # noqa: E731
+            return {"streams": get("active"), "load": get("load_pm") / 1000, "lag_ms": get("lag_us") / 1000,
+                    "loop_busy": get("loop_busy_pm") / 1000, "pool_busy": get("pool_busy_pm") / 1000,
+                    "accepting": bool(get("accepting"))}
+        return [row(r) for r in range(self.processes)]
 
     def acquire_stream(self, limit: int) -> int | None:
         """Take one of ``limit`` stream slots of the whole server; None when all are taken, else the

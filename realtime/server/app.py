@@ -4,7 +4,6 @@ answers plain HTTP on the WebSocket port (the browser page, ``/healthz``) and co
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -18,10 +17,11 @@ from .admission import (ACCEPT_BATCH, EVICT_AFTER_S, LISTEN_BACKLOG, LOG_EVERY_S
                         AuthThrottle, Counters, LogAggregate, PendingConnections, relisten)
 from .config import ServerConfig
 from .engines import limit_blas_threads
+from .load import LoadMonitor, TimedExecutor
 from .session import Refusal, StreamSession
-from .transport import ClientGone, Connection, TcpConnection, WsConnection, http_response, ws_connection_class
+from .transport import ClientGone, Connection, TcpConnection, WsConnection, bounded, http_response, ws_connection_class
 
-__all__ = ["StreamServer", "QuietRefusal", "WEB_DIR"]
+__all__ = ["StreamServer", "QuietRefusal", "Busy", "WEB_DIR"]
 
 log = logging.getLogger("realtime.server")
 
@@ -39,6 +39,18 @@ class QuietRefusal(Refusal):
         self.kind = kind
 
 
+class Busy(QuietRefusal):
+    """No room for a new stream (every slot taken, or the server sheds load): the error says
+    ``"code": "busy"`` and ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__("busy refusals", message)
+        self.retry_after_s = retry_after_s
+
+    def fields(self) -> dict:
+        return {"code": "busy", "retry_after_s": self.retry_after_s}
+
+
 class StreamServer:
     """The asyncio server. ``engine_factory()`` makes one Engine per connection (called in a worker)."""
 
@@ -47,7 +59,7 @@ class StreamServer:
         self.engine_factory = engine_factory
         self.config = config or ServerConfig()
         self._socks = sockets  # pre-bound (ws, tcp or None) listening sockets, shared by --processes children
-        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.executor: TimedExecutor | None = None
         self._ws_server = None
         self._tcp_server = None
         self.ws_port: int | None = None
@@ -61,6 +73,7 @@ class StreamServer:
         self._static: dict[str, tuple[bytes, str]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.open_streams: set[StreamSession] = set()  # for inspection (tests, /healthz)
+        self.load: LoadMonitor | None = None  # this process's load signal, from start()
 
     # -- lifecycle
     async def start(self) -> None:
@@ -69,7 +82,11 @@ class StreamServer:
         cfg = self.config
         if cfg.single_thread_blas:
             limit_blas_threads(1)
-        self.executor = concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="infer")
+        self.executor = TimedExecutor(cfg.workers, thread_name_prefix="infer")
+        self.load = LoadMonitor(self.executor, max_lag=cfg.max_lag, max_busy=cfg.max_busy,
+                                streams=lambda: self.stats["active"], on_sample=self.stats.set_load)
+        self.load.start()
+        self.stats.set_load(self.load)
         for path, (name, ctype) in _STATIC.items():
             f = WEB_DIR / name
             if f.is_file():
@@ -116,6 +133,9 @@ class StreamServer:
     async def aclose(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        if self.load is not None:
+            self.load.stop()
+            self.stats.set_load(self.load)
         for srv in (self._tcp_server, self._ws_server):
             if srv is not None:
                 srv.close()
@@ -124,7 +144,7 @@ class StreamServer:
         for srv in (self._tcp_server, self._ws_server):
             if srv is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(srv.wait_closed(), 5.0)
+                    await bounded(srv.wait_closed(), 5.0)
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -143,11 +163,13 @@ class StreamServer:
             return http_response(405, b"method not allowed: only GET and HEAD\n", "text/plain; charset=utf-8",
                                   extra=[("Allow", "GET, HEAD")])
         if method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
+            return None  # a busy server answers after the upgrade, with the JSON error the page can show
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            body = json.dumps(self.health()).encode()
-            resp = (200, body, "application/json")
+            health = self.health()
+            # 503 while no new stream would be accepted, so that a balancer's health check (HAProxy's
+            # `option httpchk`) takes this server out of rotation until it has room again
+            resp = (200 if health["accepting"] else 503, json.dumps(health).encode(), "application/json")
         elif path in self._static:
             body, ctype = self._static[path]
             resp = (200, body, ctype)
@@ -168,9 +190,21 @@ class StreamServer:
     def health(self) -> dict:
         """What /healthz answers: counters of the whole server (summed over every --processes process).
         ``connections`` = stream slots taken, ``streams`` = streams with an Engine (``open_streams``),
-        ``pending`` = connections still in their handshake."""
+        ``pending`` = connections still in their handshake. Load: ``accepting`` (would a new stream be
+        taken: a slot free and a process with room under ``--max-busy`` and ``--max-lag``), ``load`` (of the
+        least loaded process, see LoadMonitor.load, or the slots taken over ``--max-connections`` if more:
+        1 and more is full), ``lag_ms`` (that process's smoothed event-loop lag or pool queue wait),
+        ``processes_load`` (each process's figures), ``overloaded`` (streams refused busy for load; ``busy``
+        counts those and the ones refused for want of a slot)."""
+        cfg = self.config
         totals = self.stats.totals()
-        return {"status": "ok", "connections": totals.pop("active"), "processes": self.stats.processes, **totals}
+        loads = self.stats.loads()
+        least = min(loads, key=lambda p: p["load"])
+        active = totals.pop("active")
+        accepting = active < cfg.max_connections and any(p["accepting"] for p in loads)
+        return {"status": "ok" if accepting else "busy", "connections": active, "processes": self.stats.processes,
+                **totals, "accepting": accepting, "load": round(max(least["load"], active / cfg.max_connections), 3),
+                "lag_ms": round(least["lag_ms"], 1), "processes_load": loads}
 
     # -- connections
     async def _ws_handler(self, ws) -> None:
@@ -181,7 +215,7 @@ class StreamServer:
 
     async def _send(self, conn, obj: dict) -> None:
         try:
-            await asyncio.wait_for(conn.send(encode(obj)), self.config.idle_timeout)
+            await bounded(conn.send(encode(obj)), self.config.idle_timeout)
         except asyncio.TimeoutError:
             raise ClientGone(f"not reading events for {self.config.idle_timeout:g} s") from None
 
@@ -195,26 +229,30 @@ class StreamServer:
             config = await self._handshake(conn, task)
             if config is None:
                 return  # evicted or shed (already counted and closed)
+            if not self.load.room():
+                raise self._busy_for_load()  # (no local holds it: a raised exception holds its frames)
             n = await self._stream_slot(t0)
             if n is None:
                 self.stats["busy"] += 1
-                raise Refusal(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
-                              "(--max-connections); try again later")
+                retry = self.load.retry_after()
+                raise Busy(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
+                           f"(--max-connections); try again in {retry:g} s", retry)
             counted = True
+            self.load.admitted()
             await self._stream(conn, config)
             self.stats["streams_completed"] += 1
             log.info("%s %s: stream done in %.1f s", conn.kind, conn.peer, time.monotonic() - t0)
         except QuietRefusal as exc:  # storms of these are logged in aggregate
             self.stats["refused"] += 1
             self._quiet.note(exc.kind, conn.address, f"{conn.kind} {conn.peer}: refused: {exc}", time.monotonic())
-            await self._send_error(conn, str(exc))
+            await self._send_error(conn, str(exc), exc.fields() if isinstance(exc, Busy) else None)
         except (ProtocolError, Refusal) as exc:
             self.stats["refused"] += 1
-            log.warning("%s %s: refused: %s", conn.kind, conn.peer, exc)
+            log.warning("%s %s: refused: %s", conn.kind, conn.peer, str(exc))  # a string: a kept record holds no frames
             await self._send_error(conn, str(exc))
         except ClientGone as exc:
             self.stats["client_gone"] += 1
-            log.info("%s %s: client went away (%s)", conn.kind, conn.peer, exc)
+            log.info("%s %s: client went away (%s)", conn.kind, conn.peer, str(exc))
             conn.abort()
         except asyncio.CancelledError:
             conn.abort()
@@ -252,9 +290,21 @@ class StreamServer:
         finally:
             self._slot_waiters -= 1
 
-    async def _send_error(self, conn, message: str) -> None:
+    def _busy_for_load(self) -> Busy:
+        """Shed load: the refusal (counted) for a new stream when this process has no room for it (see
+        LoadMonitor.room, asked once the client is authenticated, before it takes a slot); the streams
+        open go on."""
+        load = self.load
+        self.stats["busy"] += 1
+        self.stats["overloaded"] += 1
+        retry = load.retry_after()
+        why = (f"its work runs {load.lag_s * 1000:.0f} ms late, over --max-lag {self.config.max_lag:g} s" if not load.lag_ok
+               else f"one more stream would make it {load.predicted_busy():.0%} busy, over --max-busy {self.config.max_busy:g}")
+        return Busy(f"server busy: {why}; try again in {retry:g} s", retry)
+
+    async def _send_error(self, conn, message: str, fields: dict | None = None) -> None:
         try:
-            await asyncio.wait_for(conn.send(encode(error_message(message))), 2.0)
+            await bounded(conn.send(encode({**error_message(message), **(fields or {})})), 2.0)
         except (Exception, asyncio.TimeoutError):
             conn.abort()
 
@@ -277,7 +327,7 @@ class StreamServer:
         try:
             deadline = min(cfg.handshake_timeout, cfg.idle_timeout, fuse or math.inf)
             try:
-                raw = await asyncio.wait_for(conn.read_config(), deadline)
+                raw = await bounded(conn.read_config(), deadline)
             except asyncio.TimeoutError:
                 self.stats["handshake_timeouts"] += 1
                 why = ("--handshake-timeout" if fuse is None else

@@ -29,6 +29,11 @@ class ServerConfig:
     max_pending_per_address: int = 64  # of those, from one client address
     max_stream_seconds: float = 4 * 3600.0  # of audio, at the declared rate
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # shed load (realtime.server.load): a process refuses new streams (busy) when one more would bring its
+    # event loop's or worker pool's busy fraction over max_busy, or while its smoothed event-loop lag or
+    # pool queue wait is over max_lag seconds; open streams are never cut; 0 turns either limit off
+    max_busy: float = 0.6
+    max_lag: float = 0.25
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
     batch_ms: float = 0.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
 
@@ -47,6 +52,11 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a positive finite number of seconds, got {v}")
         if not (isinstance(self.batch_ms, (int, float)) and 0 <= self.batch_ms <= MAX_BATCH_MS):
             raise ValueError(f"batch_ms must be 0 (off) to {MAX_BATCH_MS:g} ms, got {_short(self.batch_ms)}")
+
+        if not (isinstance(self.max_lag, (int, float)) and math.isfinite(self.max_lag) and self.max_lag >= 0):
+            raise ValueError(f"max_lag must be a finite number of seconds >= 0 (0: no lag limit), got {self.max_lag}")
+        if not (isinstance(self.max_busy, (int, float)) and 0 <= self.max_busy <= 1):
+            raise ValueError(f"max_busy must be a fraction between 0 and 1 (0: no busy limit), got {self.max_busy}")
 
     def limits(self) -> dict:
         """What a client is told in the ready message."""

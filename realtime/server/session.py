@@ -4,6 +4,7 @@ per-connection timer behind ``--idle-timeout``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING, Callable
 
 from ..events import Event
@@ -31,13 +32,20 @@ _FLUSH = object()  # end of stream: Engine.flush()
 
 
 class Deadline:
-    """A deadline on one connection, cheap to re-arm per message (no task or timer per call): one timer
-    handle is kept and re-scheduled lazily; ``on_expire()`` runs once when the deadline passes."""
+    """A deadline on one task, cheap to re-arm per message (no task or timer per call): one timer handle is
+    kept and re-scheduled lazily; when the deadline passes, ``task`` is cancelled and ``fired`` set, and its
+    owner raises ``error()``. It holds no reference to its owner (a callback closing over the session would
+    make a reference cycle that keeps the session's Engine alive until a full garbage collection), and
+    ``cancel()`` drops the task."""
 
-    __slots__ = ("loop", "seconds", "on_expire", "deadline", "_handle")
+    __slots__ = ("loop", "seconds", "error", "task", "fired", "deadline", "_handle")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float, on_expire: Callable[[], None]):
-        self.loop, self.seconds, self.on_expire = loop, seconds, on_expire
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float, error: Callable[[], Exception]):
+        """``error()``: the exception to raise once it fired (made then: a stored, raised exception would hold
+        the frames of its traceback)."""
+        self.loop, self.seconds, self.error = loop, seconds, error
+        self.task: asyncio.Task | None = None
+        self.fired = False
         self.deadline: float | None = None
         self._handle: asyncio.TimerHandle | None = None
 
@@ -51,6 +59,7 @@ class Deadline:
 
     def cancel(self) -> None:
         self.deadline = None
+        self.task = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -63,7 +72,9 @@ class Deadline:
             self._handle = self.loop.call_at(self.deadline, self._check)
             return
         self.deadline = None
-        self.on_expire()
+        self.fired = True
+        if self.task is not None:
+            self.task.cancel()
 
 
 class StreamSession:
@@ -91,39 +102,33 @@ class StreamSession:
         self.batcher = hop_batcher(executor, limits)
         self.decoder = config.decoder()
         self.audio_bytes = 0
-        self.limit_error: ProtocolError | None = None
-        self.expired: Exception | None = None
+        self.limit_error: str | None = None  # a message: a stored exception would hold its traceback's frames
         self.summary_rows: list[dict] = []  # what summarise() reads of each event, kept for the end message
         self.n_events = 0
         self.batch_bytes = max(config.frame_bytes, int(BATCH_SECONDS * config.bytes_per_second))
-        self.task: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
         idle = limits.idle_timeout
-        self.idle_watch = Deadline(loop, idle, lambda: self._expire(Refusal(
-            f"idle for {idle:g} s waiting for audio (--idle-timeout); closing")))
-        self.send_watch = Deadline(loop, idle, lambda: self._expire(ClientGone(
-            f"not reading its events for {idle:g} s")))
-
-    def _expire(self, exc: Exception) -> None:
-        self.expired = exc
-        if self.task is not None:
-            self.task.cancel()
+        self.idle_watch = Deadline(loop, idle, functools.partial(
+            Refusal, f"idle for {idle:g} s waiting for audio (--idle-timeout); closing"))
+        self.send_watch = Deadline(loop, idle, functools.partial(ClientGone, f"not reading its events for {idle:g} s"))
 
     async def run(self) -> None:
         """Until the client ends the stream; raises ProtocolError / Refusal / ClientGone otherwise."""
-        self.task = asyncio.current_task()
+        watches = (self.idle_watch, self.send_watch)
+        for w in watches:
+            w.task = asyncio.current_task()
         try:
             await self._loop()
         except asyncio.CancelledError:
-            if self.expired is None:
+            fired = next((w for w in watches if w.fired), None)
+            if fired is None:
                 raise  # the server is shutting down
+            raise fired.error() from None
         finally:
-            self.idle_watch.cancel()
-            self.send_watch.cancel()
-        if self.expired is not None:
-            raise self.expired
+            for w in watches:
+                w.cancel()
         if self.limit_error is not None:
-            raise self.limit_error
+            raise ProtocolError(self.limit_error)
 
     async def _loop(self) -> None:
         cfg = self.limits
@@ -142,7 +147,7 @@ class StreamSession:
             self.conn.check_size(msg)
             if self.audio_bytes + len(msg) > max_bytes:  # process up to the limit, then refuse the rest
                 msg = msg[: max(0, max_bytes - self.audio_bytes)]
-                self.limit_error = ProtocolError(
+                self.limit_error = (
                     f"stream longer than {cfg.max_stream_seconds:g} s of audio (--max-stream-seconds); the estimates "
                     "up to the limit were sent; open a new connection to go on")
             self.audio_bytes += len(msg)

@@ -19,6 +19,7 @@ from .admission import Counters
 from .app import StreamServer
 from .config import MAX_BATCH_MS, ServerConfig
 from .engines import warm_up
+from .load import new_event_loop
 
 __all__ = ["ServerThread", "add_parser"]
 
@@ -49,7 +50,7 @@ class ServerThread:
         return self
 
     def _run(self) -> None:
-        loop = self.loop = asyncio.new_event_loop()
+        loop = self.loop = new_event_loop()
         asyncio.set_event_loop(loop)
 
         async def main():
@@ -109,7 +110,8 @@ def _server_config(args, *, processes: int = 1) -> ServerConfig:
                         idle_timeout=args.idle_timeout, handshake_timeout=args.handshake_timeout,
                         max_pending=-(-args.max_pending // processes),
                         max_pending_per_address=-(-args.max_pending_per_address // processes),
-                        max_stream_seconds=args.max_stream_seconds, workers=workers, batch_ms=args.batch_ms)
+                        max_stream_seconds=args.max_stream_seconds, workers=workers, max_lag=args.max_lag,
+                        max_busy=args.max_busy, batch_ms=args.batch_ms)
 
 
 def _banner(cfg: ServerConfig, urls: dict, processes: int) -> str:
@@ -145,10 +147,25 @@ def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: in
         await server.aclose()
 
     try:
-        asyncio.run(main())
+        _run(main())
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _run(coro) -> None:
+    """``asyncio.run(coro)`` on :func:`new_event_loop` (its busy fraction is part of the load signal)."""
+    if hasattr(asyncio, "Runner"):  # Python >= 3.11
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(coro)
+        return
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def _child_process(args, cfg: ServerConfig, sockets: tuple, processes: int, counters: Counters, index: int) -> None:
@@ -304,6 +321,19 @@ def add_parser(subparsers) -> None:
                    help="longest stream, in seconds of audio (default: %(default)s)")
     p.add_argument("--workers", type=_arg_int(1, 1024), default=None, metavar="N",
                    help="inference threads per process, shared by its streams (default: CPU count / --processes)")
+    p.add_argument("--max-busy", type=_arg_type(float, "a fraction", lambda v: 0 <= v <= 1, "between 0 and 1 (0: off)"),
+                   default=d.max_busy, metavar="F",
+                   help="shed overload before it happens: a process refuses a new stream (a `busy` error with a "
+                        "`retry_after_s` hint; /healthz answers 503 while no process has room) when one more would "
+                        "make its event loop or its worker pool busier than this fraction of the time (measured "
+                        "over about 1 s, counting the streams it admitted meanwhile); streams already open are "
+                        "never cut; 0: off (default: %(default)s)")
+    p.add_argument("--max-lag", type=_arg_type(float, "a number of seconds", lambda v: math.isfinite(v) and v >= 0,
+                                                "a finite number of seconds >= 0 (0: off)"),
+                   default=d.max_lag, metavar="S",
+                   help="shed overload once it happens: while a process's work runs this late (its event loop's "
+                        "lag or its worker pool's queue wait, smoothed over about 1 s), it refuses new streams "
+                        "busy, until the lag is back under half of this; 0: off (default: %(default)s)")
     p.add_argument("--processes", type=_arg_int(1, 1024), default=1, metavar="N",
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")

@@ -8,15 +8,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 
 from ..protocol import ProtocolError, encode, error_message
 from .config import ServerConfig
 
-__all__ = ["ClientGone", "Connection", "TcpConnection", "WsConnection", "ws_connection_class", "http_response"]
+__all__ = ["ClientGone", "Connection", "TcpConnection", "WsConnection", "ws_connection_class", "http_response", "bounded"]
+
+
+async def bounded(aw, seconds: float):
+    """``await aw`` within ``seconds`` (else TimeoutError). On Python >= 3.11 without ``wait_for``'s extra
+    task: a task that ends in an exception keeps it, and its traceback holds ``wait_for``'s frame, which
+    holds the task: a reference cycle that also keeps every frame (and Engine) the exception's context
+    reaches until a full garbage collection."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await aw
+    return await asyncio.wait_for(aw, seconds)
 
 
 class ClientGone(Exception):
     """The peer closed or reset the connection: nothing more to send."""
+
+
+def _drop_tracebacks(*errors) -> None:
+    """A stream object that keeps the error that ended its connection (asyncio's StreamReader after a reset,
+    websockets' protocol after a truncated frame) re-raises it, and its traceback then holds the frames that
+    hold the stream object: a reference cycle that keeps the connection's buffers until a full garbage
+    collection. A closed connection's errors need no traceback."""
+    for exc in errors:
+        if exc is not None:
+            exc.__traceback__ = None
 
 
 class Connection:
@@ -93,24 +115,28 @@ class TcpConnection(Connection):
         last message (an error line) in the client's receive buffer before it reads it."""
         async def discard() -> None:
             left = 1 << 20
-            while left > 0:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
-                left -= len(data)
+            with contextlib.suppress(ConnectionError, OSError):  # a reset ends it (no exception kept in its task)
+                while left > 0:
+                    data = await self.reader.read(65536)
+                    if not data:
+                        break
+                    left -= len(data)
 
         try:
             with contextlib.suppress(Exception):
                 if self.writer.can_write_eof():
                     self.writer.write_eof()
-                await asyncio.wait_for(discard(), 2.0)
+                await bounded(discard(), 2.0)
         finally:
             with contextlib.suppress(Exception):
                 self.writer.close()  # the transport flushes and closes on its own
+            _drop_tracebacks(self.reader.exception())
+
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.transport.abort()
+        _drop_tracebacks(self.reader.exception())
 
 
 try:
@@ -134,27 +160,36 @@ def ws_connection_class():
 
     class _Connection(ServerConnection):
         def __init__(self, protocol, *args, **kwargs):
-            fail, send_eof = protocol.fail, protocol.send_eof
+            # the replacements reach the protocol through a weak reference and its class's methods: a closure
+            # over the protocol (or its bound methods) stored on the protocol is a reference cycle that keeps
+            # its buffers until a full garbage collection
+            ref, cls = weakref.ref(protocol), type(protocol)
 
             def fail_with_error(code, reason=""):
-                if code == 1009 and protocol.state is OPEN:
+                proto = ref()
+                if proto is None:
+                    return
+                if code == 1009 and proto.state is OPEN:
                     with contextlib.suppress(Exception):
-                        protocol.send_text(encode(error_message(
+                        proto.send_text(encode(error_message(
                             f"message too big ({reason}); the limit is set by --max-message-bytes; send audio in "
                             "smaller messages")).encode("utf-8"))
-                fail(code, reason)
+                cls.fail(proto, code, reason)
 
             def eof_with_response():
-                exc = getattr(protocol, "handshake_exc", None)
+                proto = ref()
+                if proto is None:
+                    return
+                exc = getattr(proto, "handshake_exc", None)
                 if (isinstance(exc, InvalidMessage) and exc.__cause__ is not None and not isinstance(exc.__cause__, EOFError)
-                        and protocol.state is not OPEN and not protocol.eof_sent):
+                        and proto.state is not OPEN and not proto.eof_sent):
                     cause = str(exc.__cause__ or "")
                     status, text = ((405, "method not allowed: only GET and HEAD, without a body\n")
                                     if "request body" in cause else (400, "bad request: not a valid HTTP request\n"))
                     with contextlib.suppress(Exception):
                         response = http_response(status, text.encode(), "text/plain; charset=utf-8")
-                        protocol.writes.append(response.serialize())
-                send_eof()
+                        proto.writes.append(response.serialize())
+                cls.send_eof(proto)
 
             protocol.fail = fail_with_error
             protocol.send_eof = eof_with_response
@@ -200,10 +235,16 @@ class WsConnection(Connection):
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close()  # bounded by close_timeout
+        self._drop_tracebacks()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.ws.transport.abort()
+        self._drop_tracebacks()
+
+    def _drop_tracebacks(self) -> None:
+        proto = self.ws.protocol
+        _drop_tracebacks(getattr(proto, "parser_exc", None), getattr(proto, "handshake_exc", None))
 
 
 def http_response(status: int, body: bytes, ctype: str, *, head: bool = False, extra=()):

@@ -1,0 +1,234 @@
+"""The server's load, for shedding overload (``--max-busy``, ``--max-lag``): :class:`LoadMonitor` measures
+how busy the event loop and the worker pool are and how late they run, and says whether a new stream may
+come in; :func:`new_event_loop` and :class:`TimedExecutor` are the loop and pool it can read.
+
+Why these signals: a stream's estimates are late by the time its messages wait for the event loop (reading,
+decoding, sending) plus the time its engine jobs wait for a worker (plus their compute, which load does not
+change). Those waits stay near zero while the process keeps up and grow without bound once it does not;
+the busy fractions grow with every stream before that, so they tell how much room is left.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import random
+import selectors
+import threading
+import time
+import weakref
+
+__all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION",
+           "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "GROWTH", "TRUST",
+           "STEADY_FRACTION"]
+
+PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
+LOAD_WINDOW_S = 1.0  # time constant of the busy fractions' and the lag's averages (exponential, over time)
+RESUME_FRACTION = 0.5  # once refusing for lag, accept again below this fraction of --max-lag (no flapping)
+# an admitted stream counts as not yet measured ("pending") for about this many windows: its first engine
+# jobs come with its first hop, then the average takes a window to follow
+PENDING_WINDOWS = 2.0
+COST_WINDOW_S = 5.0  # the per-stream costs: averages over the steady periods of about this long
+STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams pending (and >= 4 streams)
+# past TRUST x the most streams of a steady period, at most max(SLOW_START, GROWTH x the streams open) streams
+# pending: a burst of arrivals beyond what was measured is taken in steps that the measurements can follow
+# (the cost per stream grows with the streams: GIL, caches; and the machine's other load comes and goes)
+SLOW_START = 8
+GROWTH = 0.5
+TRUST = 1.5
+
+
+class _TimedSelector(selectors.DefaultSelector):
+    """The platform's default selector, adding up the time its ``select()`` waits: the loop's idle time."""
+
+    def __init__(self):
+        super().__init__()
+        self.idle_s = 0.0
+
+    def select(self, timeout=None):
+        t = time.perf_counter()
+        try:
+            return super().select(timeout)
+        finally:
+            self.idle_s += time.perf_counter() - t
+
+
+_SELECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its _TimedSelector
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A selector event loop whose busy fraction (time not waiting for I/O) a LoadMonitor on it can read."""
+    selector = _TimedSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    _SELECTORS[loop] = selector
+    return loop
+
+
+class TimedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A ThreadPoolExecutor that adds up the time its jobs run (``busy_s``), for its busy fraction."""
+
+    def __init__(self, max_workers: int, **kwargs):
+        super().__init__(max_workers, **kwargs)
+        self.workers = max_workers
+        self.busy_s = 0.0
+        self._busy_lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(self._timed, fn, args, kwargs)
+
+    def _timed(self, fn, args, kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t
+            with self._busy_lock:
+                self.busy_s += dt
+
+
+class LoadMonitor:
+    """The load of one process and whether it has room for one more stream.
+
+    Measured each ``PROBE_S`` and averaged over about ``window`` seconds:
+
+    * ``lag_s``: the larger of the event loop's lateness (this timer's) and the pool's queue wait (an empty
+      probe job, submitted unless the previous one is still queued; a queued probe counts with the time it
+      has waited so far, so a pool that starts nothing still reads as loaded);
+    * ``loop_busy`` / ``pool_busy``: the fraction of time the event loop is not waiting for I/O (on a loop
+      from :func:`new_event_loop`) and the fraction of the pool's threads' time spent in jobs (on a
+      :class:`TimedExecutor`).
+
+    Lag only grows once a process is past what it can do, and a stream admitted then makes every open
+    stream late until streams end, so admission looks ahead. A new stream's work shows in the averages only
+    a second or two after it is admitted (``pending`` counts those streams, decaying over
+    ``PENDING_WINDOWS`` windows), too late for a burst of arrivals; so each process learns what one stream
+    costs of its loop and of its pool (``loop_cost``, ``pool_cost``: busy fraction per stream, averaged over
+    the steady periods, when few streams are pending) and :meth:`predicted_busy` is the larger of what is
+    measured now and that cost times the streams open plus the newcomer. :meth:`room` says yes while the
+    prediction stays at or under ``max_busy``, the lag has not passed ``max_lag`` (after which it says no until the lag is back under
+    ``RESUME_FRACTION`` of it) and, past ``TRUST`` times the most streams of a steady period (where the
+    linear cost was measured), fewer than ``max(SLOW_START, GROWTH x streams)`` are pending. ``streams()`` gives this process's open streams; a limit of 0 is off.
+    ``on_sample(monitor)`` (optional) is called after each probe (the server publishes the figures)."""
+
+    def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
+                 window: float = LOAD_WINDOW_S, every: float = PROBE_S):
+        self.executor, self.max_lag, self.max_busy = executor, max_lag, max_busy
+        self.streams, self.on_sample, self.window, self.every = streams, on_sample, window, every
+        self.lag_s = self.loop_busy = self.pool_busy = 0.0
+        self.loop_cost: float | None = None  # busy fraction per stream, learned in steady periods
+        self.pool_cost: float | None = None
+        self.pending = 0.0  # admitted streams not yet reflected in the busy fractions
+        self.learned_streams = 0  # the most streams open in a steady period
+        self.lag_ok = True  # with hysteresis
+        self.accepting = True  # room() at the last probe
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._selector: _TimedSelector | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = self._last = self._idle0 = self._busy0 = 0.0
+        self._probe_sent: float | None = None  # time.monotonic() of the queued pool probe
+        self._probe_wait: float | None = None  # its wait, set by the worker that starts it
+
+    # -- the signal
+    def predicted_busy(self, extra: int = 1) -> float:
+        """The larger busy fraction (loop or pool) with ``extra`` more streams: what is measured now, or
+        the learned cost per stream times the streams, whichever is more."""
+        n = self.streams() + extra
+        return max(self.loop_busy, self.pool_busy, (self.loop_cost or 0.0) * n, (self.pool_cost or 0.0) * n)
+
+    @property
+    def load(self) -> float:
+        """The larger of lag over ``max_lag`` and predicted busy fraction over ``max_busy``: 1 and more is full."""
+        return max(self.lag_s / self.max_lag if self.max_lag > 0 else 0.0,
+                   self.predicted_busy() / self.max_busy if self.max_busy > 0 else 0.0)
+
+    def room(self) -> bool:
+        """May one more stream come in?"""
+        if not self.lag_ok:
+            return False
+        if self.max_busy <= 0:
+            return True
+        n = self.streams()
+        if n + 1 > TRUST * self.learned_streams and self.pending >= max(SLOW_START, GROWTH * n):
+            return False  # a burst past what was measured: wait until the averages show the streams just admitted
+        return self.predicted_busy() <= self.max_busy
+
+    def admitted(self) -> None:
+        """A stream came in (its load shows in the averages over the next ``PENDING_WINDOWS`` windows)."""
+        self.pending += 1.0
+
+    def retry_after(self) -> float:
+        """The hint a refused client gets: 1 to 2 windows, jittered so that refused clients do not all
+        come back at once."""
+        return round(self.window * (1.0 + random.random()), 1)
+
+    # -- the probe
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._selector = _SELECTORS.get(self._loop)
+        self._idle0 = self._selector.idle_s if self._selector is not None else 0.0
+        self._busy0 = getattr(self.executor, "busy_s", 0.0)
+        self._due = self._last = self._loop.time() + self.every
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.accepting = False
+
+    def _started(self, sent: float) -> None:  # runs in a worker thread
+        self._probe_wait = time.monotonic() - sent
+
+    def _pool_wait(self) -> float:
+        now = time.monotonic()
+        if self._probe_sent is not None:
+            if self._probe_wait is None:
+                return now - self._probe_sent  # still queued: at least this long
+            wait = self._probe_wait
+        else:
+            wait = 0.0
+        self._probe_sent = self._probe_wait = None
+        try:
+            self.executor.submit(self._started, now)
+            self._probe_sent = now
+        except RuntimeError:  # the pool is shut down
+            pass
+        return wait
+
+    def _learn(self, dt: float) -> None:
+        """In a steady period (enough streams, few pending), average the busy fractions per stream."""
+        n = self.streams()
+        if n < 4 or self.pending > STEADY_FRACTION * n:
+            return
+        self.learned_streams = max(self.learned_streams, n)
+        b = 1.0 - math.exp(-dt / COST_WINDOW_S)
+        loop, pool = self.loop_busy / n, self.pool_busy / n
+        self.loop_cost = loop if self.loop_cost is None else self.loop_cost + (loop - self.loop_cost) * b
+        self.pool_cost = pool if self.pool_cost is None else self.pool_cost + (pool - self.pool_cost) * b
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        dt = max(now - self._last, 1e-6)
+        self._last = now
+        a = 1.0 - math.exp(-dt / self.window)
+        self.lag_s += (max(now - self._due, self._pool_wait(), 0.0) - self.lag_s) * a
+        if self._selector is not None:
+            idle, self._idle0 = self._selector.idle_s - self._idle0, self._selector.idle_s
+            self.loop_busy += (min(1.0, max(0.0, 1.0 - idle / dt)) - self.loop_busy) * a
+        busy_s = getattr(self.executor, "busy_s", None)
+        if busy_s is not None:
+            busy, self._busy0 = busy_s - self._busy0, busy_s
+            # a job's run time counts when it ends: a long one may push one sample past 1
+            self.pool_busy = min(1.0, self.pool_busy + (busy / (dt * self.executor.workers) - self.pool_busy) * a)
+        self.pending *= math.exp(-dt / (PENDING_WINDOWS * self.window))
+        self._learn(dt)
+        if self.max_lag > 0:
+            if self.lag_ok and self.lag_s > self.max_lag:
+                self.lag_ok = False
+            elif not self.lag_ok and self.lag_s < RESUME_FRACTION * self.max_lag:
+                self.lag_ok = True
+        self.accepting = self.room()
+        if self.on_sample is not None:
+            self.on_sample(self)
+        self._due = now + self.every
+        self._handle = self._loop.call_at(self._due, self._tick)

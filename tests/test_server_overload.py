@@ -1,0 +1,167 @@
+"""Shedding overload (issue 13, item 3): while the server has no room (its event loop or worker pool busier
+than ``--max-busy``, or running later than ``--max-lag``), new streams are refused with ``"code": "busy"`` and ``retry_after_s``, /healthz
+says ``accepting: false`` with HTTP 503, the streams already open get every estimate and their end
+message, and once the load is gone new streams are accepted again.
+
+The overload is real and deterministic: the server's own event loop is blocked (a callback that sleeps,
+as an expensive inline step would), or its worker pool's one thread is kept busy by a job, so the load
+monitor measures real lateness; the model is the shipped one."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
+from realtime.server import ServerConfig
+from realtime.server.load import GROWTH, SLOW_START, TRUST, LoadMonitor
+
+from .data import readers_by_gender
+from .test_server import check_stream, error_of, pieces, session, tcp_session, ws_session
+from .test_server_hardening import http, wait_for
+
+GENDER = {"F": "female", "M": "male"}
+
+
+@pytest.fixture(scope="module")
+def pcm():
+    voices = readers_by_gender(1)
+    return {g: float_to_pcm16(load_audio(voices[g][0]))[: 16000 * 2 * 8] for g in "FM"}  # 8 s each
+
+
+def healthz(srv) -> tuple[int, dict]:
+    raw = http(srv.server.ws_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def busy_of(msgs: list[dict]) -> dict:
+    error_of(msgs)
+    err = msgs[-1]
+    assert err["code"] == "busy" and err["error"].startswith("server busy"), err
+    assert isinstance(err["retry_after_s"], (int, float)) and 0 < err["retry_after_s"] <= 10, err
+    return err
+
+
+def solo_ts(factory, audio: bytes) -> list[tuple]:
+    """(t, label) of every estimate of this audio through a fresh Engine alone."""
+    engine = factory()
+    return [(round(e.t, 3), e.label) for e in engine.run(np.array_split(pcm16_to_float(audio), 20))]
+
+
+class Starve:
+    """Keep the server overloaded from another thread until stopped: ``"loop"`` blocks its event loop for
+    0.3 s every 0.35 s; ``"pool"`` keeps its (one) worker thread busy with 0.3 s jobs."""
+
+    def __init__(self, srv, where: str):
+        self.srv, self.where = srv, where
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.where == "loop":
+                self.srv.loop.call_soon_threadsafe(time.sleep, 0.3)
+                time.sleep(0.35)
+            else:
+                self.srv.server.executor.submit(time.sleep, 0.3).result()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("where, limit", [("loop", "lag"), ("pool", "busy"), ("loop", "busy"), ("pool", "lag")])
+def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_server, factory, pcm, where, limit):
+    """``limit``: which of --max-lag (0.1 s) and --max-busy (0.5) is on."""
+    srv = make_server(workers=1, **({"max_lag": 0.1, "max_busy": 0} if limit == "lag" else {"max_lag": 0, "max_busy": 0.5}))
+    status, h = healthz(srv)
+    assert status == 200 and h["accepting"] is True and h["load"] < 1 and "lag_ms" in h, h
+    # two streams open before the overload, paced at real time: they must get everything
+    out: dict = {}
+    senders = [threading.Thread(target=lambda g=g, tr=tr: out.__setitem__(g, session(
+        srv, tr, {}, pieces(pcm[g], 3200), delay=0.1))) for g, tr in (("F", "tcp"), ("M", "ws"))]
+    for t in senders:
+        t.start()
+    assert wait_for(lambda: srv.server.health()["streams"] == 2, 30)
+    with Starve(srv, where):
+        assert wait_for(lambda: healthz(srv)[0] == 503, 20), srv.server.health()
+        status, h = healthz(srv)
+        assert h["accepting"] is False and h["load"] >= 1 and h["status"] == "busy", h
+        t0 = time.monotonic()
+        for err in (busy_of(tcp_session(srv.server.tcp_port, {}, [pcm["F"][:3200]])),
+                    busy_of(ws_session(srv.ws_url, {}, [pcm["F"][:3200]]))):
+            assert f"--max-{limit}" in err["error"], err
+        assert time.monotonic() - t0 < 10  # refused at once, not after a wait
+    assert srv.server.health()["overloaded"] >= 2
+    for t in senders:
+        t.join(120)
+    for g in "FM":  # the open streams: every estimate, the end message, the right label
+        _, events, end = check_stream(out[g])
+        assert [(e["t"], e["label"]) for e in events] == solo_ts(factory, pcm[g])
+        assert end["label"] == GENDER[g]
+    # the load is gone: accepting again, and a new stream is served
+    assert wait_for(lambda: healthz(srv)[0] == 200, 30), srv.server.health()
+    _, _, end = check_stream(session(srv, "tcp", {}, pieces(pcm["M"], 3200)))
+    assert end["label"] == "male"
+    assert srv.server.health()["internal_errors"] == 0
+
+
+def test_no_free_slot_is_busy_with_a_retry_hint_too(make_server, pcm):
+    srv = make_server(max_connections=1, handshake_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", srv.server.tcp_port), timeout=30) as s:
+        s.sendall(b"{}\n")
+        assert json.loads(s.makefile("rb").readline())["event"] == "ready"
+        err = busy_of(ws_session(srv.ws_url, {}, []))
+        assert "--max-connections" in err["error"]
+        status, h = healthz(srv)
+        assert status == 503 and h["accepting"] is False and h["load"] >= 1, h
+    assert wait_for(lambda: healthz(srv)[0] == 200, 30)
+
+
+def test_limits_at_zero_turn_shedding_off_and_bad_values_are_refused(make_server, pcm):
+    srv = make_server(workers=1, max_lag=0, max_busy=0)
+    with Starve(srv, "loop"):
+        time.sleep(1.5)
+        _, h = healthz(srv)
+        p = h["processes_load"][0]
+        assert h["accepting"] is True and h["lag_ms"] > 50 and p["loop_busy"] > 0.5, h
+        check_stream(tcp_session(srv.server.tcp_port, {}, pieces(pcm["F"][:32000], 3200)))
+    for field, bad in (("max_lag", -1), ("max_lag", float("inf")), ("max_lag", float("nan")), ("max_busy", 1.5),
+                       ("max_busy", -0.1)):
+        with pytest.raises(ValueError, match=field):
+            ServerConfig(**{field: bad})
+
+
+def test_admission_looks_ahead_with_the_cost_per_stream_learned_in_steady_periods():
+    n = [0]
+    m = LoadMonitor(None, max_lag=0, max_busy=0.6, streams=lambda: n[0])
+    for _ in range(SLOW_START):  # a burst from nothing gets SLOW_START streams, then waits for the averages
+        assert m.room()
+        m.admitted()
+        n[0] += 1
+    assert not m.room()
+    m.pending, n[0], m.pool_busy, m.loop_busy = 1.0, 20, 0.2, 0.1  # a steady period: 20 streams, 1 % each
+    m._learn(60.0)
+    assert m.pool_cost == pytest.approx(0.01) and m.loop_cost == pytest.approx(0.005)
+    assert m.predicted_busy() == pytest.approx(0.21) and m.room()
+    m.pending, n[0] = 9.0, 29  # a burst up to TRUST x the 20 measured: the learned cost says yes
+    assert m.room()
+    n[0] = 30  # beyond it, at most GROWTH x the streams pending
+    assert TRUST * 20 < 31 and m.pending < GROWTH * 30 and m.room()
+    m.pending = GROWTH * 30
+    assert not m.room()
+    m.pending, n[0] = 0.0, 59  # streams the averages do not show yet: the learned cost does
+    assert m.predicted_busy() == pytest.approx(0.60) and m.room()
+    n[0] = 60
+    assert not m.room()
+    n[0], m.loop_busy = 10, 0.7  # what is measured counts too (a storm of handshakes on the loop)
+    assert m.predicted_busy() == 0.7 and not m.room()
