@@ -490,13 +490,13 @@ def test_fast_sender_gets_backpressure_instead_of_unbounded_buffering(factory):
     TCP flow control: the server's memory does not grow with what the client tries to send."""
     def slow_factory():
         engine = factory()
-        push = engine.push
+        push_steps = engine.push_steps  # what the server's sessions drive (Engine.push runs it too)
 
-        def slow_push(x):
+        def slow_push_steps(x):
             time.sleep(len(x) / 16000 / 10)
-            return push(x)
+            return (yield from push_steps(x))
 
-        engine.push = slow_push
+        engine.push_steps = slow_push_steps
         return engine
 
     srv = ServerThread(slow_factory, ServerConfig(port=0, workers=2)).start()

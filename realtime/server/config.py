@@ -31,9 +31,11 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     # shed load (realtime.server.load): a process refuses new streams (busy) when one more would bring its
     # event loop's or worker pool's busy fraction over max_busy, or while its smoothed event-loop lag or
-    # pool queue wait is over max_lag seconds; open streams are never cut; 0 turns either limit off
-    max_busy: float = 0.6
-    max_lag: float = 0.25
+    # pool queue wait is over max_lag seconds; open streams are never cut; 0 turns either limit off.
+    # Off by default until the limits are measured on more machines: `serve --max-busy 0.6 --max-lag 0.25`
+    # are the values measured on the 2-core development VM (README, Streaming over sockets).
+    max_busy: float = 0.0
+    max_lag: float = 0.0
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
     batch_ms: float = 0.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
 
