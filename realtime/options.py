@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .engine import Engine, EngineConfig
+from .engine_config import EngineConfig
 
 # field -> (option, metavar, help); each help gets "(default: ...)" from EngineConfig
 OPTIONS: dict[str, tuple[str, str | tuple[str, str] | None, str]] = {
@@ -82,9 +82,10 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(**given)
 
 
-def make_engine(args: argparse.Namespace, bundle=None) -> Engine:
+def make_engine(args: argparse.Namespace, bundle=None):
     """An engine for the parsed options: ``bundle`` if given, else the one ``--models`` names (or the shipped one)."""
     from .bundle import Bundle
+    from .engine import Engine
 
     if bundle is None:
         bundle = Bundle.load(args.models) if getattr(args, "models", None) else Bundle.load()
