@@ -255,7 +255,8 @@ class AugmentOptions:
 
     Pitch shift of up to ``max_semitones`` (probability ``p_pitch``), or instead with probability ``p_voice``
     a WORLD re-synthesis (``world_voice``: median F0 moved into ``voice_f0_range``, formants warped by
-    ``1 +- voice_warp``); a gain from ``gain_db_range`` (never clipping); noise of a colour from ``colors``
+    ``1 +- voice_warp``); with probability ``p_room`` a room (``reverb``, RT60 and direct-to-reverberant ratio
+    from ``room_rt60_range`` / ``room_drr_range``); a gain from ``gain_db_range`` (never clipping); noise of a colour from ``colors``
     at an SNR from ``snr_range`` (probability ``p_noise``); a capture channel from ``channels``
     (probability ``p_channel``). Shared by ``Augmenter`` (which draws them) and ``AugmentConfig`` (the
     training recipe's choice)."""
@@ -271,6 +272,9 @@ class AugmentOptions:
     p_voice: float = 0.0                       # share of copies re-synthesised by ``world_voice``
     voice_f0_range: tuple[float, float] = (140.0, 210.0)   # target median F0: where the sexes overlap
     voice_warp: float = 0.06                   # formant warp drawn from 1 +- voice_warp
+    p_room: float = 0.0                        # share of copies heard across a room (``reverb``)
+    room_rt60_range: tuple[float, float] = (0.2, 0.9)   # reverberation time, seconds
+    room_drr_range: tuple[float, float] = (0.0, 12.0)   # direct-to-reverberant ratio, dB (0: as much echo as voice)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_semitones <= MAX_SEMITONES:
@@ -280,10 +284,12 @@ class AugmentOptions:
             raise ValueError(f"colors must be a non-empty subset of {COLORS}, got {self.colors}")
         if any(c not in CHANNELS for c in self.channels) or not self.channels:
             raise ValueError(f"channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
-        for name in ("p_noise", "p_pitch", "p_channel", "p_voice"):
+        for name in ("p_noise", "p_pitch", "p_channel", "p_voice", "p_room"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("snr_range", "gain_db_range", "voice_f0_range"):
+        if not 0.0 < self.room_rt60_range[0]:
+            raise ValueError(f"room_rt60_range must be > 0 s, got {self.room_rt60_range}")
+        for name in ("snr_range", "gain_db_range", "voice_f0_range", "room_rt60_range", "room_drr_range"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name} must be (low, high), got {(lo, hi)}")
@@ -292,6 +298,8 @@ class AugmentOptions:
         object.__setattr__(self, "snr_range", tuple(map(float, self.snr_range)))
         object.__setattr__(self, "gain_db_range", tuple(map(float, self.gain_db_range)))
         object.__setattr__(self, "voice_f0_range", tuple(map(float, self.voice_f0_range)))
+        object.__setattr__(self, "room_rt60_range", tuple(map(float, self.room_rt60_range)))
+        object.__setattr__(self, "room_drr_range", tuple(map(float, self.room_drr_range)))
 
     def options(self) -> dict:
         """The ``AugmentOptions`` fields only, by name."""
@@ -336,6 +344,8 @@ class Augmenter(AugmentOptions):
             del d["p_channel"], d["channels"]
         if not self.p_voice:  # likewise for the WORLD voice changes
             del d["p_voice"], d["voice_f0_range"], d["voice_warp"]
+        if not self.p_room:  # and for rooms
+            del d["p_room"], d["room_rt60_range"], d["room_drr_range"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def rng_for(self, key: str, copy: int = 0, extra_seed: int = 0) -> np.random.Generator:
@@ -359,11 +369,18 @@ class Augmenter(AugmentOptions):
         do_voice = self.p_voice > 0.0 and rng.random() < self.p_voice
         f0_target = rng.uniform(*self.voice_f0_range) if self.p_voice > 0.0 else None
         warp = 1.0 + rng.uniform(-self.voice_warp, self.voice_warp) if self.p_voice > 0.0 else 1.0
+        # drawn only when rooms are on (same reason)
+        do_room = self.p_room > 0.0 and rng.random() < self.p_room
+        room = (rng.uniform(*self.room_rt60_range), rng.uniform(*self.room_drr_range),
+                int(rng.integers(2**31))) if self.p_room > 0.0 else None
         y = np.asarray(x, dtype=np.float32)
         if do_voice:
             y = world_voice(y, f0_target, warp, sr)
         elif do_pitch and semitones != 0.0:
             y = pitch_shift(y, semitones, sr)
+        if do_room:  # the room before the gain, the microphone's noise and the channel
+            rt60, drr, room_seed = room
+            y = reverb(y, rt60, drr, np.random.default_rng(room_seed), sr)
         peak = float(np.max(np.abs(y))) if y.size else 0.0
         if peak > 0.0:  # never let the gain itself clip: cap it at the clip's headroom
             db = min(db, -20.0 * np.log10(peak))

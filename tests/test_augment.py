@@ -209,6 +209,26 @@ def test_augmenter_voice_changes_are_keyed_and_reproducible(female):
     assert not np.allclose(a, off(x, off.rng_for("u", 0)))
 
 
+def test_augmenter_rooms_are_keyed_reproducible_and_reverberant(female):
+    """p_room=0 keeps the earlier outputs and cache key; a room smears the voice in time (the autocorrelation of
+    the envelope decays more slowly) at the same length, reproducibly."""
+    x = female[: 2 * SR]
+    off, on = Augmenter(seed=1, p_noise=0.0, p_pitch=0.0), Augmenter(seed=1, p_noise=0.0, p_pitch=0.0, p_room=1.0,
+                                                                      room_rt60_range=(0.8, 0.9), room_drr_range=(0, 1))
+    assert "p_room" not in off.to_dict() and on.to_dict()["p_room"] == 1.0
+    assert np.array_equal(off(x, off.rng_for("u", 0)), Augmenter(seed=1, p_noise=0.0, p_pitch=0.0)(x, off.rng_for("u", 0)))
+    a = on(x, on.rng_for("u", 0))
+    assert a.shape == x.shape and np.array_equal(a, on(x, on.rng_for("u", 0)))
+
+    def envelope_memory(y):  # correlation of the 10 ms energy envelope with itself 50 ms later
+        e = np.log(np.square(y[: y.size // 160 * 160]).reshape(-1, 160).mean(axis=1) + 1e-8)
+        return np.corrcoef(e[:-5], e[5:])[0, 1]
+
+    assert envelope_memory(a) > envelope_memory(x) + 0.1, (envelope_memory(a), envelope_memory(x))
+    with pytest.raises(ValueError, match="room_rt60_range"):
+        Augmenter(room_rt60_range=(0.0, 0.5))
+
+
 def test_recipe_augmenter_keeps_its_cache_key():
     """The training recipe's options (AugmentConfig, TrainConfig.augment) make the Augmenter they made before they
     were nested: the same cache key, so augmented features cached by earlier runs are found again."""
