@@ -7,7 +7,7 @@ One asyncio event loop serves two ports:
 
 * ``--port`` (default 8765): WebSocket (``websockets.asyncio.server``); plain HTTP GET on the same
   port serves the browser page (``/``, ``/worklet.js``) and ``/healthz`` (JSON counters).
-* ``--tcp-port`` (default ``--port`` + 1): raw TCP (``asyncio.start_server``): the JSON config line,
+* ``--tcp-port`` (default ``--port`` + 1): raw TCP (asyncio streams): the JSON config line,
   then raw PCM bytes; half-close to end the stream.
 
 The wire protocol (config, audio, ready / estimate / end / error messages) is in

@@ -181,7 +181,7 @@ class StreamSession:
         return ops, heavy or (n > 0 and n >= self.engine.samples_until_event())
 
     def _steps(self, ops: list) -> Steps:
-        """The engine operations as steps (``Engine.push_steps``): run inline by ``_run``, or batched."""
+        """The engine operations as steps (``Engine.push_steps``), for the batcher."""
         events = []
         for x in ops:
             if x is _RESET:
@@ -193,9 +193,16 @@ class StreamSession:
         return events
 
     def _run(self, ops: list) -> list[Event]:
-        from ..engine import drive  # onnxruntime loads with the first stream, not with the server
-
-        return drive(self._steps(ops))
+        """The engine operations, run here (inline or in a worker): ``Engine.push``, ``reset``, ``flush``."""
+        engine, events = self.engine, []
+        for x in ops:
+            if x is _RESET:
+                engine.reset()
+            elif x is _FLUSH:
+                events += engine.flush()
+            else:
+                events += engine.push(x)
+        return events
 
     async def _process(self, batch: list, last: bool = False) -> None:
         ops, heavy = self._prepare(batch, last)
