@@ -231,8 +231,9 @@ class StreamServer:
             config = await self._handshake(conn, task)
             if config is None:
                 return  # evicted or shed (already counted and closed)
-            if not self.load.room():
-                raise self._busy_for_load()  # (no local holds it: a raised exception holds its frames)
+            why = self.load.refusal()
+            if why is not None:
+                raise self._busy_for_load(why)  # (no local holds it: a raised exception holds its frames)
             n = await self._stream_slot(t0)
             if n is None:
                 self.stats["busy"] += 1
@@ -294,16 +295,13 @@ class StreamServer:
         finally:
             self._slot_waiters -= 1
 
-    def _busy_for_load(self) -> Busy:
-        """Shed load: the refusal (counted) for a new stream when this process has no room for it (see
-        LoadMonitor.room, asked once the client is authenticated, before it takes a slot); the streams
+    def _busy_for_load(self, why: str) -> Busy:
+        """Shed load: the refusal (counted) for a new stream when this process has no room for it (``why``:
+        LoadMonitor.refusal, asked once the client is authenticated, before it takes a slot); the streams
         open go on."""
-        load = self.load
         self.stats["busy"] += 1
         self.stats["overloaded"] += 1
-        retry = load.retry_after()
-        why = (f"its work runs {load.lag_s * 1000:.0f} ms late, over --max-lag {self.config.max_lag:g} s" if not load.lag_ok
-               else f"one more stream would make it {load.predicted_busy():.0%} busy, over --max-busy {self.config.max_busy:g}")
+        retry = self.load.retry_after()
         return Busy(f"server busy: {why}; try again in {retry:g} s", retry)
 
     async def _send_error(self, conn, message: str, fields: dict | None = None) -> None:
