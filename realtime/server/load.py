@@ -20,7 +20,7 @@ import weakref
 
 __all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION",
            "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS",
-           "SUSTAIN_S"]
+           "SUSTAIN_S", "MIN_STREAMS"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
 LOAD_WINDOW_S = 1.0  # time constant of the busy fractions' and the lag's averages (exponential, over time)
@@ -33,13 +33,16 @@ STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams 
 # Only measured overload refuses a stream:
 # * the averaged lag or busy fraction over its limit at every probe for SUSTAIN_S (not one spike: a burst of
 #   handshakes, the machine's other work for a moment);
-# * with more than FREE_STREAMS streams open (a count every process serves: on the 2-core development VM a
+# * from FREE_STREAMS streams open (a count every process serves: on the 2-core development VM a
 #   process saturates past ~110), the look-ahead: the learned cost per stream times the streams plus the
 #   newcomer over --max-busy, and, past TRUST x the most streams of a steady period (where the linear cost was
 #   measured), at most max(SLOW_START, GROWTH x the streams open) streams pending: a burst of arrivals beyond
 #   what was measured is taken in steps that the measurements can follow (the cost per stream grows with the
 #   streams: GIL, caches; and the machine's other load comes and goes).
+# * and never while the process holds fewer than MIN_STREAMS streams: its lag or busy loop then is not its
+#   streams' doing (the machine's other work, a storm of handshakes), and refusing streams would shed nothing.
 SUSTAIN_S = 2.0
+MIN_STREAMS = 3
 FREE_STREAMS = 32
 SLOW_START = 8
 GROWTH = 0.5
@@ -111,7 +114,7 @@ class LoadMonitor:
     * lag: over ``max_lag`` at every probe for ``SUSTAIN_S``; then no until it is back under
       ``RESUME_FRACTION`` of it;
     * busy: the loop's or the pool's busy fraction over ``max_busy`` at every probe for ``SUSTAIN_S``;
-    * the look-ahead, with more than ``FREE_STREAMS`` streams open. Lag only grows once a process is past
+    * the look-ahead, from ``FREE_STREAMS`` streams open. Lag only grows once a process is past
       what it can do, and a stream admitted then makes every open stream late until streams end; a new
       stream's work shows in the averages only a second or two after it is admitted (``pending`` counts those
       streams, decaying over ``PENDING_WINDOWS`` windows), too late for a burst of arrivals. So each process
@@ -121,7 +124,8 @@ class LoadMonitor:
       is measured now if more), or, past ``TRUST`` times the most streams of a steady period (where the
       linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending.
 
-    ``streams()`` gives this process's open streams. ``on_sample(monitor)`` (optional) is called after each
+    None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams (its load then is not its
+    streams' doing). ``streams()`` gives this process's open streams. ``on_sample(monitor)`` (optional) is called after each
     probe (the server publishes the figures)."""
 
     def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
@@ -158,6 +162,9 @@ class LoadMonitor:
 
     def refusal(self) -> str | None:
         """Why one more stream may not come in, with the figures (the rule that refuses); None: it may."""
+        n = self.streams()
+        if n < MIN_STREAMS:
+            return None
         if not self.lag_ok:
             return (f"its work runs {self.lag_s * 1000:.0f} ms late (over --max-lag {self.max_lag:g} s for "
                     f"{SUSTAIN_S:g} s; it accepts again under {RESUME_FRACTION * self.max_lag * 1000:.0f} ms)")
@@ -167,12 +174,12 @@ class LoadMonitor:
             which = "event loop" if self.loop_busy >= self.pool_busy else "worker pool"
             return (f"its {which} has been over --max-busy {self.max_busy:g} for {self.busy_over_s:.1f} s "
                     f"(now {max(self.loop_busy, self.pool_busy):.0%} busy)")
-        n = self.streams()
         if n < FREE_STREAMS:
             return None
-        if n + 1 > TRUST * self.learned_streams and self.pending >= max(SLOW_START, GROWTH * n):
-            return (f"slow start: {self.pending:.0f} of its {n} streams were admitted too recently to be measured, "
-                    f"and it measured at most {self.learned_streams} streams")
+        pending = min(self.pending, n)  # (admitted streams that ended already are not pending)
+        if n + 1 > TRUST * self.learned_streams and pending >= max(SLOW_START, GROWTH * n):
+            return (f"slow start: {pending:.0f} of its {n} streams were admitted too recently to be measured, "
+                    f"and it measured at most {self.learned_streams} streams at once")
         cost = max(self.loop_cost or 0.0, self.pool_cost or 0.0)
         if cost * (n + 1) > self.max_busy:
             return (f"one more stream would make it {cost * (n + 1):.0%} busy ({n + 1} streams at the "
