@@ -113,7 +113,8 @@ def _detached(r):
     the failed steps' frames, and their Engine, until a full garbage collection. Anything else: as it is."""
     if isinstance(r, BaseException) and r.__traceback__ is not None:
         if hasattr(r, "add_note"):
-            r.add_note("where it failed, in realtime.batching.run_many:\n" + "".join(traceback.format_tb(r.__traceback__)).rstrip())
+            where = "".join(traceback.format_tb(r.__traceback__)).rstrip()
+            r.add_note(f"where it failed, in realtime.batching.run_many:\n{where}")
         seen, e = set(), r
         while e is not None and id(e) not in seen:
             seen.add(id(e))

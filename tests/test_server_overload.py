@@ -176,7 +176,8 @@ def test_admission_refuses_only_on_measured_overload():
     _ticks(m, SUSTAIN_S - 0.1)
     assert m.room()
     _ticks(m, 0.2)
-    assert m.refusal().startswith("its event loop has been over --max-busy 0.6 for 2.") and "(now 70% busy)" in m.refusal()
+    why = m.refusal()
+    assert why.startswith("its event loop has been over --max-busy 0.6 for 2.") and "(now 70% busy)" in why, why
     m.loop_busy = m.pool_busy = 0.1
     _ticks(m, PROBE_S)
     assert m.room()

@@ -125,8 +125,8 @@ class LoadMonitor:
       linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending.
 
     None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams (its load then is not its
-    streams' doing). ``streams()`` gives this process's open streams. ``on_sample(monitor)`` (optional) is called after each
-    probe (the server publishes the figures)."""
+    streams' doing). ``streams()`` gives this process's open streams. ``on_sample(monitor)`` (optional) is
+    called after each probe (the server publishes the figures)."""
 
     def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
                  window: float = LOAD_WINDOW_S, every: float = PROBE_S):
