@@ -1,6 +1,6 @@
 """One stream of the server: :class:`StreamSession` reads a connection's messages, decodes them, feeds its
-Engine (inline or in the shared worker pool) and sends the events; :class:`Deadline` is the cheap
-per-connection timer behind ``--idle-timeout``."""
+Engine (in the shared worker pool, once its audio may bring an event) and sends the events;
+:class:`Deadline` is the cheap per-connection timer behind ``--idle-timeout``."""
 from __future__ import annotations
 
 import asyncio
