@@ -21,6 +21,7 @@ it on real speech). In a batch, a window's ``stages_ms`` are its share of the ba
 from __future__ import annotations
 
 import time
+import traceback
 from typing import Callable
 
 import numpy as np
@@ -84,13 +85,42 @@ def _classify_each(jobs: list[WindowJob], classify: Classifier) -> list[WindowRe
     try:
         return classify(jobs)
     except Exception:
-        out: list[WindowResult | Exception] = []
-        for job in jobs:
-            try:
-                out.append(job.engine.classify(job))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return [_detached(r) for r in map(_classify_one, jobs)]
+
+
+def _classify_one(job: WindowJob) -> WindowResult | Exception:
+    try:
+        return job.engine.classify(job)
+    except Exception as exc:
+        return exc
+
+
+def _advance(steps: Steps, value: WindowResult | None) -> tuple[WindowJob | None, list[Event] | Exception | None]:
+    """Send ``value`` into ``steps`` (None starts them, as next() does): (the next window it waits on, None), or
+    (None, its events or the exception that ended it)."""
+    try:
+        return steps.send(value), None
+    except StopIteration as done:
+        return None, done.value
+    except Exception as exc:
+        return None, exc
+
+
+def _detached(r):
+    """A returned exception without the frames of its traceback (nor of its causes'), which is kept as text,
+    in a note (Python >= 3.11: ``traceback`` prints it). Kept, the frames would reach run_many's caller (a
+    frame keeps its caller), up to the worker job whose result holds the exception: a reference cycle keeping
+    the failed steps' frames, and their Engine, until a full garbage collection. Anything else: as it is."""
+    if isinstance(r, BaseException) and r.__traceback__ is not None:
+        if hasattr(r, "add_note"):
+            where = "".join(traceback.format_tb(r.__traceback__)).rstrip()
+            r.add_note(f"where it failed, in realtime.batching.run_many:\n{where}")
+        seen, e = set(), r
+        while e is not None and id(e) not in seen:
+            seen.add(id(e))
+            e.__traceback__ = None
+            e = e.__cause__ or e.__context__
+    return r
 
 
 def run_many(steps: list[Steps], classify: Classifier = classify_many) -> list[list[Event] | Exception]:
@@ -101,12 +131,10 @@ def run_many(steps: list[Steps], classify: Classifier = classify_many) -> list[l
     waiting: dict[int, WindowJob] = {}
 
     def advance(i: int, value: WindowResult | None) -> None:
-        try:
-            waiting[i] = steps[i].send(value)  # send(None) starts a generator, as next() does
-        except StopIteration as done:
-            out[i] = done.value
-        except Exception as exc:
-            out[i] = exc
+        job, r = _advance(steps[i], value)
+        out[i] = _detached(r)
+        if job is not None:
+            waiting[i] = job
 
     for i in range(len(steps)):
         advance(i, None)

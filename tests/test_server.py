@@ -488,13 +488,16 @@ def test_stalled_and_flooding_clients_do_not_delay_a_normal_one(make_server, pcm
 def test_fast_sender_gets_backpressure_instead_of_unbounded_buffering(factory):
     """With an engine slowed to ~10x real time, a sender pushing as fast as it can is held back by
     TCP flow control: the server's memory does not grow with what the client tries to send."""
+    slowed = []  # the audio (seconds) that went through the slowed method
+
     def slow_factory():
         engine = factory()
-        push_steps = engine.push_steps  # what the server's sessions drive (Engine.push runs it too)
+        push_steps = engine.push_steps  # the sessions call Engine.push, which runs it (and --batch-ms drives it)
 
-        def slow_push_steps(x):
+        def slow_push_steps(x, *args):
+            slowed.append(len(x) / 16000)
             time.sleep(len(x) / 16000 / 10)
-            return (yield from push_steps(x))
+            return (yield from push_steps(x, *args))
 
         engine.push_steps = slow_push_steps
         return engine
@@ -518,6 +521,7 @@ def test_fast_sender_gets_backpressure_instead_of_unbounded_buffering(factory):
         assert sent < 64 * 2 ** 20, sent
         assert sent - read < 32 * 2 ** 20  # what the server has not read waits in kernel buffers
         assert rss_mb() - rss0 < 50
+        assert sum(slowed) > 0.5 * read / 32000  # the server's pushes did go through the slowed method
         s.close()
     finally:
         srv.stop()

@@ -1,6 +1,7 @@
 """A finished stream frees its Engine at once (issue 13, item 5): with the garbage collector off, every
 Engine the server made is gone right after its stream's end (or error) message and close, whatever way the
-stream ended, and no object of the server is left in a reference cycle. Without this, each finished
+stream ended (an engine failure included), with and without batching across streams (``--batch-ms``), and
+no object of the server is left in a reference cycle. Without this, each finished
 stream's Engine waited in cycles (deadline callbacks closing over the session, stored exceptions holding
 their traceback's frames) for a full collection: RSS grew by hundreds of MB over waves of streams."""
 from __future__ import annotations
@@ -14,7 +15,8 @@ import weakref
 
 import pytest
 
-from realtime.audio import float_to_pcm16, load_audio
+from realtime.audio import SAMPLE_RATE, float_to_pcm16, load_audio
+from realtime.engine import Engine
 from realtime.server import ServerConfig, ServerThread
 
 from .data import readers_by_gender
@@ -30,18 +32,33 @@ def audio() -> bytes:
     return float_to_pcm16(load_audio(readers_by_gender(1)["F"][0]))[: 16000 * 2 * 4]
 
 
-@pytest.fixture
-def tracked(factory):
-    """A server whose engine factory (the shipped bundle's) also keeps a weak reference to every Engine."""
+class FailingEngine(Engine):
+    """The shipped engine with a bug: a push that brought an event then raises (an internal error)."""
+
+    def push_steps(self, chunk, sample_rate=SAMPLE_RATE):
+        events = yield from super().push_steps(chunk, sample_rate)
+        if events:
+            raise RuntimeError("engine bug (test)")
+        return events
+
+
+@pytest.fixture(params=[0.0, 5.0], ids=["unbatched", "batch-ms-5"])
+def tracked(factory, request):
+    """A server whose engine factory (the shipped bundle's) also keeps a weak reference to every Engine
+    (and makes a FailingEngine while ``failing[0]`` is set); without and with batching across streams."""
     engines: list[weakref.ref] = []
+    failing = [False]
 
     def make():
         engine = factory()
+        if failing[0]:
+            engine = FailingEngine(engine.bundle, engine.config)
         engines.append(weakref.ref(engine))
         return engine
 
-    with ServerThread(make, ServerConfig(port=0, workers=2, idle_timeout=IDLE_S, token=TOKEN)) as srv:
-        yield srv, engines
+    with ServerThread(make, ServerConfig(port=0, workers=2, idle_timeout=IDLE_S, token=TOKEN,
+                                         batch_ms=request.param)) as srv:
+        yield srv, engines, failing
 
 
 def _reset_mid_audio(srv: ServerThread, audio: bytes) -> list[dict]:
@@ -70,10 +87,18 @@ def _ws_reset_mid_audio(srv: ServerThread, audio: bytes) -> list[dict]:
     return [ready]
 
 
-def _endings(srv: ServerThread, audio: bytes):
+def _endings(srv: ServerThread, audio: bytes, failing: list):
     """(name, run(), makes an engine, check(messages)) for every way a stream ends."""
     tok = {"token": TOKEN}
     port = srv.server.tcp_port
+    long = audio * 5  # 20 s sent at once: the reset comes while the server is still classifying it
+
+    def with_failing_engine():
+        failing[0] = True
+        try:
+            return ws_session(srv.ws_url, tok, pieces(audio, 3200))
+        finally:
+            failing[0] = False
 
     def ended(msgs):
         assert check_stream(msgs)[2]["label"] == "female"
@@ -89,8 +114,9 @@ def _endings(srv: ServerThread, audio: bytes):
     return [
         ("normal end, TCP", lambda: tcp_session(port, tok, pieces(audio, 3200)), True, ended),
         ("normal end, WebSocket", lambda: ws_session(srv.ws_url, tok, pieces(audio, 3200)), True, ended),
-        ("reset mid-audio, TCP", lambda: _reset_mid_audio(srv, audio), True, ready_first),
-        ("reset mid-audio, WebSocket", lambda: _ws_reset_mid_audio(srv, audio), True, ready_first),
+        ("reset mid-audio, TCP", lambda: _reset_mid_audio(srv, long), True, ready_first),
+        ("reset mid-audio, WebSocket", lambda: _ws_reset_mid_audio(srv, long), True, ready_first),
+        ("engine failure", with_failing_engine, True, refused("internal server error (RuntimeError)")),
         ("protocol error", lambda: ws_session(srv.ws_url, tok, [audio[:6400], '{"event": "bogus"}']), True,
          refused("text messages must be")),
         ("idle timeout", lambda: tcp_session(port, tok, [audio[:32000]], end=False), True,
@@ -116,13 +142,13 @@ def _server_garbage() -> list[str]:
 
 
 def test_every_engine_is_freed_when_its_stream_ends_without_a_garbage_collection(tracked, audio):
-    srv, engines = tracked
-    _, warm, _, check = _endings(srv, audio)[0]
+    srv, engines, failing = tracked
+    _, warm, _, check = _endings(srv, audio, failing)[0]
     check(warm())  # warm: the pool's threads, the first inference
     gc.collect()
     gc.disable()
     try:
-        for name, run, makes_engine, check in _endings(srv, audio):
+        for name, run, makes_engine, check in _endings(srv, audio, failing):
             n0 = len(engines)
             check(run())
             assert len(engines) == n0 + makes_engine, name
@@ -134,4 +160,4 @@ def test_every_engine_is_freed_when_its_stream_ends_without_a_garbage_collection
     finally:
         gc.enable()
     h = srv.server.health()
-    assert h["internal_errors"] == 0 and h["streams"] == 0, h
+    assert h["internal_errors"] == 1 and h["streams"] == 0, h

@@ -18,7 +18,8 @@ import pytest
 
 from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
 from realtime.server import ServerConfig
-from realtime.server.load import GROWTH, SLOW_START, TRUST, LoadMonitor
+from realtime.server.load import (FREE_STREAMS, GROWTH, MIN_STREAMS, PROBE_S, RESUME_FRACTION, SUSTAIN_S, TRUST,
+                                  LoadMonitor)
 
 from .data import readers_by_gender
 from .test_server import check_stream, error_of, pieces, session, tcp_session, ws_session
@@ -85,13 +86,15 @@ def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_ser
     srv = make_server(workers=1, **({"max_lag": 0.1, "max_busy": 0} if limit == "lag" else {"max_lag": 0, "max_busy": 0.5}))
     status, h = healthz(srv)
     assert status == 200 and h["accepting"] is True and h["load"] < 1 and "lag_ms" in h, h
-    # two streams open before the overload, paced at real time: they must get everything
+    # MIN_STREAMS streams open before the overload (fewer are never shed for), paced at real time: they must
+    # get everything
     out: dict = {}
-    senders = [threading.Thread(target=lambda g=g, tr=tr: out.__setitem__(g, session(
-        srv, tr, {}, pieces(pcm[g], 3200), delay=0.1))) for g, tr in (("F", "tcp"), ("M", "ws"))]
+    opened = (("F", "tcp"), ("M", "ws"), ("F", "ws"))[:MIN_STREAMS]
+    senders = [threading.Thread(target=lambda g=g, tr=tr: out.__setitem__((g, tr), session(
+        srv, tr, {}, pieces(pcm[g], 3200), delay=0.1))) for g, tr in opened]
     for t in senders:
         t.start()
-    assert wait_for(lambda: srv.server.health()["streams"] == 2, 30)
+    assert wait_for(lambda: srv.server.health()["streams"] == len(opened), 30)
     with Starve(srv, where):
         assert wait_for(lambda: healthz(srv)[0] == 503, 20), srv.server.health()
         status, h = healthz(srv)
@@ -104,8 +107,8 @@ def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_ser
     assert srv.server.health()["overloaded"] >= 2
     for t in senders:
         t.join(120)
-    for g in "FM":  # the open streams: every estimate, the end message, the right label
-        _, events, end = check_stream(out[g])
+    for g, tr in opened:  # the open streams: every estimate, the end message, the right label
+        _, events, end = check_stream(out[g, tr])
         assert [(e["t"], e["label"]) for e in events] == solo_ts(factory, pcm[g])
         assert end["label"] == GENDER[g]
     # the load is gone: accepting again, and a new stream is served
@@ -141,27 +144,61 @@ def test_limits_at_zero_turn_shedding_off_and_bad_values_are_refused(make_server
             ServerConfig(**{field: bad})
 
 
-def test_admission_looks_ahead_with_the_cost_per_stream_learned_in_steady_periods():
+def test_admission_refuses_only_on_measured_overload():
+    """A burst at startup is taken (up to FREE_STREAMS without a look-ahead), then slow start; the learned cost
+    per stream looks ahead; a measured busy fraction or lag refuses only once sustained for SUSTAIN_S, and
+    only with MIN_STREAMS streams open; each refusal names its rule with its figures."""
     n = [0]
-    m = LoadMonitor(None, max_lag=0, max_busy=0.6, streams=lambda: n[0])
-    for _ in range(SLOW_START):  # a burst from nothing gets SLOW_START streams, then waits for the averages
-        assert m.room()
+    m = LoadMonitor(None, max_lag=0.25, max_busy=0.6, streams=lambda: n[0])
+    for _ in range(FREE_STREAMS):  # a burst from nothing (nothing measured yet) is taken...
+        assert m.refusal() is None
         m.admitted()
         n[0] += 1
-    assert not m.room()
-    m.pending, n[0], m.pool_busy, m.loop_busy = 1.0, 20, 0.2, 0.1  # a steady period: 20 streams, 1 % each
+    why = m.refusal()  # ...up to FREE_STREAMS, then waits for the averages
+    assert why.startswith(f"slow start: {FREE_STREAMS} of its {FREE_STREAMS} streams"), why
+    m.pending, n[0], m.pool_busy, m.loop_busy = 1.0, 40, 0.2, 0.1  # a steady period: 40 streams, 0.5 % each
     m._learn(60.0)
-    assert m.pool_cost == pytest.approx(0.01) and m.loop_cost == pytest.approx(0.005)
-    assert m.predicted_busy() == pytest.approx(0.21) and m.room()
-    m.pending, n[0] = 9.0, 29  # a burst up to TRUST x the 20 measured: the learned cost says yes
-    assert m.room()
-    n[0] = 30  # beyond it, at most GROWTH x the streams pending
-    assert TRUST * 20 < 31 and m.pending < GROWTH * 30 and m.room()
-    m.pending = GROWTH * 30
-    assert not m.room()
-    m.pending, n[0] = 0.0, 59  # streams the averages do not show yet: the learned cost does
+    assert m.pool_cost == pytest.approx(0.005) and m.loop_cost == pytest.approx(0.0025)
+    assert m.predicted_busy() == pytest.approx(0.205) and m.room()
+    m.pending, n[0] = 19.0, 59  # a burst up to TRUST x the 40 measured: the learned cost says yes
+    assert TRUST * 40 >= 60 and m.room()
+    n[0] = 61  # beyond it, at most GROWTH x the streams pending
+    assert m.pending < GROWTH * 61 and m.room()
+    m.pending = GROWTH * 61
+    assert m.refusal().startswith("slow start: 30 of its 61 streams"), m.refusal()
+    m.pending, n[0] = 0.0, 119  # streams the averages do not show yet: the learned cost does
     assert m.predicted_busy() == pytest.approx(0.60) and m.room()
-    n[0] = 60
+    n[0] = 120
+    assert m.refusal() == ("one more stream would make it 60% busy (121 streams at the 0.50% each it measured), "
+                           "over --max-busy 0.6")
+    n[0] = 10  # fewer streams: what is measured refuses only once it lasted SUSTAIN_S (not a burst's spike)
+    m.loop_busy = m.pool_busy = 0.7
+    _ticks(m, SUSTAIN_S - 0.1)
+    assert m.room()
+    _ticks(m, 0.2)
+    why = m.refusal()
+    assert why.startswith("its event loop has been over --max-busy 0.6 for 2.") and "(now 70% busy)" in why, why
+    m.loop_busy = m.pool_busy = 0.1
+    _ticks(m, PROBE_S)
+    assert m.room()
+    m.lag_s = 0.3  # and so for the lag, which then refuses until it is back under RESUME_FRACTION of the limit
+    _ticks(m, SUSTAIN_S - 0.1)
+    assert m.room()
+    _ticks(m, 0.2)
+    assert m.refusal().startswith("its work runs 300 ms late (over --max-lag 0.25 s for 2 s"), m.refusal()
+    m.lag_s = 0.2
+    _ticks(m, PROBE_S)
     assert not m.room()
-    n[0], m.loop_busy = 10, 0.7  # what is measured counts too (a storm of handshakes on the loop)
-    assert m.predicted_busy() == 0.7 and not m.room()
+    n[0] = MIN_STREAMS - 1  # with fewer than MIN_STREAMS streams, nothing to shed: the lag is not theirs
+    assert m.room()
+    n[0] = MIN_STREAMS
+    assert not m.room()
+    m.lag_s = RESUME_FRACTION * 0.25 - 0.01
+    _ticks(m, PROBE_S)
+    assert m.room()
+
+
+def _ticks(m: LoadMonitor, seconds: float) -> None:
+    """``seconds`` of probes at the monitor's averages now."""
+    for _ in range(round(seconds / PROBE_S)):
+        m._judge(PROBE_S)

@@ -7,7 +7,7 @@ One asyncio event loop serves two ports:
 
 * ``--port`` (default 8765): WebSocket (``websockets.asyncio.server``); plain HTTP GET on the same
   port serves the browser page (``/``, ``/worklet.js``) and ``/healthz`` (JSON counters).
-* ``--tcp-port`` (default ``--port`` + 1): raw TCP (``asyncio.start_server``): the JSON config line,
+* ``--tcp-port`` (default ``--port`` + 1): raw TCP (asyncio streams): the JSON config line,
   then raw PCM bytes; half-close to end the stream.
 
 The wire protocol (config, audio, ready / estimate / end / error messages) is in
@@ -16,7 +16,7 @@ The wire protocol (config, audio, ready / estimate / end / error messages) is in
 =================  ===================================================================================
 ``config``         :class:`ServerConfig`: every limit, with the defaults of ``serve``
 ``transport``      the connections: raw TCP and WebSocket behind one interface, HTTP answers
-``session``        one stream: read, decode, feed the Engine (inline or in the pool), send; deadlines
+``session``        one stream: read, decode, feed the Engine (in the pool), send; deadlines
 ``admission``      who gets in: counters and stream slots, the pre-auth budget, token backoff, log storms
 ``app``            :class:`StreamServer`: listening, handshake, ``/healthz`` and the page, refusals
 ``engines``        the shared bundle behind every connection's Engine, BLAS on one thread, warm-up
@@ -29,9 +29,9 @@ Design:
   :class:`~realtime.engine.Engine` and its own streaming decoder (:class:`realtime.audio.PcmDecoder`).
 * Inference runs in one bounded ``ThreadPoolExecutor(--workers)``; each connection has at most one
   job in flight, and a job covers at most ``BATCH_SECONDS`` of audio, so the pool's FIFO queue
-  serves streams round-robin and a flood from one client cannot starve the others. Cheap work
-  (decoding, resampling, VAD of audio too short for the engine's next event, as
-  ``Engine.samples_until_event()`` says) runs inline on the event loop.
+  serves streams round-robin and a flood from one client cannot starve the others. Decoding and
+  resampling run inline on the event loop; audio too short for the engine's next event (as
+  ``Engine.samples_until_event()`` says) is held and pushed with the next messages as one array.
 * Backpressure: a connection's coroutine does not read its socket while it processes a message or
   sends its events, so a connection holds at most one message plus the transport's small buffers and
   a fast sender is slowed by TCP flow control instead of being buffered without bound. A client that

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +20,8 @@ from .config import ServerConfig
 from .engines import limit_blas_threads
 from .load import LoadMonitor, TimedExecutor
 from .session import Refusal, StreamSession
-from .transport import ClientGone, Connection, TcpConnection, WsConnection, bounded, http_response, ws_connection_class
+from .transport import (ClientGone, Connection, TcpConnection, WsConnection, bounded, http_response, start_tcp_server,
+                        ws_connection_class)
 
 __all__ = ["StreamServer", "QuietRefusal", "Busy", "WEB_DIR"]
 
@@ -105,14 +107,14 @@ class StreamServer:
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         if self._socks:
             if self._socks[1] is not None:
-                self._tcp_server = await asyncio.start_server(self._tcp_handler, sock=self._socks[1],
+                self._tcp_server = await start_tcp_server(self._tcp_handler, sock=self._socks[1],
                                                               backlog=ACCEPT_BATCH)
         else:
             tcp_port = cfg.tcp_port
             if tcp_port is None:
                 tcp_port = 0 if cfg.port == 0 else self.ws_port + 1
             if tcp_port >= 0:
-                self._tcp_server = await asyncio.start_server(self._tcp_handler, cfg.host, tcp_port,
+                self._tcp_server = await start_tcp_server(self._tcp_handler, cfg.host, tcp_port,
                                                               backlog=ACCEPT_BATCH)
         if self._tcp_server is not None:
             self.tcp_port = self._tcp_server.sockets[0].getsockname()[1]
@@ -229,8 +231,9 @@ class StreamServer:
             config = await self._handshake(conn, task)
             if config is None:
                 return  # evicted or shed (already counted and closed)
-            if not self.load.room():
-                raise self._busy_for_load()  # (no local holds it: a raised exception holds its frames)
+            why = self.load.refusal()
+            if why is not None:
+                raise self._busy_for_load(why)  # (no local holds it: a raised exception holds its frames)
             n = await self._stream_slot(t0)
             if n is None:
                 self.stats["busy"] += 1
@@ -261,7 +264,9 @@ class StreamServer:
             raise
         except Exception as exc:  # a bug or an engine failure: this connection only
             self.stats["internal_errors"] += 1
-            log.exception("%s %s: internal error", conn.kind, conn.peer)
+            # the traceback as text: a log record that kept the exception (a handler that keeps records, as
+            # pytest's does) would keep its frames, and the stream's Engine with them
+            log.error("%s %s: internal error\n%s", conn.kind, conn.peer, traceback.format_exc().rstrip())
             await self._send_error(conn, f"internal server error ({type(exc).__name__}); see the server log")
         finally:
             if counted:
@@ -290,16 +295,13 @@ class StreamServer:
         finally:
             self._slot_waiters -= 1
 
-    def _busy_for_load(self) -> Busy:
-        """Shed load: the refusal (counted) for a new stream when this process has no room for it (see
-        LoadMonitor.room, asked once the client is authenticated, before it takes a slot); the streams
+    def _busy_for_load(self, why: str) -> Busy:
+        """Shed load: the refusal (counted) for a new stream when this process has no room for it (``why``:
+        LoadMonitor.refusal, asked once the client is authenticated, before it takes a slot); the streams
         open go on."""
-        load = self.load
         self.stats["busy"] += 1
         self.stats["overloaded"] += 1
-        retry = load.retry_after()
-        why = (f"its work runs {load.lag_s * 1000:.0f} ms late, over --max-lag {self.config.max_lag:g} s" if not load.lag_ok
-               else f"one more stream would make it {load.predicted_busy():.0%} busy, over --max-busy {self.config.max_busy:g}")
+        retry = self.load.retry_after()
         return Busy(f"server busy: {why}; try again in {retry:g} s", retry)
 
     async def _send_error(self, conn, message: str, fields: dict | None = None) -> None:

@@ -87,7 +87,13 @@ class HopBatcher:
             self._send()
         elif self._timer is None:
             self._timer = self.loop.call_later(self.tick_s, self._tick)
-        return await fut
+        try:
+            return await fut
+        finally:
+            # a failed push's exception, raised here, keeps this frame in its traceback, and the future keeps
+            # the exception: without this, a reference cycle keeping the stream's frames (and its Engine)
+            # until a full garbage collection
+            del fut
 
     def _tick(self) -> None:
         self._timer = None

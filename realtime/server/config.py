@@ -29,11 +29,13 @@ class ServerConfig:
     max_pending_per_address: int = 64  # of those, from one client address
     max_stream_seconds: float = 4 * 3600.0  # of audio, at the declared rate
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # shed load (realtime.server.load): a process refuses new streams (busy) when one more would bring its
-    # event loop's or worker pool's busy fraction over max_busy, or while its smoothed event-loop lag or
-    # pool queue wait is over max_lag seconds; open streams are never cut; 0 turns either limit off.
-    # Off by default until the limits are measured on more machines: `serve --max-busy 0.6 --max-lag 0.25`
-    # are the values measured on the 2-core development VM (README, Streaming over sockets).
+    # shed load (realtime.server.load): a process refuses new streams (busy) only on measured overload: its
+    # event loop's or worker pool's busy fraction over max_busy, or its smoothed event-loop lag or pool queue
+    # wait over max_lag seconds, for 2 s on end; from 32 streams also when its learned cost per stream says one
+    # more would pass max_busy (bursts taken in steps); never with fewer than 3 streams; open streams are
+    # never cut; 0 turns either limit off. Off by default: on a machine loaded by other processes the lag
+    # they cause is measured as the server's own (a storm of connections then got good clients refused too).
+    # `serve --max-busy 0.6 --max-lag 0.25` are the values measured on the 2-core development VM (README).
     max_busy: float = 0.0
     max_lag: float = 0.0
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams

@@ -19,8 +19,8 @@ import time
 import weakref
 
 __all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION",
-           "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "GROWTH", "TRUST",
-           "STEADY_FRACTION"]
+           "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS",
+           "SUSTAIN_S", "MIN_STREAMS"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
 LOAD_WINDOW_S = 1.0  # time constant of the busy fractions' and the lag's averages (exponential, over time)
@@ -30,9 +30,20 @@ RESUME_FRACTION = 0.5  # once refusing for lag, accept again below this fraction
 PENDING_WINDOWS = 2.0
 COST_WINDOW_S = 5.0  # the per-stream costs: averages over the steady periods of about this long
 STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams pending (and >= 4 streams)
-# past TRUST x the most streams of a steady period, at most max(SLOW_START, GROWTH x the streams open) streams
-# pending: a burst of arrivals beyond what was measured is taken in steps that the measurements can follow
-# (the cost per stream grows with the streams: GIL, caches; and the machine's other load comes and goes)
+# Only measured overload refuses a stream:
+# * the averaged lag or busy fraction over its limit at every probe for SUSTAIN_S (not one spike: a burst of
+#   handshakes, the machine's other work for a moment);
+# * from FREE_STREAMS streams open (a count every process serves: on the 2-core development VM a
+#   process saturates past ~110), the look-ahead: the learned cost per stream times the streams plus the
+#   newcomer over --max-busy, and, past TRUST x the most streams of a steady period (where the linear cost was
+#   measured), at most max(SLOW_START, GROWTH x the streams open) streams pending: a burst of arrivals beyond
+#   what was measured is taken in steps that the measurements can follow (the cost per stream grows with the
+#   streams: GIL, caches; and the machine's other load comes and goes).
+# * and never while the process holds fewer than MIN_STREAMS streams: its lag or busy loop then is not its
+#   streams' doing (the machine's other work, a storm of handshakes), and refusing streams would shed nothing.
+SUSTAIN_S = 2.0
+MIN_STREAMS = 3
+FREE_STREAMS = 32
 SLOW_START = 8
 GROWTH = 0.5
 TRUST = 1.5
@@ -98,17 +109,24 @@ class LoadMonitor:
       from :func:`new_event_loop`) and the fraction of the pool's threads' time spent in jobs (on a
       :class:`TimedExecutor`).
 
-    Lag only grows once a process is past what it can do, and a stream admitted then makes every open
-    stream late until streams end, so admission looks ahead. A new stream's work shows in the averages only
-    a second or two after it is admitted (``pending`` counts those streams, decaying over
-    ``PENDING_WINDOWS`` windows), too late for a burst of arrivals; so each process learns what one stream
-    costs of its loop and of its pool (``loop_cost``, ``pool_cost``: busy fraction per stream, averaged over
-    the steady periods, when few streams are pending) and :meth:`predicted_busy` is the larger of what is
-    measured now and that cost times the streams open plus the newcomer. :meth:`room` says yes while the
-    prediction stays at or under ``max_busy``, the lag has not passed ``max_lag`` (after which it says no until the lag is back under
-    ``RESUME_FRACTION`` of it) and, past ``TRUST`` times the most streams of a steady period (where the
-    linear cost was measured), fewer than ``max(SLOW_START, GROWTH x streams)`` are pending. ``streams()`` gives this process's open streams; a limit of 0 is off.
-    ``on_sample(monitor)`` (optional) is called after each probe (the server publishes the figures)."""
+    :meth:`refusal` (and :meth:`room`) refuse a stream only on measured overload (a limit of 0 is off):
+
+    * lag: over ``max_lag`` at every probe for ``SUSTAIN_S``; then no until it is back under
+      ``RESUME_FRACTION`` of it;
+    * busy: the loop's or the pool's busy fraction over ``max_busy`` at every probe for ``SUSTAIN_S``;
+    * the look-ahead, from ``FREE_STREAMS`` streams open. Lag only grows once a process is past
+      what it can do, and a stream admitted then makes every open stream late until streams end; a new
+      stream's work shows in the averages only a second or two after it is admitted (``pending`` counts those
+      streams, decaying over ``PENDING_WINDOWS`` windows), too late for a burst of arrivals. So each process
+      learns what one stream costs of its loop and of its pool (``loop_cost``, ``pool_cost``: busy fraction
+      per stream, averaged over the steady periods, when few streams are pending) and refuses when that cost
+      times the streams open plus the newcomer is over ``max_busy`` (:meth:`predicted_busy`: that, or what
+      is measured now if more), or, past ``TRUST`` times the most streams of a steady period (where the
+      linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending.
+
+    None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams (its load then is not its
+    streams' doing). ``streams()`` gives this process's open streams. ``on_sample(monitor)`` (optional) is
+    called after each probe (the server publishes the figures)."""
 
     def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
                  window: float = LOAD_WINDOW_S, every: float = PROBE_S):
@@ -119,6 +137,7 @@ class LoadMonitor:
         self.pool_cost: float | None = None
         self.pending = 0.0  # admitted streams not yet reflected in the busy fractions
         self.learned_streams = 0  # the most streams open in a steady period
+        self.lag_over_s = self.busy_over_s = 0.0  # how long the lag / busy fraction has been over its limit
         self.lag_ok = True  # with hysteresis
         self.accepting = True  # room() at the last probe
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,16 +160,35 @@ class LoadMonitor:
         return max(self.lag_s / self.max_lag if self.max_lag > 0 else 0.0,
                    self.predicted_busy() / self.max_busy if self.max_busy > 0 else 0.0)
 
-    def room(self) -> bool:
-        """May one more stream come in?"""
-        if not self.lag_ok:
-            return False
-        if self.max_busy <= 0:
-            return True
+    def refusal(self) -> str | None:
+        """Why one more stream may not come in, with the figures (the rule that refuses); None: it may."""
         n = self.streams()
-        if n + 1 > TRUST * self.learned_streams and self.pending >= max(SLOW_START, GROWTH * n):
-            return False  # a burst past what was measured: wait until the averages show the streams just admitted
-        return self.predicted_busy() <= self.max_busy
+        if n < MIN_STREAMS:
+            return None
+        if not self.lag_ok:
+            return (f"its work runs {self.lag_s * 1000:.0f} ms late (over --max-lag {self.max_lag:g} s for "
+                    f"{SUSTAIN_S:g} s; it accepts again under {RESUME_FRACTION * self.max_lag * 1000:.0f} ms)")
+        if self.max_busy <= 0:
+            return None
+        if self.busy_over_s >= SUSTAIN_S:
+            which = "event loop" if self.loop_busy >= self.pool_busy else "worker pool"
+            return (f"its {which} has been over --max-busy {self.max_busy:g} for {self.busy_over_s:.1f} s "
+                    f"(now {max(self.loop_busy, self.pool_busy):.0%} busy)")
+        if n < FREE_STREAMS:
+            return None
+        pending = min(self.pending, n)  # (admitted streams that ended already are not pending)
+        if n + 1 > TRUST * self.learned_streams and pending >= max(SLOW_START, GROWTH * n):
+            return (f"slow start: {pending:.0f} of its {n} streams were admitted too recently to be measured, "
+                    f"and it measured at most {self.learned_streams} streams at once")
+        cost = max(self.loop_cost or 0.0, self.pool_cost or 0.0)
+        if cost * (n + 1) > self.max_busy:
+            return (f"one more stream would make it {cost * (n + 1):.0%} busy ({n + 1} streams at the "
+                    f"{cost:.2%} each it measured), over --max-busy {self.max_busy:g}")
+        return None
+
+    def room(self) -> bool:
+        """May one more stream come in? (:meth:`refusal` says why not.)"""
+        return self.refusal() is None
 
     def admitted(self) -> None:
         """A stream came in (its load shows in the averages over the next ``PENDING_WINDOWS`` windows)."""
@@ -206,6 +244,17 @@ class LoadMonitor:
         self.loop_cost = loop if self.loop_cost is None else self.loop_cost + (loop - self.loop_cost) * b
         self.pool_cost = pool if self.pool_cost is None else self.pool_cost + (pool - self.pool_cost) * b
 
+    def _judge(self, dt: float) -> None:
+        """``dt`` more seconds at the averages now: how long the busy fraction and the lag have been over their
+        limits, and whether the lag is ok (with hysteresis)."""
+        self.busy_over_s = self.busy_over_s + dt if max(self.loop_busy, self.pool_busy) > self.max_busy else 0.0
+        self.lag_over_s = self.lag_over_s + dt if self.lag_s > self.max_lag else 0.0
+        if self.max_lag > 0:
+            if self.lag_ok and self.lag_over_s >= SUSTAIN_S:
+                self.lag_ok = False
+            elif not self.lag_ok and self.lag_s < RESUME_FRACTION * self.max_lag:
+                self.lag_ok = True
+
     def _tick(self) -> None:
         now = self._loop.time()
         dt = max(now - self._last, 1e-6)
@@ -222,11 +271,7 @@ class LoadMonitor:
             self.pool_busy = min(1.0, self.pool_busy + (busy / (dt * self.executor.workers) - self.pool_busy) * a)
         self.pending *= math.exp(-dt / (PENDING_WINDOWS * self.window))
         self._learn(dt)
-        if self.max_lag > 0:
-            if self.lag_ok and self.lag_s > self.max_lag:
-                self.lag_ok = False
-            elif not self.lag_ok and self.lag_s < RESUME_FRACTION * self.max_lag:
-                self.lag_ok = True
+        self._judge(dt)
         self.accepting = self.room()
         if self.on_sample is not None:
             self.on_sample(self)

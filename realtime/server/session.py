@@ -1,11 +1,13 @@
 """One stream of the server: :class:`StreamSession` reads a connection's messages, decodes them, feeds its
-Engine (inline or in the shared worker pool) and sends the events; :class:`Deadline` is the cheap
-per-connection timer behind ``--idle-timeout``."""
+Engine (in the shared worker pool, once its audio may bring an event) and sends the events;
+:class:`Deadline` is the cheap per-connection timer behind ``--idle-timeout``."""
 from __future__ import annotations
 
 import asyncio
 import functools
 from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from ..events import Event
 from ..protocol import ProtocolError, StreamConfig, encode, end_message, parse_control
@@ -85,11 +87,12 @@ class StreamSession:
       what a connection can hold is one message plus the transport's small buffers (websockets'
       ``max_queue`` frames; asyncio's 64 KiB stream buffer, then the kernel's) and a fast sender is
       slowed by TCP flow control. Under load TCP reads coalesce into larger batches by themselves.
-    * Work placement: decoding, resampling and pushes too short to bring an event (fewer samples than
-      ``Engine.samples_until_event()``: VAD only) run inline on the event loop; a push that may end a hop
-      (features + models), a reset and the final flush run in the shared executor, at most one job per
-      connection, so the pool's FIFO queue serves streams round-robin. (Handing every short message to a
-      thread costs more CPU than the VAD it runs.)
+    * Work placement: decoding and resampling run inline on the event loop. The decoded audio is held
+      until it is as long as the engine says its next event needs at the least
+      (``Engine.samples_until_event()``: a shorter push would only run the VAD and bring no event), then
+      pushed as one array: the events come at the same moments and are the same as with a push per message,
+      for a fraction of the per-call work. Those pushes, resets and the final flush run in the shared executor,
+      at most one job per connection, so the pool's FIFO queue serves streams round-robin.
     * Deadlines (``--idle-timeout``) for the next message and for each send are re-armed per message
       on one timer handle per connection (no task or timer per call).
     """
@@ -106,6 +109,8 @@ class StreamSession:
         self.summary_rows: list[dict] = []  # what summarise() reads of each event, kept for the end message
         self.n_events = 0
         self.batch_bytes = max(config.frame_bytes, int(BATCH_SECONDS * config.bytes_per_second))
+        self.held: list = []  # decoded audio too short to bring an event yet (see _prepare)
+        self.held_samples = 0
         loop = asyncio.get_running_loop()
         idle = limits.idle_timeout
         self.idle_watch = Deadline(loop, idle, functools.partial(
@@ -158,30 +163,38 @@ class StreamSession:
                 return
         await self._process([], last=True)
 
-    def _prepare(self, batch: list, last: bool) -> tuple[list, bool]:
+    def _prepare(self, batch: list, last: bool) -> list:
         """Decode and resample (inline: cheap). Returns the engine operations (arrays to push, _RESET,
-        _FLUSH) and whether they may produce an event and classify a window (then they go to a worker
-        thread): audio as long as the engine says its next event needs at the least, a reset, the flush."""
-        ops, heavy, n = [], False, 0
+        _FLUSH) that may produce an event, for a worker thread; the audio that cannot (shorter than
+        ``Engine.samples_until_event()``) is held for the next messages instead, so it costs no job."""
+        ops: list = []
         for item in batch:
             if item is _RESET:
+                self._release(ops)
                 ops.append(_RESET)
-                heavy = True
                 continue
-            x = self.decoder.feed(item)
-            if x.size:
-                ops.append(x)
-                n += x.size
+            self._hold(self.decoder.feed(item))
         if last:
-            x = self.decoder.flush()
-            if x.size:
-                ops.append(x)
+            self._hold(self.decoder.flush())
+            self._release(ops)
             ops.append(_FLUSH)  # the last, partial hop: it may classify a window
-            heavy = True
-        return ops, heavy or (n > 0 and n >= self.engine.samples_until_event())
+        elif self.held_samples and self.held_samples >= self.engine.samples_until_event():
+            self._release(ops)
+        return ops
+
+    def _hold(self, x) -> None:
+        if x.size:
+            self.held.append(x)
+            self.held_samples += x.size
+
+    def _release(self, ops: list) -> None:
+        """The held audio as one push, appended to ``ops``."""
+        if self.held:
+            ops.append(self.held[0] if len(self.held) == 1 else np.concatenate(self.held))
+            self.held, self.held_samples = [], 0
 
     def _steps(self, ops: list) -> Steps:
-        """The engine operations as steps (``Engine.push_steps``): run inline by ``_run``, or batched."""
+        """The engine operations as steps (``Engine.push_steps``), for the batcher."""
         events = []
         for x in ops:
             if x is _RESET:
@@ -193,20 +206,25 @@ class StreamSession:
         return events
 
     def _run(self, ops: list) -> list[Event]:
-        from ..engine import drive  # onnxruntime loads with the first stream, not with the server
-
-        return drive(self._steps(ops))
+        """The engine operations, in a worker: ``Engine.push``, ``reset``, ``flush``."""
+        engine, events = self.engine, []
+        for x in ops:
+            if x is _RESET:
+                engine.reset()
+            elif x is _FLUSH:
+                events += engine.flush()
+            else:
+                events += engine.push(x)
+        return events
 
     async def _process(self, batch: list, last: bool = False) -> None:
-        ops, heavy = self._prepare(batch, last)
+        ops = self._prepare(batch, last)
         if not ops:
             return
-        if heavy and self.batcher is not None:  # --batch-ms: with the other streams' pushes, one job
+        if self.batcher is not None:  # --batch-ms: with the other streams' pushes, one job
             events = await self.batcher.run(self._steps(ops))
-        elif heavy:
-            events = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, ops)
         else:
-            events = self._run(ops)
+            events = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, ops)
         for ev in events:
             self.n_events += 1
             self.summary_rows.append({"window_p_female": ev.window_p_female, "level_dbfs": ev.level_dbfs})

@@ -323,17 +323,21 @@ def add_parser(subparsers) -> None:
                    help="inference threads per process, shared by its streams (default: CPU count / --processes)")
     p.add_argument("--max-busy", type=_arg_type(float, "a fraction", lambda v: 0 <= v <= 1, "between 0 and 1 (0: off)"),
                    default=d.max_busy, metavar="F",
-                   help="shed overload before it happens: a process refuses a new stream (a `busy` error with a "
-                        "`retry_after_s` hint; /healthz answers 503 while no process has room) when one more would "
-                        "make its event loop or its worker pool busier than this fraction of the time (measured "
-                        "over about 1 s, counting the streams it admitted meanwhile); streams already open are "
-                        "never cut; 0: off; 0.6 measured right on a 2-core VM (default: %(default)s)")
+                   help="shed overload: a process refuses a new stream (a `busy` error with a `retry_after_s` "
+                        "hint; /healthz answers 503 while no process has room) while its event loop or its worker "
+                        "pool has been busier than this fraction of the time for 2 s (averaged over about 1 s), "
+                        "or, from 32 streams, when the cost per stream it measured says one more would make it "
+                        "busier (bursts beyond what it measured taken in steps); never with fewer than 3 streams "
+                        "open; streams already open are never cut; 0: off; 0.6 measured right on a 2-core VM "
+                        "(default: %(default)s)")
     p.add_argument("--max-lag", type=_arg_type(float, "a number of seconds", lambda v: math.isfinite(v) and v >= 0,
                                                 "a finite number of seconds >= 0 (0: off)"),
                    default=d.max_lag, metavar="S",
-                   help="shed overload once it happens: while a process's work runs this late (its event loop's "
-                        "lag or its worker pool's queue wait, smoothed over about 1 s), it refuses new streams "
-                        "busy, until the lag is back under half of this; 0: off; 0.25 measured right on a 2-core VM (default: %(default)s)")
+                   help="shed overload once it happens: while a process's work has run this late for 2 s (its "
+                        "event loop's lag or its worker pool's queue wait, smoothed over about 1 s), it refuses new "
+                        "streams busy, until the lag is back under half of this; never with fewer than 3 streams "
+                        "open; on a machine loaded by other processes their load shows as lag too; 0: off; 0.25 "
+                        "measured right on a 2-core VM (default: %(default)s)")
     p.add_argument("--processes", type=_arg_int(1, 1024), default=1, metavar="N",
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")

@@ -13,7 +13,8 @@ import weakref
 from ..protocol import ProtocolError, encode, error_message
 from .config import ServerConfig
 
-__all__ = ["ClientGone", "Connection", "TcpConnection", "WsConnection", "ws_connection_class", "http_response", "bounded"]
+__all__ = ["ClientGone", "Connection", "TcpConnection", "WsConnection", "ws_connection_class", "start_tcp_server",
+           "http_response", "bounded"]
 
 
 async def bounded(aw, seconds: float):
@@ -139,6 +140,27 @@ class TcpConnection(Connection):
         _drop_tracebacks(self.reader.exception())
 
 
+class _TcpProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, keeping the error that ended a connection without its traceback: the
+    protocol's closed future and its reader keep that error (a reset while writing, say), and its traceback
+    holds the frames of the write, which hold the TcpConnection: a reference cycle that kept the connection
+    and its buffers until a full garbage collection."""
+
+    def connection_lost(self, exc):
+        _drop_tracebacks(exc)
+        super().connection_lost(exc)
+
+
+async def start_tcp_server(client_connected_cb, host=None, port=None, **kwargs) -> asyncio.Server:
+    """``asyncio.start_server`` with :class:`_TcpProtocol` (the same streams, without the reference cycle)."""
+    loop = asyncio.get_running_loop()
+
+    def factory():
+        return _TcpProtocol(asyncio.StreamReader(loop=loop), client_connected_cb, loop=loop)
+
+    return await loop.create_server(factory, host, port, **kwargs)
+
+
 try:
     from websockets.exceptions import ConnectionClosed as _ConnectionClosed
 except ImportError:  # pragma: no cover - websockets is a core dependency
@@ -152,7 +174,9 @@ def ws_connection_class():
       ``{"event": "error"}`` text frame now goes out just before that close frame, as for every other
       refusal;
     * an HTTP request that cannot be parsed (e.g. a POST with a body) gets ``405`` / ``400`` instead of a
-      silent close.
+      silent close;
+
+    and it keeps the transport error that ended a connection without its traceback (no reference cycle).
     """
     from websockets.asyncio.server import ServerConnection
     from websockets.exceptions import InvalidMessage
@@ -194,6 +218,14 @@ def ws_connection_class():
             protocol.fail = fail_with_error
             protocol.send_eof = eof_with_response
             super().__init__(protocol, *args, **kwargs)
+
+        def set_connection_exc(self, exc):
+            """The transport error that ended the connection (a reset while sending, say) is kept as the
+            cause of every later ConnectionClosed; its traceback holds the frames of ``send_data`` and the
+            transport's ``write``, which hold this connection: a reference cycle that kept the connection
+            and its buffers until a full garbage collection. The error is kept without its traceback."""
+            super().set_connection_exc(exc)
+            _drop_tracebacks(self.connection_exc)
 
     return _Connection
 
