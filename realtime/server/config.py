@@ -39,7 +39,7 @@ class ServerConfig:
     max_busy: float = 0.0
     max_lag: float = 0.0
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
-    batch_ms: float = 0.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
+    batch_ms: float = 20.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
 
     def __post_init__(self):
         if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
