@@ -256,9 +256,9 @@ class AugmentOptions:
     Pitch shift of up to ``max_semitones`` (probability ``p_pitch``), or instead with probability ``p_voice``
     a WORLD re-synthesis (``world_voice``: median F0 moved into ``voice_f0_range``, formants warped by
     ``1 +- voice_warp``); with probability ``p_room`` a room (``reverb``, RT60 and direct-to-reverberant ratio
-    from ``room_rt60_range`` / ``room_drr_range``); a gain from ``gain_db_range`` (never clipping); noise of a colour from ``colors``
-    at an SNR from ``snr_range`` (probability ``p_noise``); a capture channel from ``channels``
-    (probability ``p_channel``). Shared by ``Augmenter`` (which draws them) and ``AugmentConfig`` (the
+    from ``room_rt60_range`` / ``room_drr_range``); a gain from ``gain_db_range`` (never clipping); noise of a
+    colour from ``colors`` at an SNR from ``snr_range`` (probability ``p_noise``); a capture channel from
+    ``channels`` (probability ``p_channel``). Shared by ``Augmenter`` (which draws them) and ``AugmentConfig`` (the
     training recipe's choice)."""
 
     snr_range: tuple[float, float] = (5.0, 30.0)

@@ -67,7 +67,8 @@ def goals(res: dict) -> dict:
     total = sum((v["mean"] or 0) * v["n"] for v in stages.values())
     share = {k: {"share": 100 * (v["mean"] or 0) * v["n"] / total} for k, v in stages.items()} if total else {}
     name = max(share, key=lambda k: share[k]["share"]) if share else None
-    out["cpu_ms_per_audio_s"]["held_by"] = f"{name} ({share[name]['share']:.0f}% of all compute)" if name else "unknown"
+    out["cpu_ms_per_audio_s"]["held_by"] = (f"{name} ({share[name]['share']:.0f}% of all compute)" if name
+                                            else "unknown")
     out["streams_per_core"]["held_by"] = _holder(stages, "p50", res["per_hop_ms"]["p50"])
     b = res.get("first_estimate_breakdown_s")
     if b:
