@@ -492,7 +492,7 @@ def test_fast_sender_gets_backpressure_instead_of_unbounded_buffering(factory):
 
     def slow_factory():
         engine = factory()
-        push_steps = engine.push_steps  # the sessions call Engine.push, which runs it (and --batch-ms drives it)
+        push_steps = engine.push_steps  # what the sessions drive, batched (--batch-ms) or not
 
         def slow_push_steps(x, *args):
             slowed.append(len(x) / 16000)

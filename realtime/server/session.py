@@ -194,7 +194,7 @@ class StreamSession:
             self.held, self.held_samples = [], 0
 
     def _steps(self, ops: list) -> Steps:
-        """The engine operations as steps (``Engine.push_steps``), for the batcher."""
+        """The engine operations as steps (``Engine.push_steps``): for the batcher, or run by ``_run``."""
         events = []
         for x in ops:
             if x is _RESET:
@@ -206,16 +206,10 @@ class StreamSession:
         return events
 
     def _run(self, ops: list) -> list[Event]:
-        """The engine operations, in a worker: ``Engine.push``, ``reset``, ``flush``."""
-        engine, events = self.engine, []
-        for x in ops:
-            if x is _RESET:
-                engine.reset()
-            elif x is _FLUSH:
-                events += engine.flush()
-            else:
-                events += engine.push(x)
-        return events
+        """The engine operations, in a worker, each window classified inline (as ``Engine.push`` does)."""
+        from ..engine import drive  # onnxruntime loads with the first stream, not with the server
+
+        return drive(self._steps(ops))
 
     async def _process(self, batch: list, last: bool = False) -> None:
         ops = self._prepare(batch, last)
