@@ -28,8 +28,8 @@ in docs/engine_eval_fold0.json, and are summed up in the README and models/MODEL
   brought at least ``min_new_speech_s`` of new speech. A window the bundle's speech check turns away
   gets no gender, and the hops stay non-speech until a window passes. After ``reset_after_silence_s``
   without speech the buffer and the smoother reset, since the next voice may be someone else.
-* Consecutive windows end on whole STFT hops of the speech stream, so ``StreamingExtractor``
-  computes only the frames that are new.
+* Consecutive windows end on whole pitch hops (``frame_alignment``, two STFT hops) of the speech
+  stream, so ``StreamingExtractor`` computes only the frames that are new.
 * Each classified window's level (RMS, dB re full scale) is reported, and ``summarise`` warns when a
   recording's speech sits outside ``level_range_dbfs``, the levels the models were trained on: the
   features carry the input level, and audio much quieter than the training audio leans female.
@@ -138,7 +138,7 @@ class Engine:
         self.extractor = FeatureExtractor(self.bundle.definition)
         self.streaming = StreamingExtractor(self.extractor)
         self.window_samples = self.bundle.definition.window_samples
-        self.stft_hop = self.bundle.definition.hop_length
+        self.align = self.bundle.definition.frame_alignment
         th = self.bundle.thresholds
         self.vad = VadGate(cfg.vad_aggressiveness, frame_ms=VAD_FRAME_MS, sample_rate=SAMPLE_RATE)
         self.smoother = Smoother(cfg.forget_s, cfg.hop_s, threshold_female=th["female"], threshold_male=th["male"],
@@ -148,7 +148,7 @@ class Engine:
         self.hop_frames = round(cfg.hop_s * 1000 / VAD_FRAME_MS)
         self.first_samples = int(cfg.first_window_s * SAMPLE_RATE)
         self.min_new = int(cfg.min_new_speech_s * SAMPLE_RATE)
-        self.speech = SpeechBuffer(self.window_samples + self.stft_hop)
+        self.speech = SpeechBuffer(self.window_samples + self.align)
         self.reset()
 
     def reset(self) -> None:
@@ -173,9 +173,9 @@ class Engine:
         self._classified = False  # whether a window of this voice was classified yet
 
     def _window(self) -> tuple[np.ndarray, int | None]:
-        """The newest 2 s of speech, ending on a whole STFT hop of the speech stream so that the
+        """The newest 2 s of speech, ending on a whole pitch hop of the speech stream so that the
         streaming extractor can reuse the previous window's frames; shorter speech is wrap-padded."""
-        lag = self._speech_pos % self.stft_hop
+        lag = self._speech_pos % self.align
         if self.speech.size - lag >= self.window_samples:
             return self.speech.latest(self.window_samples, lag=lag), self._speech_pos - lag - self.window_samples
         return fit_window(self.speech.latest(), self.window_samples), None

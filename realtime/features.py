@@ -10,9 +10,10 @@ Two outputs per 2-second window of 16 kHz mono audio:
 * ``mfcc``: a 40 x 87 MFCC matrix for the CNNs (hop 368 at 16 kHz gives 87 frames per 2 s).
 
 Everything comes from one framing of the window and one real FFT: the magnitude spectrogram
-feeds every spectral feature, the power spectrogram feeds mel/MFCC and chroma, and the same
-zero-padded frames feed YIN's autocorrelation. Only numpy and scipy.fft: no librosa, numba or
-TensorFlow on the live path.
+feeds every spectral feature, the power spectrogram feeds mel/MFCC and chroma, and every second
+one of the same zero-padded frames feeds YIN's autocorrelation (``pitch_hop_length``: pitch is the
+costliest feature, and 44 pitch frames summarise a window's F0). Only numpy and scipy.fft: no
+librosa, numba or TensorFlow on the live path.
 
 Each per-frame feature equals the librosa 0.11 call it stands for, with every parameter passed
 explicitly (tests/test_features_parity.py states the call and the tolerance). One deliberate
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -44,7 +46,7 @@ _TINY32 = np.finfo(np.float32).tiny
 class FeatureDefinition:
     """Every parameter of the features. Frozen: a changed parameter is a different definition."""
 
-    version: int = 1
+    version: int = 2
     sr: int = 16000
     window_seconds: float = 2.0
     min_seconds: float = 0.5  # shorter clips are refused; between this and a window: wrap-padded
@@ -73,7 +75,8 @@ class FeatureDefinition:
     chroma_tuning: float = 0.0
     chroma_ctroct: float = 5.0
     chroma_octwidth: float = 2.0
-    # pitch (librosa.yin with frame_length=n_fft, centred, zero-padded)
+    # pitch (librosa.yin with frame_length=n_fft, centred, zero-padded, on every second STFT frame)
+    pitch_hop_length: int = 736  # a multiple of hop_length
     pitch_fmin: float = 60.0
     pitch_fmax: float = 400.0
     yin_trough_threshold: float = 0.1
@@ -94,6 +97,17 @@ class FeatureDefinition:
         if self.center:
             return 1 + self.window_samples // self.hop_length
         return 1 + (self.window_samples - self.n_fft) // self.hop_length
+
+    @property
+    def n_pitch_frames(self) -> int:
+        if self.center:
+            return 1 + self.window_samples // self.pitch_hop_length
+        return 1 + (self.window_samples - self.n_fft) // self.pitch_hop_length
+
+    @property
+    def frame_alignment(self) -> int:
+        """Windows whose starts differ by a multiple of this many samples share their STFT and pitch frames."""
+        return math.lcm(self.hop_length, self.pitch_hop_length)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -253,9 +267,11 @@ class FeatureExtractor:
 
     Internally every per-frame quantity of a window lives in one float32 matrix ``Q`` (rows =
     quantities, columns = frames; row layout in ``self.rows``), beside a float64 ``D`` for spectral
-    contrast's peak / valley dB (librosa computes those in float64). The summarised rows of Q come
-    first, in ``FRAME_FEATURES`` order, so the summaries are a few reductions over one block, and
-    the streaming extractor moves reused frames with one copy per matrix. Every step repeats the
+    contrast's peak / valley dB (librosa computes those in float64) and a float32 ``F`` for pitch
+    (rows f0 and periodicity, columns = pitch frames, every ``pitch_stride``-th STFT frame). The
+    summarised rows of Q come first, in ``FRAME_FEATURES`` order, so the summaries are a few
+    reductions over one block, and the streaming extractor moves reused frames with one copy per
+    matrix. Every step repeats the
     previous implementation's arithmetic (tests/test_features_pinned.py keeps that implementation),
     so the outputs are the same to the bit on the real windows compared. The extractor keeps no
     per-call state, so one instance may serve many streams.
@@ -278,9 +294,15 @@ class FeatureExtractor:
         self._sorted_bands = [(k, rows[0], rows[-1] + 1, n_q) for k, (rows, n_q) in enumerate(self._contrast_bands) if n_q > 1]
         self._min_period = int(np.floor(d.sr / d.pitch_fmax))
         self._max_period = min(int(np.ceil(d.sr / d.pitch_fmin)), d.n_fft - 1)
-        self._acf_n = scipy.fft.next_fast_len(2 * d.n_fft - 1, real=True)
+        # the autocorrelation up to the longest period, free of circular wrap-around: n_fft + max_period points
+        # suffice (librosa pads to 2 * n_fft; the lags it keeps are the same sums)
+        self._acf_n = scipy.fft.next_fast_len(d.n_fft + self._max_period, real=True)
         self._lag_count = np.arange(1, self._max_period + 1, dtype=np.float32)
-        self._frame_index = np.arange(d.n_frames)
+        self.pitch_stride, rem = divmod(d.pitch_hop_length, d.hop_length)
+        if rem or self.pitch_stride < 1:
+            raise ValueError(f"pitch_hop_length ({d.pitch_hop_length}) must be a whole multiple of hop_length "
+                             f"({d.hop_length})")
+        self._frame_index = np.arange(d.n_pitch_frames)
         self._neighbours = np.array([-1, 0, 1])
         self.rows = self._make_rows()
         self.stat_names = self._make_names()
@@ -311,11 +333,11 @@ class FeatureExtractor:
         return bands
 
     def _make_rows(self) -> dict[str, slice]:
-        """Row layout of Q: FRAME_FEATURES first (the summarised block), then pitch and the mel spectrum in dB
-        (before the window's top_db clipping, so that a reused frame keeps its logarithms)."""
+        """Row layout of Q: FRAME_FEATURES first (the summarised block), then the mel spectrum in dB (before the
+        window's top_db clipping, so that a reused frame keeps its logarithms)."""
         d = self.definition
         sizes = {"zcr": 1, "tonnetz": 6, "rolloff": 1, "flatness": 1, "contrast": d.contrast_bands + 1, "bandwidth": 1,
-                 "centroid": 1, "rms": 1, "f0": 1, "periodicity": 1, "mel_db": d.n_mels}
+                 "centroid": 1, "rms": 1, "mel_db": d.n_mels}
         rows, r = {}, 0
         for name, size in sizes.items():  # FRAME_FEATURES order first
             rows[name] = slice(r, r + size)
@@ -348,13 +370,14 @@ class FeatureExtractor:
             raise AudioError("window contains NaN or infinite samples")
         return x
 
-    def _frame_views(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All frames of a window as strided views, (T, n_fft): zero-padded (STFT, YIN) and edge-padded (ZCR).
-        Two small buffers instead of np.pad, whose Python costs more than the copies."""
+    def _frame_views(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All frames of a window as strided views, (T, n_fft): zero-padded (STFT) and edge-padded (ZCR), and the
+        pitch frames (every ``pitch_stride``-th zero-padded frame). Two small buffers instead of np.pad, whose
+        Python costs more than the copies."""
         d = self.definition
         if not d.center:
             v = np.lib.stride_tricks.sliding_window_view(x, d.n_fft)[:: d.hop_length]
-            return v, v
+            return v, v, v[:: self.pitch_stride]
         half = d.n_fft // 2
         zpad = np.zeros(x.size + 2 * half, dtype=np.float32)
         zpad[half:-half] = x
@@ -363,15 +386,18 @@ class FeatureExtractor:
         epad[-half:] = x[-1]
         # frame j = pad[j * hop : j * hop + n_fft]; the plain constructor, as sliding_window_view costs ~10 us of Python
         shape, strides = (d.n_frames, d.n_fft), (d.hop_length * 4, 4)
-        return np.ndarray(shape, np.float32, zpad, 0, strides), np.ndarray(shape, np.float32, epad, 0, strides)
+        zframes = np.ndarray(shape, np.float32, zpad, 0, strides)
+        return zframes, np.ndarray(shape, np.float32, epad, 0, strides), zframes[:: self.pitch_stride]
 
-    def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, *, keep_spectrum: bool = False,
-                     segments: np.ndarray | None = None):
-        """Per-frame quantities of the given frames: Q's rows (``self.rows``) for those columns, and D, the dB of
-        spectral contrast's peaks and valleys (float64, as librosa; rows: peaks then valleys). The contrast rows
-        of Q are left for :meth:`_assemble`: they need the whole window. Returns (Q, D), and S if asked.
+    def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, pframes: np.ndarray, *,
+                     keep_spectrum: bool = False, segments: np.ndarray | None = None):
+        """Per-frame quantities of the given frames: Q's rows (``self.rows``) for those columns, D, the dB of
+        spectral contrast's peaks and valleys (float64, as librosa; rows: peaks then valleys), and F, the pitch
+        of the given pitch frames (rows f0, periodicity). The contrast rows of Q are left for :meth:`_assemble`:
+        they need the whole window. Returns (Q, D, F), and S if asked.
 
-        ``zframes`` are zero-padded frames (STFT and YIN), ``eframes`` the same frames edge-padded (ZCR).
+        ``zframes`` are zero-padded frames (STFT), ``eframes`` the same frames edge-padded (ZCR), ``pframes``
+        zero-padded pitch frames (YIN), not necessarily the same frames' pitch.
         Each quantity is the arithmetic of the definition, operation for operation, row by row, so the
         elementwise and per-row work does not depend on which frames are computed together. The four matrix
         products (mel, centroid, chroma, tonnetz) are the exception: BLAS rounds by the shape of the call.
@@ -415,16 +441,19 @@ class FeatureExtractor:
         # sign bits after zeroing |x| <= threshold: exactly "x < -threshold"
         signs = eframes < -d.zcr_threshold
         out[R["zcr"].start] = np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / d.n_fft
-        self._yin(zframes, out[R["f0"].start], out[R["periodicity"].start])
-        return (out, D, S) if keep_spectrum else (out, D)
+        F = np.empty((2, pframes.shape[0]), dtype=np.float32)
+        if pframes.shape[0]:
+            self._yin(pframes, F[0], F[1])
+        return (out, D, F, S) if keep_spectrum else (out, D, F)
 
     def frame_features(self, window: np.ndarray) -> dict[str, np.ndarray]:
         """Every per-frame feature of one window in librosa's orientation, {name: (rows, n_frames)}:
         the stat features, 'mfcc', 'S' (magnitude spectrogram), 'f0' and 'periodicity'."""
-        Q, D, S = self._frame_block(*self._frame_views(self._check(window)), keep_spectrum=True)
+        Q, D, F, S = self._frame_block(*self._frame_views(self._check(window)), keep_spectrum=True)
         self._contrast(Q, D)
         out = {name: Q[self.rows[name]].copy() for name in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
-                                                             "tonnetz", "zcr", "f0", "periodicity", "contrast")}
+                                                             "tonnetz", "zcr", "contrast")}
+        out["f0"], out["periodicity"] = F[:1].copy(), F[1:].copy()
         out["S"] = S.T
         out["mfcc"] = self._mfcc(Q)
         return out
@@ -501,9 +530,10 @@ class FeatureExtractor:
         (mean,), (std,) = _mean_std(lf[None, :])
         return np.array([p50, mean, std, p10, p90, frac, per_mean], dtype=np.float32)
 
-    def _assemble(self, Q: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame quantities of one window (Q, D from :meth:`_frame_block`) -> (stats, mfcc). Fills Q's contrast rows."""
-        d, R = self.definition, self.rows
+    def _assemble(self, Q: np.ndarray, D: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame quantities of one window (Q, D, F from :meth:`_frame_block`) -> (stats, mfcc). Fills Q's
+        contrast rows."""
+        d = self.definition
         mfcc = self._mfcc(Q)
         self._contrast(Q, D)
         # (rows, T) in FRAME_FEATURES order. Column-major, as the reference implementation happened to stack it:
@@ -514,10 +544,10 @@ class FeatureExtractor:
                "max": lambda: np.maximum.reduce(m, axis=1), "std": lambda: std}
         frame_stats = np.stack([fns[s]() for s in d.summaries], axis=1).ravel()
         mfcc_stats = np.stack(_mean_std(mfcc[: d.mfcc_summary_coeffs]), axis=1).ravel()
-        pitch = self._pitch_summary(Q[R["f0"].start], Q[R["periodicity"].start])
+        pitch = self._pitch_summary(F[0], F[1])
         return np.concatenate((frame_stats, pitch, mfcc_stats)), mfcc
 
-    def _window_block(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _window_block(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._frame_block(*self._frame_views(x))
 
     def extract(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -540,9 +570,11 @@ class StreamingExtractor:
     """``FeatureExtractor.extract`` for successive windows of one stream, computing only the frames that changed.
 
     Give each window with ``start``, its position in the stream in samples. When it moved by a
-    whole number of hops since the previous window, the frames that lie wholly inside both windows
-    (away from the zero-padded edges) are taken from the previous window instead of recomputed:
-    at a 0.5 s hop about 25 of 87 frames are new. The result equals ``extract(window)`` (same
+    whole number of STFT hops since the previous window, the STFT frames that lie wholly inside both
+    windows (away from the zero-padded edges) are taken from the previous window instead of
+    recomputed: at a 0.5 s hop about 25 of 87 frames are new. The pitch frames are reused alike when
+    the move is a whole number of pitch hops (``FeatureDefinition.frame_alignment``: the live engine
+    aligns its windows so), and all recomputed otherwise. The result equals ``extract(window)`` (same
     per-frame arithmetic; tests/test_features_streaming.py checks it).
     """
 
@@ -550,66 +582,85 @@ class StreamingExtractor:
         self.fe = extractor
         d = extractor.definition
         self.hop = d.hop_length
-        j = np.arange(d.n_frames)
-        self._interior = (j * d.hop_length - d.n_fft // 2 >= 0) & (j * d.hop_length + d.n_fft // 2 <= d.window_samples)
-        self._todo: dict[int, np.ndarray] = {}  # shift -> frames to compute afresh
+        self._interior = self._interior_frames(d.n_frames, d.hop_length)
+        self._pitch_interior = self._interior_frames(d.n_pitch_frames, d.pitch_hop_length)
+        self._todo: dict[tuple[bool, int], np.ndarray] = {}  # (pitch?, shift) -> frames to compute afresh
         self.reset()
+
+    def _interior_frames(self, n: int, hop: int) -> np.ndarray:
+        d = self.fe.definition
+        j = np.arange(n)
+        return (j * hop - d.n_fft // 2 >= 0) & (j * hop + d.n_fft // 2 <= d.window_samples)
 
     def reset(self) -> None:
         self._start: int | None = None
         self._Q: np.ndarray | None = None  # the previous window's per-frame quantities (FeatureExtractor._frame_block)
         self._D: np.ndarray | None = None
-        self.reused_frames = 0
+        self._F: np.ndarray | None = None
+        self.reused_frames = 0  # STFT frames
         self.computed_frames = 0
+        self.reused_pitch_frames = 0
 
-    def _fresh(self, shift: int) -> np.ndarray:
-        """Frames of the new window that are not interior frames of both windows, shift hops apart."""
-        todo = self._todo.get(shift)
+    def _fresh(self, pitch: bool, shift: int) -> np.ndarray:
+        """Frames (STFT or pitch) of the new window that are not interior frames of both windows, shift hops apart."""
+        todo = self._todo.get((pitch, shift))
         if todo is None:
-            n = len(self._interior)
+            interior = self._pitch_interior if pitch else self._interior
+            n = len(interior)
             j = np.arange(n)
-            reuse = self._interior & (j + shift < n)
-            reuse[reuse] &= self._interior[j[reuse] + shift]
-            todo = self._todo[shift] = np.flatnonzero(~reuse)
+            reuse = interior & (j + shift < n)
+            reuse[reuse] &= interior[j[reuse] + shift]
+            todo = self._todo[pitch, shift] = np.flatnonzero(~reuse)
         return todo
 
     def plan(self, window: np.ndarray, start: int | None = None) -> FramePlan:
         """What ``extract(window, start)`` must compute afresh, given the previous window (no state changes)."""
         fe = self.fe
         x = fe._check(window)
-        n = len(self._interior)
         shift = None
         if start is not None and self._start is not None and start >= self._start and (start - self._start) % self.hop == 0:
             shift = (start - self._start) // self.hop
-        zv, ev = fe._frame_views(x)
-        if shift is None or shift >= n:
-            return FramePlan(start, None, None, zv, ev)
-        todo = self._fresh(shift)
-        return FramePlan(start, shift, todo, zv[todo], ev[todo])
+        zv, ev, pv = fe._frame_views(x)
+        if shift is None or shift >= len(self._interior):
+            return FramePlan(start, None, None, zv, ev, None, pv)
+        todo = self._fresh(False, shift)
+        if shift % fe.pitch_stride:
+            return FramePlan(start, shift, todo, zv[todo], ev[todo], None, pv)
+        ptodo = self._fresh(True, shift // fe.pitch_stride)
+        return FramePlan(start, shift, todo, zv[todo], ev[todo], ptodo, pv[ptodo])
 
-    def complete(self, plan: FramePlan, Q: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``extract``'s result from its plan and the fresh frames' (Q, D) (``FeatureExtractor._frame_block`` of
-        ``plan.zframes, plan.eframes``); keeps this window's frames for the next one."""
-        n = len(self._interior)
+    def complete(self, plan: FramePlan, Q: np.ndarray, D: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``extract``'s result from its plan and the fresh frames' (Q, D, F) (``FeatureExtractor._frame_block`` of
+        ``plan.zframes, plan.eframes, plan.pframes``); keeps this window's frames for the next one."""
         if plan.todo is None:
             Q, D = np.ascontiguousarray(Q), np.ascontiguousarray(D)  # a batch's columns become this window's own
-            self.computed_frames += n
+            self.computed_frames += Q.shape[1]
         else:
-            fresh_Q, fresh_D = Q, D
-            Q, D = self._Q, self._D
-            if plan.shift:  # frame j of the new window is frame j + shift of the old one
-                Q[:, : n - plan.shift] = Q[:, plan.shift:]
-                D[:, : n - plan.shift] = D[:, plan.shift:]
-            Q[:, plan.todo], D[:, plan.todo] = fresh_Q, fresh_D
-            self.reused_frames += n - plan.todo.size
+            Q, D = _moved(self._Q, Q, plan.shift, plan.todo), _moved(self._D, D, plan.shift, plan.todo)
+            self.reused_frames += Q.shape[1] - plan.todo.size
             self.computed_frames += plan.todo.size
-        self._start, self._Q, self._D = plan.start, Q, D
-        return self.fe._assemble(Q, D)
+        if plan.ptodo is None:
+            F = np.ascontiguousarray(F)
+        else:
+            F = _moved(self._F, F, plan.shift // self.fe.pitch_stride, plan.ptodo)
+            self.reused_pitch_frames += F.shape[1] - plan.ptodo.size
+        self._start, self._Q, self._D, self._F = plan.start, Q, D, F
+        return self.fe._assemble(Q, D, F)
 
     def extract(self, window: np.ndarray, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(stats, mfcc) of this window of the stream (``start``: its first sample's position; None: unknown)."""
         plan = self.plan(window, start)
-        return self.complete(plan, *self.fe._frame_block(plan.zframes, plan.eframes))
+        return self.complete(plan, *self.fe._frame_block(plan.zframes, plan.eframes, plan.pframes))
+
+
+def _moved(old: np.ndarray, fresh: np.ndarray, shift: int, todo: np.ndarray) -> np.ndarray:
+    """The previous window's per-frame matrix ``old``, in place, moved ``shift`` frames left (frame j of the new
+    window is frame j + shift of the old one), with the fresh frames' columns written at ``todo``."""
+    n = old.shape[1]
+    if shift:
+        old[:, : n - shift] = old[:, shift:]
+    old[:, todo] = fresh
+    return old
 
 
 class FramePlan(NamedTuple):
@@ -617,9 +668,11 @@ class FramePlan(NamedTuple):
 
     start: int | None
     shift: int | None  # STFT hops since the previous window; None: every frame is new
-    todo: np.ndarray | None  # the indices of the new frames; None: all
+    todo: np.ndarray | None  # the indices of the new STFT frames; None: all
     zframes: np.ndarray  # those frames, zero-padded (T, n_fft)
     eframes: np.ndarray  # the same, edge-padded
+    ptodo: np.ndarray | None  # the indices of the new pitch frames; None: all
+    pframes: np.ndarray  # those pitch frames, zero-padded (P, n_fft)
 
 
 #: fresh frames per ``_frame_block`` call in :func:`extract_streams`: a few windows' worth share the per-call cost
@@ -659,8 +712,11 @@ def _complete_block(fe: FeatureExtractor, group: list[tuple[StreamingExtractor, 
     """The fresh frames of a few windows in one ``_frame_block`` call, then each window completed by its stream."""
     if len(group) == 1:
         sx, plan = group[0]
-        return [sx.complete(plan, *fe._frame_block(plan.zframes, plan.eframes))]
+        return [sx.complete(plan, *fe._frame_block(plan.zframes, plan.eframes, plan.pframes))]
     segments = np.cumsum([0] + [len(plan.zframes) for _, plan in group])
-    Q, D = fe._frame_block(np.concatenate([plan.zframes for _, plan in group]),
-                           np.concatenate([plan.eframes for _, plan in group]), segments=segments)
-    return [sx.complete(plan, Q[:, lo:hi], D[:, lo:hi]) for (sx, plan), lo, hi in zip(group, segments[:-1], segments[1:])]
+    psegments = np.cumsum([0] + [len(plan.pframes) for _, plan in group])
+    Q, D, F = fe._frame_block(np.concatenate([plan.zframes for _, plan in group]),
+                              np.concatenate([plan.eframes for _, plan in group]),
+                              np.concatenate([plan.pframes for _, plan in group]), segments=segments)
+    return [sx.complete(plan, Q[:, lo:hi], D[:, lo:hi], F[:, plo:phi])
+            for (sx, plan), lo, hi, plo, phi in zip(group, segments[:-1], segments[1:], psegments[:-1], psegments[1:])]

@@ -132,7 +132,7 @@ def test_live_features_equal_offline_features_of_the_same_window(bundle, voices)
             assert e["window_p_female"] == pytest.approx(p, abs=1e-3)
             checked += 1
     assert checked >= 10
-    assert engine.streaming.reused_frames > 0
+    assert engine.streaming.reused_frames > 0 and engine.streaming.reused_pitch_frames > 0  # windows aligned to pitch hops
 
 
 def test_female_pause_male_flips_within_bound(bundle, voices):

@@ -1,8 +1,8 @@
 """The optimised extractor still computes what the models were trained on.
 
 ``_reference`` below is the straightforward implementation of the feature definition as it stood
-when the bundled models were trained (version 1, before the per-hop optimisations): one numpy
-expression per quantity, frames first. The live extractor (batch and streaming) must give the
+when the bundled models were trained (version 2: version 1, before the per-hop optimisations, with
+pitch on every second frame): one numpy expression per quantity, frames first. The live extractor (batch and streaming) must give the
 same stats and MFCC on many real windows, at the tolerances of tests/test_features_streaming.py,
 and the same per-frame pitch (a YIN lag that flipped would show there even when a summary hides it).
 """
@@ -25,7 +25,7 @@ def _power_to_db(x, amin, top_db):
 
 def _yin(fe, frames):
     d, lo, hi = fe.definition, fe._min_period, fe._max_period
-    n = scipy.fft.next_fast_len(2 * d.n_fft - 1, real=True)
+    n = fe._acf_n  # n_fft + max_period points: no wrap-around at the lags kept
     spec = scipy.fft.rfft(frames, n=n, axis=1)
     acf = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=n, axis=1)[:, : hi + 1]
     energy = np.cumsum(frames[:, :hi] * frames[:, :hi], axis=1)
@@ -51,7 +51,8 @@ def _yin(fe, frames):
 
 
 def _reference(fe, x):
-    """(stats, mfcc, f0 per frame) of one window, computed the way version 1 was written."""
+    """(stats, mfcc, f0 per pitch frame) of one window, computed the way version 1 was written, pitch on every
+    second frame."""
     d = fe.definition
     half = d.n_fft // 2
     view = np.lib.stride_tricks.sliding_window_view
@@ -86,7 +87,7 @@ def _reference(fe, x):
     q["tonnetz"] = (chroma / np.where(c1 > _TINY32, c1, 1.0)) @ fe._tonnetz.T
     signs = np.signbit(np.where(np.abs(eframes) <= d.zcr_threshold, 0.0, eframes))
     q["zcr"] = (np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / d.n_fft).astype(np.float32)
-    f0, periodicity = _yin(fe, zframes)
+    f0, periodicity = _yin(fe, zframes[:: d.pitch_hop_length // d.hop_length])
     # window level
     mfcc = fe._dct @ _power_to_db(P @ fe._mel.T, d.db_amin, d.mfcc_top_db).astype(np.float32).T
     q["contrast"] = (_power_to_db(peak.T, d.db_amin, 80.0) - _power_to_db(valley.T, d.db_amin, 80.0)).astype(np.float32)
@@ -133,7 +134,8 @@ def test_batch_and_streaming_equal_the_reference_implementation(stream_windows):
                 np.testing.assert_allclose(mfcc, m_ref, rtol=1e-5, atol=1e-3)
                 np.testing.assert_allclose(stats, s_ref, rtol=1e-4, atol=1e-4)
         assert sx.reused_frames >= (len(windows) - 1) * (DEFAULT.n_frames - 25)
-    assert voiced_frames > 5000  # real speech: the pitch comparison covered many voiced frames
+        assert sx.reused_pitch_frames >= (len(windows) - 1) * (DEFAULT.n_pitch_frames - 14)  # 22 hops: 11 pitch hops
+    assert voiced_frames > 2500  # real speech: the pitch comparison covered many voiced (pitch) frames
 
 
 def test_percentiles_equal_numpy():
