@@ -36,8 +36,8 @@ class ServerConfig:
     # never cut; 0 turns either limit off. Off by default: on a machine loaded by other processes the lag
     # they cause is measured as the server's own (a storm of connections then got good clients refused too).
     # `serve --max-busy 0.6 --max-lag 0.25` are the values measured on the 2-core development VM (README).
-    max_busy: float = 0.0
-    max_lag: float = 0.0
+    max_busy: float = 0.6
+    max_lag: float = 0.25
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
     batch_ms: float = 20.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
 

@@ -19,7 +19,6 @@ from .admission import Counters
 from .app import StreamServer
 from .config import MAX_BATCH_MS, ServerConfig
 from .engines import warm_up
-from .load import new_event_loop
 
 __all__ = ["ServerThread", "add_parser"]
 
@@ -50,7 +49,7 @@ class ServerThread:
         return self
 
     def _run(self) -> None:
-        loop = self.loop = new_event_loop()
+        loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
 
         async def main():
@@ -147,25 +146,10 @@ def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: in
         await server.aclose()
 
     try:
-        _run(main())
+        asyncio.run(main())
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _run(coro) -> None:
-    """``asyncio.run(coro)`` on :func:`new_event_loop` (its busy fraction is part of the load signal)."""
-    if hasattr(asyncio, "Runner"):  # Python >= 3.11
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(coro)
-        return
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def _child_process(args, cfg: ServerConfig, sockets: tuple, processes: int, counters: Counters, index: int) -> None:
