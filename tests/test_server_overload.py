@@ -65,9 +65,10 @@ def spin(seconds: float) -> None:
 
 class Starve:
     """Keep the server overloaded from another thread until stopped: ``"loop"`` makes its event loop compute
-    for 0.3 s (CPU time) every 0.35 s; ``"pool"`` keeps its (one) worker thread computing in 0.3 s jobs;
-    ``"sleep"`` blocks its event loop as ``"loop"`` does but in ``time.sleep``: late, using no CPU (as when
-    other processes take the cores)."""
+    for 0.3 s (CPU time), free it for 0.05 s, again; ``"pool"`` keeps its (one) worker thread computing in
+    0.3 s jobs; ``"sleep"`` blocks its event loop as ``"loop"`` does but in ``time.sleep``: late, using no
+    CPU (as when other processes take the cores). One block at a time: on a machine busy with other work
+    they take longer, they do not pile up."""
 
     def __init__(self, srv, where: str):
         self.srv, self.where = srv, where
@@ -77,8 +78,11 @@ class Starve:
     def _run(self) -> None:
         while not self.stop.is_set():
             if self.where in ("loop", "sleep"):
-                self.srv.loop.call_soon_threadsafe(spin if self.where == "loop" else time.sleep, 0.3)
-                time.sleep(0.35)
+                done = threading.Event()
+                block = spin if self.where == "loop" else time.sleep
+                self.srv.loop.call_soon_threadsafe(lambda: (block(0.3), done.set()))
+                done.wait(10)
+                time.sleep(0.05)
             else:
                 self.srv.server.executor.submit(spin, 0.3).result()
 
@@ -93,8 +97,9 @@ class Starve:
 
 @pytest.mark.parametrize("where, limit", [("loop", "lag"), ("pool", "busy"), ("loop", "busy"), ("pool", "lag")])
 def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_server, factory, pcm, where, limit):
-    """``limit``: which of --max-lag (0.1 s) and --max-busy (0.5) is on."""
-    srv = make_server(workers=1, **({"max_lag": 0.1, "max_busy": 0} if limit == "lag" else {"max_lag": 0, "max_busy": 0.5}))
+    """``limit``: which of --max-lag (0.1 s) and --max-busy (0.15: on a machine busy with other work the
+    overloaded thread gets only its share of a core, 0.3 at a load of 5 on 2 cores) is on."""
+    srv = make_server(workers=1, **({"max_lag": 0.1, "max_busy": 0} if limit == "lag" else {"max_lag": 0, "max_busy": 0.15}))
     status, h = healthz(srv)
     assert status == 200 and h["accepting"] is True and h["load"] < 1 and "lag_ms" in h, h
     # MIN_STREAMS streams open before the overload (fewer are never shed for), paced at real time: they must
@@ -132,7 +137,7 @@ def test_overload_refuses_new_streams_busy_keeps_open_ones_and_recovers(make_ser
 def test_lateness_without_own_cpu_refuses_nothing(make_server, pcm):
     """The event loop blocked in sleeps (0.3 s of every 0.35 s: as late as the overload above, but using no
     CPU) with both limits on and MIN_STREAMS streams open: the lag shows in /healthz, nothing is refused."""
-    srv = make_server(workers=1, max_lag=0.1, max_busy=0.5)
+    srv = make_server(workers=1, max_lag=0.1, max_busy=0.15)
     out: list = []
     senders = [threading.Thread(target=lambda g=g: out.append(session(srv, "tcp", {}, pieces(pcm[g], 3200),
                                                                           delay=0.1))) for g in "FMF"[:MIN_STREAMS]]
@@ -144,7 +149,7 @@ def test_lateness_without_own_cpu_refuses_nothing(make_server, pcm):
         status, h = healthz(srv)
         p = h["processes_load"][0]
         assert status == 200 and h["accepting"] is True and h["lag_ms"] > 100 and h["cpu"] < MIN_CPU, h
-        assert p["loop_cpu"] < 0.5 and h["load"] < 1, h
+        assert p["loop_cpu"] < 0.15 and h["load"] < 1, h
         _, _, end = check_stream(tcp_session(srv.server.tcp_port, {}, pieces(pcm["M"][:32000], 3200)))
     for t in senders:
         t.join(120)
@@ -171,7 +176,7 @@ def test_limits_at_zero_turn_shedding_off_and_bad_values_are_refused(make_server
         time.sleep(1.5)
         _, h = healthz(srv)
         p = h["processes_load"][0]
-        assert h["accepting"] is True and h["lag_ms"] > 50 and p["loop_cpu"] > 0.5 and h["cpu"] > 0.5, h
+        assert h["accepting"] is True and h["lag_ms"] > 50 and p["loop_cpu"] > 0.15 and h["cpu"] > 0.15, h
         check_stream(tcp_session(srv.server.tcp_port, {}, pieces(pcm["F"][:32000], 3200)))
     for field, bad in (("max_lag", -1), ("max_lag", float("inf")), ("max_lag", float("nan")), ("max_busy", 1.5),
                        ("max_busy", -0.1)):
@@ -229,8 +234,8 @@ def test_admission_refuses_only_on_measured_overload():
     _ticks(m, SUSTAIN_S - 0.1)
     assert m.room()
     _ticks(m, 0.2)
-    assert m.refusal().startswith("its work runs 300 ms late while it uses 0.50 cores itself (over --max-lag "
-                                  f"0.25 s with at least {MIN_CPU:g} cores for 2 s"), m.refusal()
+    assert m.refusal().startswith(f"its work runs 300 ms late while it uses {MIN_CPU:.2f} cores itself (over "
+                                  f"--max-lag 0.25 s with at least {MIN_CPU:g} cores for 2 s"), m.refusal()
     m.lag_s = 0.2  # then until it is back under RESUME_FRACTION of the limit...
     _ticks(m, PROBE_S)
     assert not m.room()

@@ -9,7 +9,8 @@ machine, other threads of the process holding the GIL (a test's clients). Refusi
 of that load. So the busy fractions are CPU time (each thread's own clock: the loop thread's, and the pool's
 jobs'), which the process's own work costs and other work on the machine does not change, and lateness
 refuses only while the process itself uses at least ``MIN_CPU`` of a core: an overloaded process uses about
-one core (the GIL) or its share of a shared machine, a starved one uses little.
+one core (the GIL) on a quiet machine, and still its share of one on a busy machine (a third at a load of 5
+on 2 cores), a starved one with little work uses little.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams 
 #   streams: GIL, caches; and the machine's other load comes and goes).
 # * and never while the process holds fewer than MIN_STREAMS streams: refusing streams would shed nothing.
 SUSTAIN_S = 2.0
-MIN_CPU = 0.5
+MIN_CPU = 0.25
 MIN_STREAMS = 3
 FREE_STREAMS = 32
 SLOW_START = 8
