@@ -20,8 +20,8 @@ import pytest
 
 from realtime.audio import float_to_pcm16, load_audio, pcm16_to_float
 from realtime.server import ServerConfig
-from realtime.server.load import (FREE_STREAMS, GROWTH, MIN_CPU, MIN_STREAMS, PROBE_S, RESUME_FRACTION, SUSTAIN_S,
-                                  TRUST, LoadMonitor)
+from realtime.server.load import (FREE_STREAMS, GROWTH, MIN_CPU, MIN_STREAMS, PROBE_S, RESUME_FRACTION,
+                                  SLOW_FRACTION, SUSTAIN_S, TRUST, LoadMonitor)
 
 from .data import readers_by_gender
 from .test_server import check_stream, error_of, pieces, session, tcp_session, ws_session
@@ -196,8 +196,11 @@ def test_admission_refuses_only_on_measured_overload():
         assert m.refusal() is None
         admitted.append(m.admitted())
         n[0] += 1
-    why = m.refusal()  # ...up to FREE_STREAMS, then waits for the averages
+    assert m.room()  # ...and beyond FREE_STREAMS while the CPU it measures is under SLOW_FRACTION of the limit
+    m.pool_cpu = SLOW_FRACTION * 0.6
+    why = m.refusal()  # then it waits for the averages
     assert why.startswith(f"slow start: {FREE_STREAMS} of its {FREE_STREAMS} streams"), why
+    assert why.endswith("and it is 30% busy already"), why
     for t in admitted[:4]:  # streams that end at once leave pending with them (a storm is no burst)
         m.ended(t)
     n[0] -= 4
@@ -211,6 +214,8 @@ def test_admission_refuses_only_on_measured_overload():
     n[0] = 61  # beyond it, at most GROWTH x the streams pending
     assert m.pending < GROWTH * 61 and m.room()
     m.pending = GROWTH * 61
+    assert m.room()  # (while under SLOW_FRACTION of the limit)
+    m.pool_cpu = SLOW_FRACTION * 0.6
     assert m.refusal().startswith("slow start: 30 of its 61 streams"), m.refusal()
     m.pending, n[0] = 0.0, 119  # streams the averages do not show yet: the learned cost does
     assert m.predicted_busy() == pytest.approx(0.60) and m.room()

@@ -22,7 +22,7 @@ import threading
 import time
 
 __all__ = ["LoadMonitor", "TimedExecutor", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION", "PENDING_WINDOWS",
-           "COST_WINDOW_S", "SLOW_START", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS", "SUSTAIN_S",
+           "COST_WINDOW_S", "SLOW_START", "SLOW_FRACTION", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS", "SUSTAIN_S",
            "MIN_STREAMS", "MIN_CPU"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
@@ -48,6 +48,7 @@ MIN_CPU = 0.25
 MIN_STREAMS = 3
 FREE_STREAMS = 32
 SLOW_START = 8
+SLOW_FRACTION = 0.5
 GROWTH = 0.5
 TRUST = 1.5
 
@@ -158,9 +159,11 @@ class LoadMonitor:
         if n < FREE_STREAMS:
             return None
         pending = min(self.pending, n)
-        if n + 1 > TRUST * self.learned_streams and pending >= max(SLOW_START, GROWTH * n):
+        now = max(self.loop_cpu, self.pool_cpu)
+        if (now >= SLOW_FRACTION * self.max_busy and n + 1 > TRUST * self.learned_streams
+                and pending >= max(SLOW_START, GROWTH * n)):
             return (f"slow start: {pending:.0f} of its {n} streams were admitted too recently to be measured, "
-                    f"and it measured at most {self.learned_streams} streams at once")
+                    f"it measured at most {self.learned_streams} streams at once, and it is {now:.0%} busy already")
         cost = max(self.loop_cost or 0.0, self.pool_cost or 0.0)
         if cost * (n + 1) > self.max_busy:
             return (f"one more stream would make it {cost * (n + 1):.0%} busy ({n + 1} streams at the "
