@@ -35,7 +35,8 @@ def relisten(sock, backlog: int) -> None:
 
 STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "overloaded",
               "client_gone", "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
-LOAD_NAMES = ("load_pm", "lag_us", "loop_cpu_pm", "pool_cpu_pm", "cpu_pm", "accepting")  # each process's load: not summed
+# each process's load (LoadMonitor's figures, in thousandths): not summed
+LOAD_NAMES = ("load_pm", "lag_us", "loop_cpu_pm", "pool_cpu_pm", "cpu_pm", "accepting")
 _GAUGES = ("active", "pending", "streams", *LOAD_NAMES)  # levels, not totals: zeroed when a --processes child is replaced
 _NAMES = STAT_NAMES + LOAD_NAMES
 EVICT_AFTER_S = 2.0  # a connection still in its handshake can be evicted for a newcomer only after this long

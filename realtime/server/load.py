@@ -22,8 +22,8 @@ import threading
 import time
 
 __all__ = ["LoadMonitor", "TimedExecutor", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION", "PENDING_WINDOWS",
-           "COST_WINDOW_S", "SLOW_START", "SLOW_FRACTION", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS", "SUSTAIN_S",
-           "MIN_STREAMS", "MIN_CPU"]
+           "COST_WINDOW_S", "SLOW_START", "SLOW_FRACTION", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS",
+           "SUSTAIN_S", "MIN_STREAMS", "MIN_CPU"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
 LOAD_WINDOW_S = 1.0  # time constant of the CPU fractions' and the lag's averages (exponential, over time)
@@ -41,7 +41,8 @@ STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams 
 #   newcomer over --max-busy, and, past TRUST x the most streams of a steady period (where the linear cost was
 #   measured), at most max(SLOW_START, GROWTH x the streams open) streams pending: a burst of arrivals beyond
 #   what was measured is taken in steps that the measurements can follow (the cost per stream grows with the
-#   streams: GIL, caches; and the machine's other load comes and goes).
+#   streams: GIL, caches; and the machine's other load comes and goes), once the process is SLOW_FRACTION of
+#   --max-busy busy.
 # * and never while the process holds fewer than MIN_STREAMS streams: refusing streams would shed nothing.
 SUSTAIN_S = 2.0
 MIN_CPU = 0.25
@@ -102,7 +103,9 @@ class LoadMonitor:
       CPU fraction per stream, averaged over the steady periods, when few streams are pending) and refuses
       when that cost times the streams open plus the newcomer is over ``max_busy`` (:meth:`predicted_busy`:
       that, or what is measured now if more), or, past ``TRUST`` times the most streams of a steady period
-      (where the linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending.
+      (where the linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending
+      and it is ``SLOW_FRACTION`` of ``max_busy`` busy already (a burst into an idle process is taken until
+      its CPU shows it: batching makes the cost per stream fall as the streams grow).
 
     None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams. ``streams()`` gives this
     process's open streams. ``on_sample(monitor)`` (optional) is called after each probe (the server publishes
