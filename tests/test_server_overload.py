@@ -197,10 +197,16 @@ def test_admission_refuses_only_on_measured_overload():
         admitted.append(m.admitted())
         n[0] += 1
     assert m.room()  # ...and beyond FREE_STREAMS while the CPU it measures is under SLOW_FRACTION of the limit
-    m.pool_cpu = SLOW_FRACTION * 0.6
-    why = m.refusal()  # then it waits for the averages
+    m.lag_s, m.cpu = 0.3, MIN_CPU - 0.01  # (and it is not late of its own making)
+    assert m.room()
+    m.cpu = MIN_CPU  # late past --max-lag while using its own CPU: it waits for the averages
+    why = m.refusal()
     assert why.startswith(f"slow start: {FREE_STREAMS} of its {FREE_STREAMS} streams"), why
-    assert why.endswith("and it is 30% busy already"), why
+    assert why.endswith("and it is 0% busy and 300 ms late already"), why
+    m.lag_s, m.cpu, m.pool_cpu = 0.0, 0.0, SLOW_FRACTION * 0.6  # or once it is SLOW_FRACTION of the limit busy
+    why = m.refusal()
+    assert why.endswith("and it is 30% busy and 0 ms late already"), why
+    m.pool_cpu = 0.0
     for t in admitted[:4]:  # streams that end at once leave pending with them (a storm is no burst)
         m.ended(t)
     n[0] -= 4

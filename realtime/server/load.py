@@ -42,7 +42,7 @@ STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams 
 #   measured), at most max(SLOW_START, GROWTH x the streams open) streams pending: a burst of arrivals beyond
 #   what was measured is taken in steps that the measurements can follow (the cost per stream grows with the
 #   streams: GIL, caches; and the machine's other load comes and goes), once the process is SLOW_FRACTION of
-#   --max-busy busy.
+#   --max-busy busy or late past --max-lag (with MIN_CPU of its own).
 # * and never while the process holds fewer than MIN_STREAMS streams: refusing streams would shed nothing.
 SUSTAIN_S = 2.0
 MIN_CPU = 0.25
@@ -104,8 +104,9 @@ class LoadMonitor:
       when that cost times the streams open plus the newcomer is over ``max_busy`` (:meth:`predicted_busy`:
       that, or what is measured now if more), or, past ``TRUST`` times the most streams of a steady period
       (where the linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending
-      and it is ``SLOW_FRACTION`` of ``max_busy`` busy already (a burst into an idle process is taken until
-      its CPU shows it: batching makes the cost per stream fall as the streams grow).
+      and it is ``SLOW_FRACTION`` of ``max_busy`` busy already or its own lag is over ``max_lag`` (not yet
+      for ``SUSTAIN_S``): a burst into an idle process is taken until its CPU or its lateness shows it
+      (batching makes the cost per stream fall as the streams grow, so the first costs overstate it).
 
     None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams. ``streams()`` gives this
     process's open streams. ``on_sample(monitor)`` (optional) is called after each probe (the server publishes
@@ -163,10 +164,12 @@ class LoadMonitor:
             return None
         pending = min(self.pending, n)
         now = max(self.loop_cpu, self.pool_cpu)
-        if (now >= SLOW_FRACTION * self.max_busy and n + 1 > TRUST * self.learned_streams
+        late = self.max_lag > 0 and self.lag_s > self.max_lag and self.cpu >= MIN_CPU
+        if ((now >= SLOW_FRACTION * self.max_busy or late) and n + 1 > TRUST * self.learned_streams
                 and pending >= max(SLOW_START, GROWTH * n)):
             return (f"slow start: {pending:.0f} of its {n} streams were admitted too recently to be measured, "
-                    f"it measured at most {self.learned_streams} streams at once, and it is {now:.0%} busy already")
+                    f"it measured at most {self.learned_streams} streams at once, and it is {now:.0%} busy "
+                    f"and {self.lag_s * 1000:.0f} ms late already")
         cost = max(self.loop_cost or 0.0, self.pool_cost or 0.0)
         if cost * (n + 1) > self.max_busy:
             return (f"one more stream would make it {cost * (n + 1):.0%} busy ({n + 1} streams at the "
