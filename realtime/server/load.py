@@ -55,16 +55,31 @@ TRUST = 1.5
 
 
 class TimedExecutor(concurrent.futures.ThreadPoolExecutor):
-    """A ThreadPoolExecutor that adds up the CPU time its jobs use (``cpu_s``: each worker thread's own clock,
-    so time waiting for the CPU or the GIL does not count)."""
+    """A ThreadPoolExecutor whose CPU time can be read: :meth:`cpu_s`, the sum of its worker threads' own CPU
+    clocks (time waiting for the CPU or the GIL does not count, and a long job counts as it runs). Where
+    another thread's clock cannot be read (``time.pthread_getcpuclockid``: Unix), the jobs' CPU time is added
+    up as each job ends."""
 
     def __init__(self, max_workers: int, **kwargs):
         super().__init__(max_workers, **kwargs)
         self.workers = max_workers
-        self.cpu_s = 0.0
-        self._cpu_lock = threading.Lock()
+        self._clocks: dict[int, float] = {}  # worker thread ident -> its CPU seconds when last read
+        self._jobs_s = 0.0  # the fallback
+        self._jobs_lock = threading.Lock()
+
+    def cpu_s(self) -> float:
+        if not _THREAD_CLOCKS:
+            return self._jobs_s
+        for t in list(self._threads):
+            try:
+                self._clocks[t.ident] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except (OSError, TypeError):  # not started yet, or ended (it keeps what it had)
+                pass
+        return sum(self._clocks.values())
 
     def submit(self, fn, /, *args, **kwargs):
+        if _THREAD_CLOCKS:
+            return super().submit(fn, *args, **kwargs)
         return super().submit(self._timed, fn, args, kwargs)
 
     def _timed(self, fn, args, kwargs):
@@ -73,8 +88,11 @@ class TimedExecutor(concurrent.futures.ThreadPoolExecutor):
             return fn(*args, **kwargs)
         finally:
             dt = time.thread_time() - t
-            with self._cpu_lock:
-                self.cpu_s += dt
+            with self._jobs_lock:
+                self._jobs_s += dt
+
+
+_THREAD_CLOCKS = hasattr(time, "pthread_getcpuclockid")
 
 
 class LoadMonitor:
@@ -87,7 +105,7 @@ class LoadMonitor:
       has waited so far, so a pool that starts nothing still reads as loaded);
     * ``loop_cpu`` / ``pool_cpu``: the fraction of the time the event loop's thread runs on a CPU (its thread
       clock, read by this timer, which runs in it) and the fraction of the pool's threads' time its jobs run
-      on a CPU (a :class:`TimedExecutor`'s ``cpu_s``); ``cpu``: the two in cores (loop + pool CPU seconds
+      on a CPU (a :class:`TimedExecutor`'s ``cpu_s()``); ``cpu``: the two in cores (loop + pool CPU seconds
       per second), the process's own work.
 
     :meth:`refusal` (and :meth:`room`) refuse a stream only on measured overload (a limit of 0 is off):
@@ -201,7 +219,7 @@ class LoadMonitor:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_cpu0 = time.thread_time()
-        self._pool_cpu0 = getattr(self.executor, "cpu_s", 0.0)
+        self._pool_cpu0 = self.executor.cpu_s() if hasattr(self.executor, "cpu_s") else 0.0
         self._due = self._last = self._loop.time() + self.every
         self._handle = self._loop.call_at(self._due, self._tick)
 
@@ -264,9 +282,10 @@ class LoadMonitor:
         loop_s, self._loop_cpu0 = t_cpu - self._loop_cpu0, t_cpu
         pool_s = 0.0
         if hasattr(self.executor, "cpu_s"):
-            pool_s, self._pool_cpu0 = self.executor.cpu_s - self._pool_cpu0, self.executor.cpu_s
+            pool_now = self.executor.cpu_s()
+            pool_s, self._pool_cpu0 = max(0.0, pool_now - self._pool_cpu0), pool_now
         self.loop_cpu += (min(1.0, loop_s / dt) - self.loop_cpu) * a
-        # a job's CPU counts when it ends: a long one may push one sample past 1
+        # (where a job's CPU counts only when it ends, a long one may push one sample past 1)
         workers = getattr(self.executor, "workers", 1)
         self.pool_cpu = min(1.0, self.pool_cpu + (pool_s / (dt * workers) - self.pool_cpu) * a)
         self.cpu += ((loop_s + pool_s) / dt - self.cpu) * a
