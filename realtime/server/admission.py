@@ -35,7 +35,8 @@ def relisten(sock, backlog: int) -> None:
 
 STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "overloaded",
               "client_gone", "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
-LOAD_NAMES = ("load_pm", "lag_us", "loop_busy_pm", "pool_busy_pm", "accepting")  # each process's load: not summed
+# each process's load (LoadMonitor's figures, in thousandths): not summed
+LOAD_NAMES = ("load_pm", "lag_us", "loop_cpu_pm", "pool_cpu_pm", "cpu_pm", "accepting")
 _GAUGES = ("active", "pending", "streams", *LOAD_NAMES)  # levels, not totals: zeroed when a --processes child is replaced
 _NAMES = STAT_NAMES + LOAD_NAMES
 EVICT_AFTER_S = 2.0  # a connection still in its handshake can be evicted for a newcomer only after this long
@@ -85,17 +86,19 @@ class Counters:
         """This process's load, from its LoadMonitor (realtime.server.load) after each probe."""
         self["load_pm"] = int(monitor.load * 1000)
         self["lag_us"] = int(monitor.lag_s * 1e6)
-        self["loop_busy_pm"] = int(monitor.loop_busy * 1000)
-        self["pool_busy_pm"] = int(monitor.pool_busy * 1000)
+        self["loop_cpu_pm"] = int(monitor.loop_cpu * 1000)
+        self["pool_cpu_pm"] = int(monitor.pool_cpu * 1000)
+        self["cpu_pm"] = int(monitor.cpu * 1000)
         self["accepting"] = int(monitor.accepting)
 
     def loads(self) -> list[dict]:
-        """Every process's streams (slots it holds), load, lag_ms, loop_busy, pool_busy and accepting (one that
-        has not started yet reads zeros, not accepting)."""
+        """Every process's streams (slots it holds), load, lag_ms, loop_cpu, pool_cpu, cpu (cores) and accepting
+        (one that has not started yet reads zeros, not accepting)."""
         def row(r: int) -> dict:
             get = lambda name: self._cells[self._at(name, r)]  # noqa: E731
             return {"streams": get("active"), "load": get("load_pm") / 1000, "lag_ms": get("lag_us") / 1000,
-                    "loop_busy": get("loop_busy_pm") / 1000, "pool_busy": get("pool_busy_pm") / 1000,
+                    "loop_cpu": get("loop_cpu_pm") / 1000, "pool_cpu": get("pool_cpu_pm") / 1000,
+                    "cpu": get("cpu_pm") / 1000,
                     "accepting": bool(get("accepting"))}
         return [row(r) for r in range(self.processes)]
 

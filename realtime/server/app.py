@@ -195,9 +195,10 @@ class StreamServer:
         ``pending`` = connections still in their handshake. Load: ``accepting`` (would a new stream be
         taken: a slot free and a process with room under ``--max-busy`` and ``--max-lag``), ``load`` (of the
         least loaded process, see LoadMonitor.load, or the slots taken over ``--max-connections`` if more:
-        1 and more is full), ``lag_ms`` (that process's smoothed event-loop lag or pool queue wait),
-        ``processes_load`` (each process's figures), ``overloaded`` (streams refused busy for load; ``busy``
-        counts those and the ones refused for want of a slot)."""
+        1 and more is full), ``lag_ms`` and ``cpu`` (that process's smoothed event-loop lag or pool queue
+        wait, and the cores its loop and pool use), ``processes_load`` (each process's figures: also
+        ``loop_cpu`` and ``pool_cpu``, the CPU fractions --max-busy limits), ``overloaded`` (streams refused
+        busy for load; ``busy`` counts those and the ones refused for want of a slot)."""
         cfg = self.config
         totals = self.stats.totals()
         loads = self.stats.loads()
@@ -206,7 +207,7 @@ class StreamServer:
         accepting = active < cfg.max_connections and any(p["accepting"] for p in loads)
         return {"status": "ok" if accepting else "busy", "connections": active, "processes": self.stats.processes,
                 **totals, "accepting": accepting, "load": round(max(least["load"], active / cfg.max_connections), 3),
-                "lag_ms": round(least["lag_ms"], 1), "processes_load": loads}
+                "lag_ms": round(least["lag_ms"], 1), "cpu": least["cpu"], "processes_load": loads}
 
     # -- connections
     async def _ws_handler(self, ws) -> None:
@@ -226,6 +227,7 @@ class StreamServer:
         self._tasks.add(task)
         self.stats["connections_total"] += 1
         counted = False
+        admitted_at = None
         t0 = time.monotonic()
         try:
             config = await self._handshake(conn, task)
@@ -241,7 +243,7 @@ class StreamServer:
                 raise Busy(f"server busy: {self.active} streams open, the limit is {self.config.max_connections} "
                            f"(--max-connections); try again in {retry:g} s", retry)
             counted = True
-            self.load.admitted()
+            admitted_at = self.load.admitted()
             await self._stream(conn, config)
             self.stats["streams_completed"] += 1
             log.info("%s %s: stream done in %.1f s", conn.kind, conn.peer, time.monotonic() - t0)
@@ -271,6 +273,7 @@ class StreamServer:
         finally:
             if counted:
                 self.stats.release_stream()
+                self.load.ended(admitted_at)
             try:
                 await conn.close()
             finally:

@@ -29,15 +29,15 @@ class ServerConfig:
     max_pending_per_address: int = 64  # of those, from one client address
     max_stream_seconds: float = 4 * 3600.0  # of audio, at the declared rate
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # shed load (realtime.server.load): a process refuses new streams (busy) only on measured overload: its
-    # event loop's or worker pool's busy fraction over max_busy, or its smoothed event-loop lag or pool queue
-    # wait over max_lag seconds, for 2 s on end; from 32 streams also when its learned cost per stream says one
-    # more would pass max_busy (bursts taken in steps); never with fewer than 3 streams; open streams are
-    # never cut; 0 turns either limit off. Off by default: on a machine loaded by other processes the lag
-    # they cause is measured as the server's own (a storm of connections then got good clients refused too).
-    # `serve --max-busy 0.6 --max-lag 0.25` are the values measured on the 2-core development VM (README).
-    max_busy: float = 0.0
-    max_lag: float = 0.0
+    # shed load (realtime.server.load): a process refuses new streams (busy) only on overload of its own making:
+    # its event loop's or worker pool's CPU fraction (thread CPU clocks, not wall time) over max_busy, or its
+    # smoothed event-loop lag or pool queue wait over max_lag seconds while it uses >= 0.25 cores itself, for
+    # 2 s on end; from 32 streams also when its learned CPU per stream says one more would pass max_busy
+    # (bursts taken in steps once it is half of max_busy busy); never with fewer than 3 streams; open streams
+    # are never cut; 0 turns either limit off. Lag that other processes cause (CPU taken from it) with little
+    # CPU of its own refuses nothing.
+    max_busy: float = 0.6
+    max_lag: float = 0.25
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
     batch_ms: float = 20.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
 

@@ -1,11 +1,16 @@
-"""The server's load, for shedding overload (``--max-busy``, ``--max-lag``): :class:`LoadMonitor` measures
-how busy the event loop and the worker pool are and how late they run, and says whether a new stream may
-come in; :func:`new_event_loop` and :class:`TimedExecutor` are the loop and pool it can read.
+"""The server's load, for shedding overload (``--max-busy``, ``--max-lag``): :class:`LoadMonitor` measures how
+much CPU the process's event loop and worker pool use and how late their work runs, and says whether a new
+stream may come in; :class:`TimedExecutor` is the pool whose CPU it can read.
 
 Why these signals: a stream's estimates are late by the time its messages wait for the event loop (reading,
-decoding, sending) plus the time its engine jobs wait for a worker (plus their compute, which load does not
-change). Those waits stay near zero while the process keeps up and grow without bound once it does not;
-the busy fractions grow with every stream before that, so they tell how much room is left.
+decoding, sending) plus the time its engine jobs wait for a worker. Those waits grow without bound once the
+process cannot keep up, but they grow just as much when it is merely not given the CPU: other processes on the
+machine, other threads of the process holding the GIL (a test's clients). Refusing streams then sheds nothing
+of that load. So the busy fractions are CPU time (each thread's own clock: the loop thread's, and the pool's
+jobs'), which the process's own work costs and other work on the machine does not change, and lateness
+refuses only while the process itself uses at least ``MIN_CPU`` of a core: an overloaded process uses about
+one core (the GIL) on a quiet machine, and still its share of one on a busy machine (a third at a load of 5
+on 2 cores), a starved one with little work uses little.
 """
 from __future__ import annotations
 
@@ -13,88 +18,81 @@ import asyncio
 import concurrent.futures
 import math
 import random
-import selectors
 import threading
 import time
-import weakref
 
-__all__ = ["LoadMonitor", "TimedExecutor", "new_event_loop", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION",
-           "PENDING_WINDOWS", "COST_WINDOW_S", "SLOW_START", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS",
-           "SUSTAIN_S", "MIN_STREAMS"]
+__all__ = ["LoadMonitor", "TimedExecutor", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION", "PENDING_WINDOWS",
+           "COST_WINDOW_S", "SLOW_START", "SLOW_FRACTION", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS",
+           "SUSTAIN_S", "MIN_STREAMS", "MIN_CPU"]
 
 PROBE_S = 0.05  # the probe timer's period (and one pool probe job at most per period)
-LOAD_WINDOW_S = 1.0  # time constant of the busy fractions' and the lag's averages (exponential, over time)
-RESUME_FRACTION = 0.5  # once refusing for lag, accept again below this fraction of --max-lag (no flapping)
+LOAD_WINDOW_S = 1.0  # time constant of the CPU fractions' and the lag's averages (exponential, over time)
+RESUME_FRACTION = 0.5  # once refusing for lag, accept again below this fraction of --max-lag (or of MIN_CPU)
 # an admitted stream counts as not yet measured ("pending") for about this many windows: its first engine
 # jobs come with its first hop, then the average takes a window to follow
 PENDING_WINDOWS = 2.0
 COST_WINDOW_S = 5.0  # the per-stream costs: averages over the steady periods of about this long
 STEADY_FRACTION = 0.25  # a steady period: at most this fraction of the streams pending (and >= 4 streams)
-# Only measured overload refuses a stream:
-# * the averaged lag or busy fraction over its limit at every probe for SUSTAIN_S (not one spike: a burst of
-#   handshakes, the machine's other work for a moment);
+# Only measured overload of the process's own making refuses a stream:
+# * the averaged CPU fraction over its limit, or the lag over its limit while the process uses MIN_CPU cores
+#   or more, at every probe for SUSTAIN_S (not one spike: a burst of handshakes);
 # * from FREE_STREAMS streams open (a count every process serves: on the 2-core development VM a
-#   process saturates past ~110), the look-ahead: the learned cost per stream times the streams plus the
+#   process saturates past ~110), the look-ahead: the learned CPU per stream times the streams plus the
 #   newcomer over --max-busy, and, past TRUST x the most streams of a steady period (where the linear cost was
 #   measured), at most max(SLOW_START, GROWTH x the streams open) streams pending: a burst of arrivals beyond
 #   what was measured is taken in steps that the measurements can follow (the cost per stream grows with the
-#   streams: GIL, caches; and the machine's other load comes and goes).
-# * and never while the process holds fewer than MIN_STREAMS streams: its lag or busy loop then is not its
-#   streams' doing (the machine's other work, a storm of handshakes), and refusing streams would shed nothing.
+#   streams: GIL, caches; and the machine's other load comes and goes), once the process is SLOW_FRACTION of
+#   --max-busy busy or late past --max-lag (with MIN_CPU of its own).
+# * and never while the process holds fewer than MIN_STREAMS streams: refusing streams would shed nothing.
 SUSTAIN_S = 2.0
+MIN_CPU = 0.25
 MIN_STREAMS = 3
 FREE_STREAMS = 32
 SLOW_START = 8
+SLOW_FRACTION = 0.5
 GROWTH = 0.5
 TRUST = 1.5
 
 
-class _TimedSelector(selectors.DefaultSelector):
-    """The platform's default selector, adding up the time its ``select()`` waits: the loop's idle time."""
-
-    def __init__(self):
-        super().__init__()
-        self.idle_s = 0.0
-
-    def select(self, timeout=None):
-        t = time.perf_counter()
-        try:
-            return super().select(timeout)
-        finally:
-            self.idle_s += time.perf_counter() - t
-
-
-_SELECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its _TimedSelector
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A selector event loop whose busy fraction (time not waiting for I/O) a LoadMonitor on it can read."""
-    selector = _TimedSelector()
-    loop = asyncio.SelectorEventLoop(selector)
-    _SELECTORS[loop] = selector
-    return loop
-
-
 class TimedExecutor(concurrent.futures.ThreadPoolExecutor):
-    """A ThreadPoolExecutor that adds up the time its jobs run (``busy_s``), for its busy fraction."""
+    """A ThreadPoolExecutor whose CPU time can be read: :meth:`cpu_s`, the sum of its worker threads' own CPU
+    clocks (time waiting for the CPU or the GIL does not count, and a long job counts as it runs). Where
+    another thread's clock cannot be read (``time.pthread_getcpuclockid``: Unix), the jobs' CPU time is added
+    up as each job ends."""
 
     def __init__(self, max_workers: int, **kwargs):
         super().__init__(max_workers, **kwargs)
         self.workers = max_workers
-        self.busy_s = 0.0
-        self._busy_lock = threading.Lock()
+        self._clocks: dict[int, float] = {}  # worker thread ident -> its CPU seconds when last read
+        self._jobs_s = 0.0  # the fallback
+        self._jobs_lock = threading.Lock()
+
+    def cpu_s(self) -> float:
+        if not _THREAD_CLOCKS:
+            return self._jobs_s
+        for t in list(self._threads):
+            try:
+                self._clocks[t.ident] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except (OSError, TypeError):  # not started yet, or ended (it keeps what it had)
+                pass
+        return sum(self._clocks.values())
 
     def submit(self, fn, /, *args, **kwargs):
+        if _THREAD_CLOCKS:
+            return super().submit(fn, *args, **kwargs)
         return super().submit(self._timed, fn, args, kwargs)
 
     def _timed(self, fn, args, kwargs):
-        t = time.perf_counter()
+        t = time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            dt = time.perf_counter() - t
-            with self._busy_lock:
-                self.busy_s += dt
+            dt = time.thread_time() - t
+            with self._jobs_lock:
+                self._jobs_s += dt
+
+
+_THREAD_CLOCKS = hasattr(time, "pthread_getcpuclockid")
 
 
 class LoadMonitor:
@@ -105,59 +103,64 @@ class LoadMonitor:
     * ``lag_s``: the larger of the event loop's lateness (this timer's) and the pool's queue wait (an empty
       probe job, submitted unless the previous one is still queued; a queued probe counts with the time it
       has waited so far, so a pool that starts nothing still reads as loaded);
-    * ``loop_busy`` / ``pool_busy``: the fraction of time the event loop is not waiting for I/O (on a loop
-      from :func:`new_event_loop`) and the fraction of the pool's threads' time spent in jobs (on a
-      :class:`TimedExecutor`).
+    * ``loop_cpu`` / ``pool_cpu``: the fraction of the time the event loop's thread runs on a CPU (its thread
+      clock, read by this timer, which runs in it) and the fraction of the pool's threads' time its jobs run
+      on a CPU (a :class:`TimedExecutor`'s ``cpu_s()``); ``cpu``: the two in cores (loop + pool CPU seconds
+      per second), the process's own work.
 
     :meth:`refusal` (and :meth:`room`) refuse a stream only on measured overload (a limit of 0 is off):
 
-    * lag: over ``max_lag`` at every probe for ``SUSTAIN_S``; then no until it is back under
-      ``RESUME_FRACTION`` of it;
-    * busy: the loop's or the pool's busy fraction over ``max_busy`` at every probe for ``SUSTAIN_S``;
+    * lag: over ``max_lag`` while ``cpu`` is at least ``MIN_CPU``, at every probe for ``SUSTAIN_S``; then no
+      until the lag is back under ``RESUME_FRACTION`` of it or ``cpu`` under that fraction of ``MIN_CPU``;
+    * busy: ``loop_cpu`` or ``pool_cpu`` over ``max_busy`` at every probe for ``SUSTAIN_S``;
     * the look-ahead, from ``FREE_STREAMS`` streams open. Lag only grows once a process is past
       what it can do, and a stream admitted then makes every open stream late until streams end; a new
       stream's work shows in the averages only a second or two after it is admitted (``pending`` counts those
-      streams, decaying over ``PENDING_WINDOWS`` windows), too late for a burst of arrivals. So each process
-      learns what one stream costs of its loop and of its pool (``loop_cost``, ``pool_cost``: busy fraction
-      per stream, averaged over the steady periods, when few streams are pending) and refuses when that cost
-      times the streams open plus the newcomer is over ``max_busy`` (:meth:`predicted_busy`: that, or what
-      is measured now if more), or, past ``TRUST`` times the most streams of a steady period (where the
-      linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending.
+      streams still open, decaying over ``PENDING_WINDOWS`` windows), too late for a burst of arrivals. So each
+      process learns what one stream costs of its loop's and of its pool's CPU (``loop_cost``, ``pool_cost``:
+      CPU fraction per stream, averaged over the steady periods, when few streams are pending) and refuses
+      when that cost times the streams open plus the newcomer is over ``max_busy`` (:meth:`predicted_busy`:
+      that, or what is measured now if more), or, past ``TRUST`` times the most streams of a steady period
+      (where the linear cost was measured), while ``max(SLOW_START, GROWTH x streams)`` or more are pending
+      and it is ``SLOW_FRACTION`` of ``max_busy`` busy already or its own lag is over ``max_lag`` (not yet
+      for ``SUSTAIN_S``): a burst into an idle process is taken until its CPU or its lateness shows it
+      (batching makes the cost per stream fall as the streams grow, so the first costs overstate it).
 
-    None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams (its load then is not its
-    streams' doing). ``streams()`` gives this process's open streams. ``on_sample(monitor)`` (optional) is
-    called after each probe (the server publishes the figures)."""
+    None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams. ``streams()`` gives this
+    process's open streams. ``on_sample(monitor)`` (optional) is called after each probe (the server publishes
+    the figures)."""
 
     def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
                  window: float = LOAD_WINDOW_S, every: float = PROBE_S):
         self.executor, self.max_lag, self.max_busy = executor, max_lag, max_busy
         self.streams, self.on_sample, self.window, self.every = streams, on_sample, window, every
-        self.lag_s = self.loop_busy = self.pool_busy = 0.0
-        self.loop_cost: float | None = None  # busy fraction per stream, learned in steady periods
+        self.lag_s = self.loop_cpu = self.pool_cpu = self.cpu = 0.0
+        self.loop_cost: float | None = None  # CPU fraction per stream, learned in steady periods
         self.pool_cost: float | None = None
-        self.pending = 0.0  # admitted streams not yet reflected in the busy fractions
+        self.pending = 0.0  # admitted streams still open and not yet reflected in the CPU fractions
         self.learned_streams = 0  # the most streams open in a steady period
-        self.lag_over_s = self.busy_over_s = 0.0  # how long the lag / busy fraction has been over its limit
+        self.lag_over_s = self.busy_over_s = 0.0  # how long the lag / CPU fraction has been over its limit
         self.lag_ok = True  # with hysteresis
         self.accepting = True  # room() at the last probe
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._selector: _TimedSelector | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._due = self._last = self._idle0 = self._busy0 = 0.0
+        self._due = self._last = self._loop_cpu0 = self._pool_cpu0 = 0.0
         self._probe_sent: float | None = None  # time.monotonic() of the queued pool probe
         self._probe_wait: float | None = None  # its wait, set by the worker that starts it
 
     # -- the signal
     def predicted_busy(self, extra: int = 1) -> float:
-        """The larger busy fraction (loop or pool) with ``extra`` more streams: what is measured now, or
+        """The larger CPU fraction (loop or pool) with ``extra`` more streams: what is measured now, or
         the learned cost per stream times the streams, whichever is more."""
         n = self.streams() + extra
-        return max(self.loop_busy, self.pool_busy, (self.loop_cost or 0.0) * n, (self.pool_cost or 0.0) * n)
+        return max(self.loop_cpu, self.pool_cpu, (self.loop_cost or 0.0) * n, (self.pool_cost or 0.0) * n)
 
     @property
     def load(self) -> float:
-        """The larger of lag over ``max_lag`` and predicted busy fraction over ``max_busy``: 1 and more is full."""
-        return max(self.lag_s / self.max_lag if self.max_lag > 0 else 0.0,
+        """The larger of lag over ``max_lag`` (while ``cpu`` is at least ``MIN_CPU``: lateness that is the
+        process's own) and predicted CPU fraction over ``max_busy``: 1 and more is full."""
+        own_lag = self.max_lag > 0 and self.cpu >= MIN_CPU
+        return max(self.lag_s / self.max_lag if own_lag else 0.0,
                    self.predicted_busy() / self.max_busy if self.max_busy > 0 else 0.0)
 
     def refusal(self) -> str | None:
@@ -166,33 +169,46 @@ class LoadMonitor:
         if n < MIN_STREAMS:
             return None
         if not self.lag_ok:
-            return (f"its work runs {self.lag_s * 1000:.0f} ms late (over --max-lag {self.max_lag:g} s for "
-                    f"{SUSTAIN_S:g} s; it accepts again under {RESUME_FRACTION * self.max_lag * 1000:.0f} ms)")
+            return (f"its work runs {self.lag_s * 1000:.0f} ms late while it uses {self.cpu:.2f} cores itself "
+                    f"(over --max-lag {self.max_lag:g} s with at least {MIN_CPU:g} cores for {SUSTAIN_S:g} s; "
+                    f"it accepts again under {RESUME_FRACTION * self.max_lag * 1000:.0f} ms)")
         if self.max_busy <= 0:
             return None
         if self.busy_over_s >= SUSTAIN_S:
-            which = "event loop" if self.loop_busy >= self.pool_busy else "worker pool"
-            return (f"its {which} has been over --max-busy {self.max_busy:g} for {self.busy_over_s:.1f} s "
-                    f"(now {max(self.loop_busy, self.pool_busy):.0%} busy)")
+            which = "event loop" if self.loop_cpu >= self.pool_cpu else "worker pool"
+            return (f"its {which} has used over --max-busy {self.max_busy:g} of its CPU time for "
+                    f"{self.busy_over_s:.1f} s (now {max(self.loop_cpu, self.pool_cpu):.0%})")
         if n < FREE_STREAMS:
             return None
-        pending = min(self.pending, n)  # (admitted streams that ended already are not pending)
-        if n + 1 > TRUST * self.learned_streams and pending >= max(SLOW_START, GROWTH * n):
+        pending = min(self.pending, n)
+        now = max(self.loop_cpu, self.pool_cpu)
+        late = self.max_lag > 0 and self.lag_s > self.max_lag and self.cpu >= MIN_CPU
+        if ((now >= SLOW_FRACTION * self.max_busy or late) and n + 1 > TRUST * self.learned_streams
+                and pending >= max(SLOW_START, GROWTH * n)):
             return (f"slow start: {pending:.0f} of its {n} streams were admitted too recently to be measured, "
-                    f"and it measured at most {self.learned_streams} streams at once")
+                    f"it measured at most {self.learned_streams} streams at once, and it is {now:.0%} busy "
+                    f"and {self.lag_s * 1000:.0f} ms late already")
         cost = max(self.loop_cost or 0.0, self.pool_cost or 0.0)
         if cost * (n + 1) > self.max_busy:
             return (f"one more stream would make it {cost * (n + 1):.0%} busy ({n + 1} streams at the "
-                    f"{cost:.2%} each it measured), over --max-busy {self.max_busy:g}")
+                    f"{cost:.2%} CPU each it measured), over --max-busy {self.max_busy:g}")
         return None
 
     def room(self) -> bool:
         """May one more stream come in? (:meth:`refusal` says why not.)"""
         return self.refusal() is None
 
-    def admitted(self) -> None:
-        """A stream came in (its load shows in the averages over the next ``PENDING_WINDOWS`` windows)."""
+    def admitted(self) -> float:
+        """A stream came in (its load shows in the averages over the next ``PENDING_WINDOWS`` windows); the
+        time to give :meth:`ended` when it ends."""
         self.pending += 1.0
+        return time.monotonic()
+
+    def ended(self, admitted_at: float) -> None:
+        """A stream admitted at ``admitted_at`` ended: what is left of it in ``pending`` goes too (a storm of
+        streams that end at once is not a burst the averages have yet to show)."""
+        age = time.monotonic() - admitted_at
+        self.pending = max(0.0, self.pending - math.exp(-age / (PENDING_WINDOWS * self.window)))
 
     def retry_after(self) -> float:
         """The hint a refused client gets: 1 to 2 windows, jittered so that refused clients do not all
@@ -202,9 +218,8 @@ class LoadMonitor:
     # -- the probe
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._selector = _SELECTORS.get(self._loop)
-        self._idle0 = self._selector.idle_s if self._selector is not None else 0.0
-        self._busy0 = getattr(self.executor, "busy_s", 0.0)
+        self._loop_cpu0 = time.thread_time()
+        self._pool_cpu0 = self.executor.cpu_s() if hasattr(self.executor, "cpu_s") else 0.0
         self._due = self._last = self._loop.time() + self.every
         self._handle = self._loop.call_at(self._due, self._tick)
 
@@ -234,25 +249,27 @@ class LoadMonitor:
         return wait
 
     def _learn(self, dt: float) -> None:
-        """In a steady period (enough streams, few pending), average the busy fractions per stream."""
+        """In a steady period (enough streams, few pending), average the CPU fractions per stream."""
         n = self.streams()
         if n < 4 or self.pending > STEADY_FRACTION * n:
             return
         self.learned_streams = max(self.learned_streams, n)
         b = 1.0 - math.exp(-dt / COST_WINDOW_S)
-        loop, pool = self.loop_busy / n, self.pool_busy / n
+        loop, pool = self.loop_cpu / n, self.pool_cpu / n
         self.loop_cost = loop if self.loop_cost is None else self.loop_cost + (loop - self.loop_cost) * b
         self.pool_cost = pool if self.pool_cost is None else self.pool_cost + (pool - self.pool_cost) * b
 
     def _judge(self, dt: float) -> None:
-        """``dt`` more seconds at the averages now: how long the busy fraction and the lag have been over their
-        limits, and whether the lag is ok (with hysteresis)."""
-        self.busy_over_s = self.busy_over_s + dt if max(self.loop_busy, self.pool_busy) > self.max_busy else 0.0
-        self.lag_over_s = self.lag_over_s + dt if self.lag_s > self.max_lag else 0.0
+        """``dt`` more seconds at the averages now: how long the CPU fraction and the process's own lag have
+        been over their limits, and whether the lag is ok (with hysteresis)."""
+        self.busy_over_s = self.busy_over_s + dt if max(self.loop_cpu, self.pool_cpu) > self.max_busy else 0.0
+        own = self.cpu >= MIN_CPU
+        self.lag_over_s = self.lag_over_s + dt if own and self.lag_s > self.max_lag else 0.0
         if self.max_lag > 0:
             if self.lag_ok and self.lag_over_s >= SUSTAIN_S:
                 self.lag_ok = False
-            elif not self.lag_ok and self.lag_s < RESUME_FRACTION * self.max_lag:
+            elif not self.lag_ok and (self.lag_s < RESUME_FRACTION * self.max_lag
+                                      or self.cpu < RESUME_FRACTION * MIN_CPU):
                 self.lag_ok = True
 
     def _tick(self) -> None:
@@ -261,14 +278,17 @@ class LoadMonitor:
         self._last = now
         a = 1.0 - math.exp(-dt / self.window)
         self.lag_s += (max(now - self._due, self._pool_wait(), 0.0) - self.lag_s) * a
-        if self._selector is not None:
-            idle, self._idle0 = self._selector.idle_s - self._idle0, self._selector.idle_s
-            self.loop_busy += (min(1.0, max(0.0, 1.0 - idle / dt)) - self.loop_busy) * a
-        busy_s = getattr(self.executor, "busy_s", None)
-        if busy_s is not None:
-            busy, self._busy0 = busy_s - self._busy0, busy_s
-            # a job's run time counts when it ends: a long one may push one sample past 1
-            self.pool_busy = min(1.0, self.pool_busy + (busy / (dt * self.executor.workers) - self.pool_busy) * a)
+        t_cpu = time.thread_time()
+        loop_s, self._loop_cpu0 = t_cpu - self._loop_cpu0, t_cpu
+        pool_s = 0.0
+        if hasattr(self.executor, "cpu_s"):
+            pool_now = self.executor.cpu_s()
+            pool_s, self._pool_cpu0 = max(0.0, pool_now - self._pool_cpu0), pool_now
+        self.loop_cpu += (min(1.0, loop_s / dt) - self.loop_cpu) * a
+        # (where a job's CPU counts only when it ends, a long one may push one sample past 1)
+        workers = getattr(self.executor, "workers", 1)
+        self.pool_cpu = min(1.0, self.pool_cpu + (pool_s / (dt * workers) - self.pool_cpu) * a)
+        self.cpu += ((loop_s + pool_s) / dt - self.cpu) * a
         self.pending *= math.exp(-dt / (PENDING_WINDOWS * self.window))
         self._learn(dt)
         self._judge(dt)

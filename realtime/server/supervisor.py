@@ -19,7 +19,6 @@ from .admission import Counters
 from .app import StreamServer
 from .config import MAX_BATCH_MS, ServerConfig
 from .engines import warm_up
-from .load import new_event_loop
 
 __all__ = ["ServerThread", "add_parser"]
 
@@ -50,7 +49,7 @@ class ServerThread:
         return self
 
     def _run(self) -> None:
-        loop = self.loop = new_event_loop()
+        loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
 
         async def main():
@@ -147,25 +146,10 @@ def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: in
         await server.aclose()
 
     try:
-        _run(main())
+        asyncio.run(main())
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _run(coro) -> None:
-    """``asyncio.run(coro)`` on :func:`new_event_loop` (its busy fraction is part of the load signal)."""
-    if hasattr(asyncio, "Runner"):  # Python >= 3.11
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(coro)
-        return
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def _child_process(args, cfg: ServerConfig, sockets: tuple, processes: int, counters: Counters, index: int) -> None:
@@ -324,20 +308,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-busy", type=_arg_type(float, "a fraction", lambda v: 0 <= v <= 1, "between 0 and 1 (0: off)"),
                    default=d.max_busy, metavar="F",
                    help="shed overload: a process refuses a new stream (a `busy` error with a `retry_after_s` "
-                        "hint; /healthz answers 503 while no process has room) while its event loop or its worker "
-                        "pool has been busier than this fraction of the time for 2 s (averaged over about 1 s), "
-                        "or, from 32 streams, when the cost per stream it measured says one more would make it "
-                        "busier (bursts beyond what it measured taken in steps); never with fewer than 3 streams "
-                        "open; streams already open are never cut; 0: off; 0.6 measured right on a 2-core VM "
+                        "hint; /healthz answers 503 while no process has room) while its event loop's thread or its "
+                        "worker pool's jobs have used more than this fraction of their time on a CPU for 2 s "
+                        "(thread CPU time, averaged over about 1 s: CPU taken by other processes does not count), "
+                        "or, from 32 streams, when the CPU per stream it measured says one more would pass it "
+                        "(bursts beyond what it measured taken in steps once it is half this busy); never with "
+                        "fewer than 3 streams open; streams already open are never cut; 0: off "
                         "(default: %(default)s)")
     p.add_argument("--max-lag", type=_arg_type(float, "a number of seconds", lambda v: math.isfinite(v) and v >= 0,
                                                 "a finite number of seconds >= 0 (0: off)"),
                    default=d.max_lag, metavar="S",
                    help="shed overload once it happens: while a process's work has run this late for 2 s (its "
-                        "event loop's lag or its worker pool's queue wait, smoothed over about 1 s), it refuses new "
-                        "streams busy, until the lag is back under half of this; never with fewer than 3 streams "
-                        "open; on a machine loaded by other processes their load shows as lag too; 0: off; 0.25 "
-                        "measured right on a 2-core VM (default: %(default)s)")
+                        "event loop's lag or its worker pool's queue wait, smoothed over about 1 s) and it used at "
+                        "least 0.25 cores itself meanwhile, it refuses new streams busy, until the lag is back under "
+                        "half of this (or its CPU under half of 0.25 cores); lag with little CPU of its own (other "
+                        "processes taking the cores) refuses nothing; never with fewer than 3 streams open; 0: off "
+                        "(default: %(default)s)")
     p.add_argument("--processes", type=_arg_int(1, 1024), default=1, metavar="N",
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")
