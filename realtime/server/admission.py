@@ -1,7 +1,8 @@
 """Who gets in, and how the server counts: accept pacing, the whole server's counters and stream slots
 (:class:`Counters`, shared by ``--processes`` children), the budget of connections not yet authenticated
-(:class:`PendingConnections`), the backoff for wrong tokens (:class:`AuthThrottle`) and the aggregated
-log lines of refusal storms (:class:`LogAggregate`)."""
+(:class:`PendingConnections`), the backoff for wrong tokens (:class:`AuthThrottle`), the aggregated
+log lines of refusal storms (:class:`LogAggregate`) and the refusals themselves (:class:`QuietRefusal`,
+:class:`Busy`)."""
 from __future__ import annotations
 
 import collections
@@ -9,7 +10,10 @@ import contextlib
 import logging
 import os
 
-__all__ = ["Counters", "PendingConnections", "AuthThrottle", "LogAggregate", "relisten", "STAT_NAMES", "LOAD_NAMES",
+from .session import Refusal
+
+__all__ = ["QuietRefusal", "Busy", "Counters", "PendingConnections", "AuthThrottle", "LogAggregate", "relisten",
+           "STAT_NAMES", "LOAD_NAMES",
            "ACCEPT_BATCH", "LISTEN_BACKLOG", "EVICT_AFTER_S", "SHED_FACTOR", "SLOT_POLL_S", "LOG_EVERY_S"]
 
 # Accept-rate limiting: asyncio accepts up to its ``backlog`` argument connections per event-loop turn and
@@ -19,6 +23,26 @@ __all__ = ["Counters", "PendingConnections", "AuthThrottle", "LogAggregate", "re
 # handshakes. A client's handshake deadline starts when it is accepted, so queueing never refuses it.
 ACCEPT_BATCH = 32
 LISTEN_BACKLOG = 1024
+
+
+class QuietRefusal(Refusal):
+    """A refusal that storms repeat (wrong tokens, handshake timeouts): logged in aggregate by ``kind``."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Busy(QuietRefusal):
+    """No room for a new stream (every slot taken, or the server sheds load): the error says
+    ``"code": "busy"`` and ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__("busy refusals", message)
+        self.retry_after_s = retry_after_s
+
+    def fields(self) -> dict:
+        return {"code": "busy", "retry_after_s": self.retry_after_s}
 
 
 def relisten(sock, backlog: int) -> None:

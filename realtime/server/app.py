@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..protocol import ProtocolError, StreamConfig, check_token, encode, error_message, parse_config, ready_message
 from .admission import (ACCEPT_BATCH, EVICT_AFTER_S, LISTEN_BACKLOG, LOG_EVERY_S, SHED_FACTOR, SLOT_POLL_S,
-                        AuthThrottle, Counters, LogAggregate, PendingConnections, relisten)
+                        AuthThrottle, Busy, Counters, LogAggregate, PendingConnections, QuietRefusal, relisten)
 from .config import ServerConfig
 from .engines import limit_blas_threads
 from .load import LoadMonitor, TimedExecutor
@@ -23,7 +23,7 @@ from .session import Refusal, StreamSession
 from .transport import (ClientGone, Connection, TcpConnection, WsConnection, bounded, http_response, start_tcp_server,
                         ws_connection_class)
 
-__all__ = ["StreamServer", "QuietRefusal", "Busy", "WEB_DIR"]
+__all__ = ["StreamServer", "WEB_DIR"]
 
 log = logging.getLogger("realtime.server")
 
@@ -31,26 +31,6 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/index.html": ("index.html", "text/html; charset=utf-8"),
            "/worklet.js": ("worklet.js", "text/javascript; charset=utf-8")}
-
-
-class QuietRefusal(Refusal):
-    """A refusal that storms repeat (wrong tokens, handshake timeouts): logged in aggregate by ``kind``."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-class Busy(QuietRefusal):
-    """No room for a new stream (every slot taken, or the server sheds load): the error says
-    ``"code": "busy"`` and ``retry_after_s``."""
-
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__("busy refusals", message)
-        self.retry_after_s = retry_after_s
-
-    def fields(self) -> dict:
-        return {"code": "busy", "retry_after_s": self.retry_after_s}
 
 
 class StreamServer:

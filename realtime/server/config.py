@@ -35,9 +35,11 @@ class ServerConfig:
     # 2 s on end; from 32 streams also when its learned CPU per stream says one more would pass max_busy
     # (bursts taken in steps once it is half of max_busy busy); never with fewer than 3 streams; open streams
     # are never cut; 0 turns either limit off. Lag that other processes cause (CPU taken from it) with little
-    # CPU of its own refuses nothing.
-    max_busy: float = 0.6
-    max_lag: float = 0.25
+    # CPU of its own refuses nothing. Off by default: on a full machine neither signal sees a 2-10 s burst past
+    # capacity in time, and a burst under it is partly refused (README, Shedding overload); --max-connections
+    # set from a loadtest is the cap that holds. `serve --max-busy 0.6 --max-lag 0.25` turns it on.
+    max_busy: float = 0.0
+    max_lag: float = 0.0
     single_thread_blas: bool = True  # see limit_blas_threads: parallelism comes from the streams
     batch_ms: float = 20.0  # gather the pushes that may end a hop this long, classify them as one batch; 0: off
 

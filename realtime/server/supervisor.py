@@ -314,7 +314,8 @@ def add_parser(subparsers) -> None:
                         "or, from 32 streams, when the CPU per stream it measured says one more would pass it "
                         "(bursts beyond what it measured taken in steps once it is half this busy); never with "
                         "fewer than 3 streams open; streams already open are never cut; 0: off "
-                        "(default: %(default)s)")
+                        "(default: %(default)s, off; e.g. 0.6 with --max-lag 0.25: see the README on what it "
+                        "does not catch, and cap the streams with --max-connections from a loadtest)")
     p.add_argument("--max-lag", type=_arg_type(float, "a number of seconds", lambda v: math.isfinite(v) and v >= 0,
                                                 "a finite number of seconds >= 0 (0: off)"),
                    default=d.max_lag, metavar="S",
@@ -323,7 +324,7 @@ def add_parser(subparsers) -> None:
                         "least 0.25 cores itself meanwhile, it refuses new streams busy, until the lag is back under "
                         "half of this (or its CPU under half of 0.25 cores); lag with little CPU of its own (other "
                         "processes taking the cores) refuses nothing; never with fewer than 3 streams open; 0: off "
-                        "(default: %(default)s)")
+                        "(default: %(default)s, off; e.g. 0.25)")
     p.add_argument("--processes", type=_arg_int(1, 1024), default=1, metavar="N",
                    help="server processes accepting on the same ports, to use more than one core despite Python's "
                         "GIL; --max-connections counts the streams of all of them together (default: %(default)s)")
