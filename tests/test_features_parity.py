@@ -78,8 +78,8 @@ def test_frame_feature_matches_librosa(windows, fe, name, call, rel):
     for y in windows:
         ref = call(_stft_mag(y), y)
         mine = fe.frame_features(y)[name]
-        frames = DEFAULT.n_pitch_frames if name == "f0" else DEFAULT.n_frames
-        assert mine.shape[-1] == np.asarray(ref).shape[-1] == frames == {"f0": 44}.get(name, 87)
+        frames = DEFAULT.n_pitch_frames if name == "f0" else DEFAULT.n_frames  # 44 pitch frames, 87 STFT frames
+        assert mine.shape[-1] == np.asarray(ref).shape[-1] == frames
         _close(ref, mine, rel)
 
 
@@ -134,6 +134,12 @@ def test_fit_window_pads_by_wrapping_and_refuses_too_short():
     assert np.array_equal(fit_window(np.arange(40000, dtype=np.float32)), np.arange(32000, dtype=np.float32))
     with pytest.raises(AudioError, match="too short"):
         fit_window(np.zeros(100, np.float32))
+
+
+def test_pitch_hop_must_be_a_whole_number_of_stft_hops():
+    assert (DEFAULT.n_frames, DEFAULT.n_pitch_frames, DEFAULT.frame_alignment) == (87, 44, 736)
+    with pytest.raises(ValueError, match="whole multiple of hop_length"):
+        FeatureExtractor(FeatureDefinition(pitch_hop_length=500))
 
 
 def test_definition_hash_is_stable_and_sensitive():

@@ -1,8 +1,9 @@
 """The optimised extractor still computes what the models were trained on.
 
 ``_reference`` below is the straightforward implementation of the feature definition as it stood
-when the bundled models were trained (version 2: version 1, before the per-hop optimisations, with
-pitch on every second frame): one numpy expression per quantity, frames first. The live extractor (batch and streaming) must give the
+when the bundled models were trained (version 2: version 1 as written before the per-hop
+optimisations, with pitch on every second frame): one numpy expression per quantity, frames first.
+The live extractor (batch and streaming) must give the
 same stats and MFCC on many real windows, at the tolerances of tests/test_features_streaming.py,
 and the same per-frame pitch (a YIN lag that flipped would show there even when a summary hides it).
 """

@@ -44,16 +44,20 @@ def test_streaming_equals_full_extraction_for_any_whole_hop_shift():
     sx = StreamingExtractor(fe)
     y = load_audio(librispeech_files()[7])
     n, hop = DEFAULT.window_samples, DEFAULT.hop_length
-    start, reused = 0, []
+    start, reused, pitch_reused = 0, [], []
     for shift in (0, 1, 5, 22, 0, 40, 3, 86, 87, 100, 2):
         start += shift * hop
         assert start + n <= len(y)
-        before = sx.reused_frames
+        before, pitch_before = sx.reused_frames, sx.reused_pitch_frames
         s_stream, m_stream = sx.extract(y[start:start + n], start=start)
         s_full, m_full = fe.extract(y[start:start + n])
         np.testing.assert_allclose(m_stream, m_full, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(s_stream, s_full, rtol=1e-4, atol=1e-4)
         reused.append(sx.reused_frames - before)
+        pitch_reused.append(sx.reused_pitch_frames - pitch_before)
     # 84 of 87 frames are interior (away from the padded edges); a shift of k hops shares 84 - k of them.
     # First window: nothing to reuse; shifts of 87 frames or more: nothing shared.
     assert reused == [0, 83, 79, 62, 84, 44, 81, 0, 0, 0, 82]
+    # pitch frames (every second STFT frame) are reused only across an even number of STFT hops; 42 of 44 are
+    # interior, a shift of 2k hops shares 42 - k of them; odd shifts recompute every pitch frame
+    assert pitch_reused == [0, 0, 0, 31, 42, 22, 0, 0, 0, 0, 41]
