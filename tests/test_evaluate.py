@@ -189,12 +189,19 @@ def test_recipe_overrides_are_typed_and_checked():
         TrainConfig.quick(**TrainConfig.parse_overrides(["augment.p_channel=2"]))
 
 
+# the augmentation fields of a record written before they were nested (the version-1 release's bundle.json)
+_FLAT_AUGMENT = {"aug_copies": 2, "aug_snr_range": [5.0, 30.0], "aug_p_noise": 0.8, "aug_p_pitch": 0.5,
+                 "aug_max_semitones": 1.0, "aug_gain_db": [-6.0, 6.0], "aug_p_channel": 0.4, "aug_p_voice": 0.0}
+
+
 def test_recorded_training_config_reads_back():
-    """bundle.json records the recipe (training.config); the shipped bundle's, written before the augmentation
-    was nested (aug_copies, aug_p_channel, ...), reads back as today's defaults, and a new record round-trips."""
+    """bundle.json records the recipe (training.config): the shipped bundle's reads back as today's defaults, so
+    does the same record in the older flat form (aug_copies, aug_p_channel, ...), and a new record round-trips."""
     shipped = json.loads((BUNDLE_DIR / "bundle.json").read_text())["training"]["config"]
-    assert shipped["aug_p_channel"] == 0.4 and "augment" not in shipped
+    assert shipped["augment"]["p_channel"] == 0.4 and not any(k.startswith("aug_") for k in shipped)
     assert TrainConfig.from_dict(shipped) == TrainConfig()
+    flat = {**{k: v for k, v in shipped.items() if k != "augment"}, **_FLAT_AUGMENT}
+    assert TrainConfig.from_dict(flat) == TrainConfig()
     config = TrainConfig.quick(seed=3, **TrainConfig.parse_overrides(["augment.p_voice=0.5"]))
     record = json.loads(json.dumps(config.to_dict()))
     assert record["augment"]["copies"] == 1 and record["augment"]["p_voice"] == 0.5
