@@ -140,8 +140,30 @@ def cache_file(utterances: list[Utterance], *, definition: FeatureDefinition = D
 _WORKER: dict = {}
 
 
+def _die_with_parent(parent: int) -> None:
+    """In a worker process: end it (SIGTERM) when the process that started it ends, however that ends. Without
+    this, ``kill PID`` of a running ``offline train`` (SIGTERM ends Python at once, without closing its pool)
+    leaves its workers asleep forever. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the signal was armed
+        os._exit(1)
+
+
 def _init_worker(definition: FeatureDefinition, window_s: float, hop_s: float, augment: Augmenter | None,
-                 copies: int, seed: int) -> None:
+                 copies: int, seed: int, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     _WORKER.update(extractor=FeatureExtractor(definition), window_s=window_s, hop_s=hop_s, augment=augment,
                    copies=copies, seed=seed)
 
@@ -220,7 +242,7 @@ def extract_corpus(utterances: list[Utterance], *, definition: FeatureDefinition
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=init_args) as pool:
+                                     initializer=_init_worker, initargs=(*init_args, os.getpid())) as pool:
                 for fut in as_completed([pool.submit(_extract_one, *t) for t in tasks]):
                     r = fut.result()
                     results[r[0]] = r

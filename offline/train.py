@@ -58,6 +58,7 @@ from realtime.logodds import logit, sigmoid
 
 from .augment import AugmentConfig, Augmenter
 from .dataset import WindowSet, cache_file, extract_corpus
+from .label_audit import suspect_readers
 from .models import keras_forward
 
 
@@ -101,6 +102,9 @@ class TrainConfig:
     xgb_early_stopping: int = 60
     # ensemble
     speaker_balance: bool = True          # every speaker weighs the same in every model's loss
+    # readers left out of training (offline/label_audit.py: labels the evidence contradicts); evaluation
+    # still scores them
+    exclude_readers: tuple[str, ...] = field(default_factory=suspect_readers)
     speech_check: bool = True             # train the speech / non-speech model (offline/nonspeech.py negatives)
     speech_recall: float = 0.995          # share of calibration speech windows the speech check must keep
     nonspeech_per_kind: int = 40          # synthetic negative clips per kind
@@ -461,6 +465,17 @@ def split_calibration(ws: WindowSet, fraction: float, seed: int) -> tuple[set[st
     return holdout_readers(reader_gender_map(ws), fraction, seed=seed, strata=ws.meta.get("reader_corpus"))
 
 
+def without_readers(ws: WindowSet, readers) -> tuple[WindowSet, list[str]]:
+    """``ws`` without the windows of ``readers``, and which of them it held."""
+    present = sorted(set(map(str, readers)) & set(map(str, np.unique(ws.reader))))
+    if not present:
+        return ws, []
+    kept = ws.subset(~np.isin(ws.reader, present))
+    if len(kept) == 0:
+        raise ValueError(f"no windows left once the excluded readers are left out: {', '.join(present)}")
+    return kept, present
+
+
 def speaker_weights(ws: WindowSet) -> np.ndarray:
     """(N,) float32 sample weights giving every speaker the same total weight (mean weight 1).
 
@@ -692,6 +707,9 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
                          f"this code computes {DEFAULT.hash}; re-extract the features")
     from realtime.features import FeatureExtractor
 
+    train, excluded = without_readers(train, config.exclude_readers)
+    if excluded:
+        _log(progress, f"[train] left out (label audit): {', '.join(excluded)}")
     stat_names = list(train.meta.get("stat_names") or FeatureExtractor(definition).stat_names)
     fit_readers, cal_readers = split_calibration(train, config.calib_fraction, config.seed)
     _log(progress, f"[train] {len(fit_readers)} fit readers, {len(cal_readers)} calibration readers")
@@ -808,7 +826,7 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
     trained.data = {"fit_readers": len(fit_readers), "calibration_readers": len(cal_readers),
                     "fit_windows": len(fit), "calibration_windows": len(cal),
                     "train_readers": sorted(fit_readers | cal_readers),
-                    "calibration_reader_ids": sorted(cal_readers)}
+                    "calibration_reader_ids": sorted(cal_readers), "excluded_readers": excluded}
     _log(progress, f"[train] ensemble weights {np.round(trained.weights, 3).tolist()} bias {trained.bias:.3f}; "
                    f"thresholds {trained.thresholds}; calibration balanced accuracy (clean) "
                    f"{trained.validation['balanced_accuracy_clean']}; total {timings['total_s']} s")
@@ -877,7 +895,10 @@ def run_train(args: argparse.Namespace) -> int:
     ws = extract_corpus(utterances, jobs=args.jobs, cache_dir=cache_dir, progress=progress, strict=args.strict)
     t_feat = time.perf_counter() - t0
     trained = fit_all(ws, config=config, progress=progress, train_utterances=utterances)
+    ws, excluded = without_readers(ws, config.exclude_readers)
+    utterances = [u for u in utterances if u.reader not in excluded]
     summary_data = data_summary(ws, utterances)
+    summary_data["excluded_readers"] = excluded
     summary_data["source"] = " + ".join(sorted({u.corpus for u in utterances}))
     summary_data["corpora"] = corpus_summary(utterances)
     from .export import export_bundle

@@ -205,3 +205,55 @@ def test_two_corpora_load_as_one_with_their_names():
     # the same corpus twice would put its speakers on both sides of a split
     with pytest.raises(DatasetError, match="appears in both|appears twice"):
         load_corpora([so, so])
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killed_feature_run_takes_its_workers_along(tmp_path):
+    """``kill PID`` (SIGTERM) of a running ``offline features --jobs 2`` ends its worker processes too: SIGTERM
+    ends Python without closing its pool, and the workers used to sleep on, orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def children(pid: int) -> set[int]:
+        try:
+            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return set()
+        return {int(c) for c in text.split()}
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "offline", "features", "--data", str(LIBRISPEECH), "--no-cache",
+                             "--no-progress", "--jobs", "2"], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        workers: set[int] = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            # the spawn context's workers (a resource tracker may be a child too: it exits on its own)
+            workers = {c for c in children(proc.pid)
+                       if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()} if children(proc.pid) else set()
+            if len(workers) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the feature run never started two workers"
+        time.sleep(1.0)  # they are extracting now
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(alive(w) for w in workers), "workers outlived the killed run"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.data import LIBRISPEECH, gender_of, readers_by_gender
+from tests.data import LIBRISPEECH, gender_of, readers_by_gender, speechocean_speakers
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytestmark = pytest.mark.slow
@@ -152,12 +152,18 @@ def test_cli_train_quick(tmp_path, capsys):
         for paths in readers_by_gender(3).values():
             for p in paths:
                 w.writerow([str(p), p.name.split("-")[0], gender_of(p)])
+        # a speaker of the label audit (offline/label_audit.py) is read, and left out of training
+        gender, files = speechocean_speakers()["so762-2380"]
+        w.writerows([(str(f), "so762-2380", gender) for f in files[:2]])
     out = tmp_path / "models"
     rc = main(["train", "--data", str(manifest), "--out", str(out), "--quick", "--json", "--jobs", "2",
                "--cache", str(tmp_path / "cache")])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["data"]["readers"] == {"F": 3, "M": 3}
+    assert summary["data"]["excluded_readers"] == ["so762-2380"]
+    split = json.loads((out / "bundle.json").read_text())["training"]["split"]
+    assert split["excluded_readers"] == ["so762-2380"] and "so762-2380" not in split["train_readers"]
     assert {p.name for p in out.iterdir()} >= {"xgb.onnx", "cnn1d.onnx", "cnn2d.onnx", "bundle.json"}
 
 
