@@ -269,3 +269,70 @@ def _ticks(m: LoadMonitor, seconds: float) -> None:
     """``seconds`` of probes at the monitor's averages now."""
     for _ in range(round(seconds / PROBE_S)):
         m._judge(PROBE_S)
+
+
+def test_read_clock_measures_audio_sent_and_not_yet_read():
+    """ReadClock, on explicit times: a client at real time read as it sends is never late; a stall of the
+    reader shows as the audio that piled up meanwhile; a caught-up read (one that waits) resets it; a client
+    sending faster than real time or pausing is never late."""
+    from realtime.server.load import STREAM_LAG_QUANTILE, WAITED_S, ReadClock
+
+    c = ReadClock()
+    assert c.lag(5.0) == 0.0  # no audio yet
+    t = 10.0
+    for i in range(1, 11):  # 0.1 s messages, each read as it arrives (the read waited for it)
+        c.reading(t)
+        t += 0.1
+        c.read(t, 0.1 * i)
+        assert c.lag(t + 0.0001) == pytest.approx(0.0, abs=1e-3)
+    c.reading(t)
+    assert c.lag(t + 0.5) == 0.0  # waiting for the client: caught up, however long
+    c.read(t + 0.5, 1.1)  # a pause of the client (its audio clock moved less than ours): caught up again
+    t += 0.5
+    # the server stalls 1.5 s (its worker busy): the client's audio waits in the socket
+    assert c.lag(t + 1.5) == pytest.approx(1.5)
+    t += 1.5
+    for i in range(1, 16):  # then it reads the backlog at once: each read returns without waiting
+        c.reading(t)
+        c.read(t + WAITED_S / 10, 1.1 + 0.1 * i)
+        t += WAITED_S / 10
+    assert c.lag(t) == pytest.approx(0.0, abs=0.01)  # the 1.5 s read back: not late any more
+    fast = ReadClock()  # a file sent at 10x real time, every read finding data waiting
+    for i in range(20):
+        fast.reading(1.0 + 0.01 * i)
+        fast.read(1.0 + 0.01 * i + WAITED_S / 10, 0.1 * (i + 1))
+    assert fast.lag(1.3) == 0.0
+    # the monitor takes the STREAM_LAG_QUANTILE of its sessions' lags
+    sessions = [type("S", (), {"clock": ReadClock()})() for _ in range(10)]
+    for k, s in enumerate(sessions):
+        s.clock.reading(0.0)
+        s.clock.read(0.0, 0.0)
+        s.clock.offset = -k * 0.1  # stream k is k x 0.1 s behind
+    m = LoadMonitor(None, max_lag=0.25, max_busy=0, sessions=lambda: sessions)
+    import time as _time
+
+    lags = sorted(s.clock.lag(_time.monotonic()) for s in sessions)
+    assert m._stream_lag() == pytest.approx(lags[int(STREAM_LAG_QUANTILE * len(lags))], abs=0.01)
+
+
+def test_stream_lag_shows_audio_waiting_in_the_sockets(make_server, pcm):
+    """Streams paced at real time while the one worker is kept busy: their audio waits unread in the
+    sockets, /healthz shows it as ``stream_lag_ms`` (and in ``lag_ms``), and it falls back once the worker is
+    free."""
+    srv = make_server(workers=1, max_lag=0, max_busy=0)
+    out: list = []
+    senders = [threading.Thread(target=lambda g=g: out.append(session(srv, "tcp", {}, pieces(pcm[g], 3200),
+                                                                          delay=0.1))) for g in "FM"]
+    for t in senders:
+        t.start()
+    assert wait_for(lambda: srv.server.health()["streams"] == 2, 30)
+    time.sleep(1.5)
+    before = healthz(srv)[1]["processes_load"][0]["stream_lag_ms"]
+    assert before < 250, before
+    with Starve(srv, "pool"):
+        assert wait_for(lambda: healthz(srv)[1]["processes_load"][0]["stream_lag_ms"] > 500, 10), srv.server.health()
+        assert wait_for(lambda: healthz(srv)[1]["lag_ms"] > 400, 10), srv.server.health()  # (averaged over ~1 s)
+    for t in senders:
+        t.join(120)
+    for msgs in out:
+        check_stream(msgs)

@@ -60,7 +60,7 @@ def relisten(sock, backlog: int) -> None:
 STAT_NAMES = ("active", "pending", "streams", "connections_total", "streams_completed", "refused", "busy", "overloaded",
               "client_gone", "internal_errors", "handshake_timeouts", "evicted", "shed", "auth_failures")
 # each process's load (LoadMonitor's figures, in thousandths): not summed
-LOAD_NAMES = ("load_pm", "lag_us", "loop_cpu_pm", "pool_cpu_pm", "cpu_pm", "accepting")
+LOAD_NAMES = ("load_pm", "lag_us", "stream_lag_us", "loop_cpu_pm", "pool_cpu_pm", "cpu_pm", "accepting")
 _GAUGES = ("active", "pending", "streams", *LOAD_NAMES)  # levels, not totals: zeroed when a --processes child is replaced
 _NAMES = STAT_NAMES + LOAD_NAMES
 EVICT_AFTER_S = 2.0  # a connection still in its handshake can be evicted for a newcomer only after this long
@@ -110,17 +110,19 @@ class Counters:
         """This process's load, from its LoadMonitor (realtime.server.load) after each probe."""
         self["load_pm"] = int(monitor.load * 1000)
         self["lag_us"] = int(monitor.lag_s * 1e6)
+        self["stream_lag_us"] = int(monitor.stream_lag_s * 1e6)
         self["loop_cpu_pm"] = int(monitor.loop_cpu * 1000)
         self["pool_cpu_pm"] = int(monitor.pool_cpu * 1000)
         self["cpu_pm"] = int(monitor.cpu * 1000)
         self["accepting"] = int(monitor.accepting)
 
     def loads(self) -> list[dict]:
-        """Every process's streams (slots it holds), load, lag_ms, loop_cpu, pool_cpu, cpu (cores) and accepting
+        """Every process's streams (slots it holds), load, lag_ms, stream_lag_ms, loop_cpu, pool_cpu, cpu (cores) and accepting
         (one that has not started yet reads zeros, not accepting)."""
         def row(r: int) -> dict:
             get = lambda name: self._cells[self._at(name, r)]  # noqa: E731
             return {"streams": get("active"), "load": get("load_pm") / 1000, "lag_ms": get("lag_us") / 1000,
+                    "stream_lag_ms": get("stream_lag_us") / 1000,
                     "loop_cpu": get("loop_cpu_pm") / 1000, "pool_cpu": get("pool_cpu_pm") / 1000,
                     "cpu": get("cpu_pm") / 1000,
                     "accepting": bool(get("accepting"))}

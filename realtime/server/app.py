@@ -66,7 +66,8 @@ class StreamServer:
             limit_blas_threads(1)
         self.executor = TimedExecutor(cfg.workers, thread_name_prefix="infer")
         self.load = LoadMonitor(self.executor, max_lag=cfg.max_lag, max_busy=cfg.max_busy,
-                                streams=lambda: self.stats["active"], on_sample=self.stats.set_load)
+                                streams=lambda: self.stats["active"], sessions=lambda: self.open_streams,
+                                on_sample=self.stats.set_load)
         self.load.start()
         self.stats.set_load(self.load)
         for path, (name, ctype) in _STATIC.items():

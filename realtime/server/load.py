@@ -21,7 +21,8 @@ import random
 import threading
 import time
 
-__all__ = ["LoadMonitor", "TimedExecutor", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION", "PENDING_WINDOWS",
+__all__ = ["LoadMonitor", "TimedExecutor", "ReadClock", "WAITED_S", "STREAM_LAG_EVERY_S", "STREAM_LAG_QUANTILE",
+           "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION", "PENDING_WINDOWS",
            "COST_WINDOW_S", "SLOW_START", "SLOW_FRACTION", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS",
            "SUSTAIN_S", "MIN_STREAMS", "MIN_CPU"]
 
@@ -52,6 +53,50 @@ SLOW_START = 8
 SLOW_FRACTION = 0.5
 GROWTH = 0.5
 TRUST = 1.5
+
+
+WAITED_S = 0.001  # a read that took this long waited for its client: the stream had read all it was sent
+STREAM_LAG_EVERY_S = 0.25  # how often the monitor reads its streams' ReadClocks
+STREAM_LAG_QUANTILE = 0.9  # the streams' lag it takes: this quantile over the open streams
+
+
+class ReadClock:
+    """How far one stream's reading has fallen behind the audio its client sends, read where the backlog
+    waits: in the sockets' buffers, which the event loop's lateness and the pool's queue do not see (a session
+    reads its next message only once its last one is processed, so an overloaded server leaves the audio it
+    has not got to in the kernel's buffers and the client's).
+
+    The session calls :meth:`reading` before each read and :meth:`read` after it, with the audio seconds
+    read so far. A read that waits (``WAITED_S`` or longer) found nothing sent and unread: the stream was
+    caught up, and ``offset``, the wall time since its first audio minus the audio read, is what the client's
+    own pace leaves (a client that streams in real time keeps it about constant). :meth:`lag` is how much that
+    has grown since: the seconds of audio sent (at real time) and not yet read. A client sending faster than
+    real time (a file) reads as ahead (never late); one that pauses leaves its reads waiting (caught up)."""
+
+    __slots__ = ("first", "offset", "audio_s", "since")
+
+    def __init__(self):
+        self.first: float | None = None  # time.monotonic() of the first audio read
+        self.offset = 0.0
+        self.audio_s = 0.0
+        self.since: float | None = None  # when the read in progress began
+
+    def reading(self, now: float) -> None:
+        self.since = now
+
+    def read(self, now: float, audio_s: float) -> None:
+        waited = self.since is None or now - self.since >= WAITED_S
+        self.since = None
+        if self.first is None:
+            self.first = now
+        self.audio_s = audio_s
+        if waited:
+            self.offset = (now - self.first) - audio_s
+
+    def lag(self, now: float) -> float:
+        if self.first is None or (self.since is not None and now - self.since >= WAITED_S):
+            return 0.0  # no audio yet, or waiting for the client now: caught up
+        return max(0.0, (now - self.first) - self.audio_s - self.offset)
 
 
 class TimedExecutor(concurrent.futures.ThreadPoolExecutor):
@@ -100,9 +145,11 @@ class LoadMonitor:
 
     Measured each ``PROBE_S`` and averaged over about ``window`` seconds:
 
-    * ``lag_s``: the larger of the event loop's lateness (this timer's) and the pool's queue wait (an empty
+    * ``lag_s``: the largest of the event loop's lateness (this timer's), the pool's queue wait (an empty
       probe job, submitted unless the previous one is still queued; a queued probe counts with the time it
-      has waited so far, so a pool that starts nothing still reads as loaded);
+      has waited so far, so a pool that starts nothing still reads as loaded) and ``stream_lag_s``, the
+      ``STREAM_LAG_QUANTILE`` of the open streams' :class:`ReadClock` lags (``sessions()``: objects with a
+      ``clock``; read every ``STREAM_LAG_EVERY_S``): audio their clients sent that waits unread;
     * ``loop_cpu`` / ``pool_cpu``: the fraction of the time the event loop's thread runs on a CPU (its thread
       clock, read by this timer, which runs in it) and the fraction of the pool's threads' time its jobs run
       on a CPU (a :class:`TimedExecutor`'s ``cpu_s()``); ``cpu``: the two in cores (loop + pool CPU seconds
@@ -127,14 +174,15 @@ class LoadMonitor:
       (batching makes the cost per stream fall as the streams grow, so the first costs overstate it).
 
     None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams. ``streams()`` gives this
-    process's open streams. ``on_sample(monitor)`` (optional) is called after each probe (the server publishes
+    process's open streams, ``sessions()`` their sessions. ``on_sample(monitor)`` (optional) is called after each probe (the server publishes
     the figures)."""
 
-    def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, on_sample=None,
-                 window: float = LOAD_WINDOW_S, every: float = PROBE_S):
+    def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, sessions=lambda: (),
+                 on_sample=None, window: float = LOAD_WINDOW_S, every: float = PROBE_S):
         self.executor, self.max_lag, self.max_busy = executor, max_lag, max_busy
-        self.streams, self.on_sample, self.window, self.every = streams, on_sample, window, every
-        self.lag_s = self.loop_cpu = self.pool_cpu = self.cpu = 0.0
+        self.streams, self.sessions, self.on_sample, self.window, self.every = streams, sessions, on_sample, window, every
+        self.lag_s = self.loop_cpu = self.pool_cpu = self.cpu = self.stream_lag_s = 0.0
+        self._stream_lag_due = 0.0
         self.loop_cost: float | None = None  # CPU fraction per stream, learned in steady periods
         self.pool_cost: float | None = None
         self.pending = 0.0  # admitted streams still open and not yet reflected in the CPU fractions
@@ -272,12 +320,21 @@ class LoadMonitor:
                                       or self.cpu < RESUME_FRACTION * MIN_CPU):
                 self.lag_ok = True
 
+    def _stream_lag(self) -> float:
+        """``STREAM_LAG_QUANTILE`` of the open streams' ReadClock lags, read every ``STREAM_LAG_EVERY_S``."""
+        now = time.monotonic()
+        if now >= self._stream_lag_due:
+            self._stream_lag_due = now + STREAM_LAG_EVERY_S
+            lags = sorted(s.clock.lag(now) for s in list(self.sessions()))
+            self.stream_lag_s = lags[min(len(lags) - 1, int(STREAM_LAG_QUANTILE * len(lags)))] if lags else 0.0
+        return self.stream_lag_s
+
     def _tick(self) -> None:
         now = self._loop.time()
         dt = max(now - self._last, 1e-6)
         self._last = now
         a = 1.0 - math.exp(-dt / self.window)
-        self.lag_s += (max(now - self._due, self._pool_wait(), 0.0) - self.lag_s) * a
+        self.lag_s += (max(now - self._due, self._pool_wait(), self._stream_lag(), 0.0) - self.lag_s) * a
         t_cpu = time.thread_time()
         loop_s, self._loop_cpu0 = t_cpu - self._loop_cpu0, t_cpu
         pool_s = 0.0

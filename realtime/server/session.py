@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..events import Event
 from ..protocol import ProtocolError, StreamConfig, encode, end_message, parse_control
 from .batcher import hop_batcher
 from .config import ServerConfig
+from .load import ReadClock
 from .transport import ClientGone, Connection
 
 if TYPE_CHECKING:
@@ -111,6 +113,7 @@ class StreamSession:
         self.batch_bytes = max(config.frame_bytes, int(BATCH_SECONDS * config.bytes_per_second))
         self.held: list = []  # decoded audio too short to bring an event yet (see _prepare)
         self.held_samples = 0
+        self.clock = ReadClock()  # how far its reading is behind its client (LoadMonitor's stream lag)
         loop = asyncio.get_running_loop()
         idle = limits.idle_timeout
         self.idle_watch = Deadline(loop, idle, functools.partial(
@@ -138,12 +141,16 @@ class StreamSession:
     async def _loop(self) -> None:
         cfg = self.limits
         max_bytes = int(cfg.max_stream_seconds * self.config.bytes_per_second)
+        clock, bps = self.clock, self.config.bytes_per_second
         while True:
             self.idle_watch.arm()
+            clock.reading(time.monotonic())
             msg = await self.conn.recv()
             self.idle_watch.disarm()
             if msg is None:
                 break
+            if not isinstance(msg, str):
+                clock.read(time.monotonic(), (self.audio_bytes + len(msg)) / bps)
             if isinstance(msg, str):
                 if parse_control(msg) == "end":
                     break
