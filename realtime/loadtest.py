@@ -15,9 +15,14 @@ of the accepted streams. With ``--spawn`` the server runs as a child process (``
 passed to ``python -m realtime serve``) and its CPU use is reported too.
 
     python -m realtime loadtest --spawn --streams 100 --waves 100 --seconds 3   # memory over waves
+    python -m realtime loadtest --spawn --find 50:800 --seconds 15             # the largest N that holds
 
 ``--waves K`` runs each N K times, one wave after another, and reports the spawned server's RSS
 after each wave (once its streams are closed) and its growth from the first wave to the last.
+
+``--find LO:HI`` bisects for the largest N that holds (99 % of its streams) and prints the
+``serve --max-connections`` to set on that machine (90 % of it): the cap that refuses the rest
+``busy`` instead of letting every stream fall behind.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["StreamResult", "run_load", "spawn_server", "load_pcm", "default_files", "rss_mb", "health", "add_parser"]
+__all__ = ["StreamResult", "run_load", "find_capacity", "HOLD_FRACTION", "spawn_server", "load_pcm", "default_files", "rss_mb", "health", "add_parser"]
 
 from .audio import data_dir
 
@@ -242,11 +247,77 @@ def _line(row: dict) -> str:
             + (f"  ({row['first_error']})" if row["errors"] else ""))
 
 
+HOLD_FRACTION = 0.99  # --find: a load holds when at least this share of its streams hold
+FIND_HEADROOM = 0.9  # --find: the --max-connections it recommends, as a fraction of the largest N held
+
+
+def find_capacity(holds, lo: int, hi: int, *, resolution: float = 0.05) -> tuple[int | None, list[int]]:
+    """The largest N in [lo, hi] for which ``holds(N)`` is true, by bisection (holding is taken to be
+    monotone in N), to within ``resolution`` x N (at least one stream). Returns (that N, or None if even
+    ``lo`` does not hold; the Ns tried, in order)."""
+    if not 1 <= lo <= hi:
+        raise ValueError(f"need 1 <= LO <= HI, got {lo}:{hi}")
+    tried: list[int] = []
+
+    def probe(n: int) -> bool:
+        tried.append(n)
+        return holds(n)
+
+    if not probe(lo):
+        return None, tried
+    if hi == lo or probe(hi):
+        return hi, tried
+    good, bad = lo, hi  # holds at good, not at bad
+    while bad - good > max(1, int(resolution * good)):
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if probe(mid) else (good, mid)
+    return good, tried
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO:HI (stream counts), got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _measure(args, url: str, pcms: list[bytes], proc, n: int, seed: int) -> dict:
+    """One run of ``n`` streams: its row (``_row``) with the client's and the spawned server's CPU and RSS."""
+    cpu0 = _cpu_seconds(proc.pid) if proc else None
+    me0 = time.process_time()
+    w0 = time.monotonic()
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample():
+        while proc is not None and not done.wait(0.5):
+            peak[0] = max(peak[0], rss_mb(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        results = asyncio.run(run_load(url, pcms, n, chunk_s=args.chunk_ms / 1000, ramp_s=args.ramp,
+                                       token=args.token, seed=seed))
+    finally:
+        done.set()
+        sampler.join()
+    wall = time.monotonic() - w0
+    row = _row(n, results, args.max_lag, wall)
+    row["client_cpu_cores"] = round((time.process_time() - me0) / wall, 2)
+    if proc:
+        row["server_cpu_cores"] = round((_cpu_seconds(proc.pid) - cpu0) / wall, 2)
+        row["server_peak_rss_mb"] = round(peak[0])
+    return row
+
+
 def _loadtest(args) -> int:
     files = [Path(f) for f in args.files] if args.files else default_files(16)
     pcms = load_pcm(files, args.seconds)
     proc = None
-    url = args.url
+    url = ws_url = args.url
     if args.spawn:
         proc, ws_url, tcp_url = spawn_server(args.server_args)
         url = tcp_url if args.transport == "tcp" else ws_url
@@ -258,33 +329,12 @@ def _loadtest(args) -> int:
         raise SystemExit("--waves measures the spawned server's RSS: give --spawn")
     rows, growth = [], []
     try:
+        if args.find:
+            return _find(args, url, ws_url, pcms, proc)
         for n in [int(s) for s in str(args.streams).split(",")]:
             rss_waves = []
             for wave in range(1, args.waves + 1):
-                cpu0 = _cpu_seconds(proc.pid) if proc else None
-                me0 = time.process_time()
-                w0 = time.monotonic()
-                peak = [0.0]
-                done = threading.Event()
-
-                def sample():
-                    while proc is not None and not done.wait(0.5):
-                        peak[0] = max(peak[0], rss_mb(proc.pid))
-
-                sampler = threading.Thread(target=sample, daemon=True)
-                sampler.start()
-                try:
-                    results = asyncio.run(run_load(url, pcms, n, chunk_s=args.chunk_ms / 1000, ramp_s=args.ramp,
-                                                   token=args.token, seed=wave - 1))
-                finally:
-                    done.set()
-                    sampler.join()
-                wall = time.monotonic() - w0
-                row = _row(n, results, args.max_lag, wall)
-                row["client_cpu_cores"] = round((time.process_time() - me0) / wall, 2)
-                if proc:
-                    row["server_cpu_cores"] = round((_cpu_seconds(proc.pid) - cpu0) / wall, 2)
-                    row["server_peak_rss_mb"] = round(peak[0])
+                row = _measure(args, url, pcms, proc, n, seed=wave - 1)
                 if args.waves > 1:  # the RSS once the wave's streams are closed
                     _settle(ws_url)
                     rss_waves.append(rss_mb(proc.pid))
@@ -314,6 +364,34 @@ def _loadtest(args) -> int:
     return 0 if ok and all(g["growth_mb"] <= args.max_growth_mb for g in growth) else 1
 
 
+def _find(args, url: str, ws_url: str, pcms: list[bytes], proc) -> int:
+    """--find LO:HI: the largest N that holds (HOLD_FRACTION of its streams), and the --max-connections that
+    keeps a server under it. Exit status 1 when even LO does not hold."""
+    def holds(n: int) -> bool:
+        _settle(ws_url)  # the previous run's streams are closed
+        row = _measure(args, url, pcms, proc, n, seed=0)
+        row["holds"] = row["held"] >= HOLD_FRACTION * n
+        print(json.dumps(row) if args.json else _line(row) + ("  -> holds" if row["holds"] else "  -> does not hold"),
+              flush=True)
+        return row["holds"]
+
+    lo, hi = args.find
+    capacity, tried = find_capacity(holds, lo, hi)
+    out = {"capacity": capacity, "tried": tried, "hold_fraction": HOLD_FRACTION, "max_lag_s": args.max_lag,
+           "recommended_max_connections": None if capacity is None else max(1, int(FIND_HEADROOM * capacity)),
+           "server_args": args.server_args if proc is not None else None}
+    if args.json:
+        print(json.dumps(out), flush=True)
+    elif capacity is None:
+        print(f"not even {lo} streams hold (>= {HOLD_FRACTION:.0%} of them with every estimate under "
+              f"{args.max_lag:g} s late)")
+    else:
+        print(f"largest N that holds: {capacity}{' (the top of the range)' if capacity == hi else ''}; tried "
+              f"{', '.join(map(str, tried))}. Serve with --max-connections {out['recommended_max_connections']} "
+              f"({FIND_HEADROOM:.0%} of it) to refuse the rest busy instead of lagging.")
+    return 0 if capacity is not None else 1
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "loadtest", help="how many real-time streams a server holds (N paced clients, lag per estimate)",
@@ -334,6 +412,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-growth-mb", type=float, default=30.0, metavar="MB",
                    help="with --waves: exit status 1 if the RSS grew more from the first wave to the last "
                         "(default: %(default)s)")
+    p.add_argument("--find", type=_parse_range, default=None, metavar="LO:HI",
+                   help="instead of --streams: bisect for the largest N in LO..HI that holds (at least 99%% of its "
+                        "streams with every lag under --max-lag; to within 5%%) and print the --max-connections "
+                        "that keeps a server under it (90%% of that N)")
     p.add_argument("--files", nargs="+", default=None, help="recordings to stream (default: 16 LibriSpeech files)")
     p.add_argument("--token", default=None)
     p.add_argument("--json", action="store_true", help="one JSON row per run")
