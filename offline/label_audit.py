@@ -13,7 +13,8 @@ How they were found (2026-12-02, the 379 adult voices of ``../shared``):
 Seven speechocean762 speakers qualify; the two LibriSpeech readers that both models also miss (118: male,
 199 Hz; 322: female, 146 Hz) sit inside the overlap and stay. Whether the seven are mislabelled or
 exceptional voices cannot be told without listening; either way they teach the models that a 240 Hz voice
-with the formants that go with it is male. Training (``TrainConfig.exclude_readers``) leaves them out, and
+with the formants that go with it is male. Training with ``TrainConfig.label_audit`` (``--set
+label_audit=true``) leaves them out, and
 every evaluation still scores them with the label the corpus gives (so the figures in the model card count
 them as errors when the models disagree with the label).
 """
@@ -34,5 +35,5 @@ LABEL_SUSPECTS: dict[str, tuple[str, int, float, float, int]] = {
 
 
 def suspect_readers() -> tuple[str, ...]:
-    """The reader ids of ``LABEL_SUSPECTS``, sorted (TrainConfig's default ``exclude_readers``)."""
+    """The reader ids of ``LABEL_SUSPECTS``, sorted (what ``TrainConfig.label_audit`` leaves out)."""
     return tuple(sorted(LABEL_SUSPECTS))

@@ -1,6 +1,6 @@
 """The label audit (offline/label_audit.py): its speakers are in speechocean762 with the labels and ages it
-records, their voices measure where it says (median F0 on the other sex's side), and training leaves them out
-(``without_readers``; end to end in tests/test_train_export.py::test_cli_train_quick)."""
+records, their voices measure where it says (median F0 on the other sex's side), and training with
+``label_audit`` leaves them out (``without_readers``; end to end in tests/test_train_export.py::test_cli_train_quick)."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +50,8 @@ def test_without_readers_drops_only_present_readers(tmp_path):
     from offline.librispeech import load_manifest
     from offline.train import TrainConfig, without_readers
 
-    assert TrainConfig().exclude_readers == TrainConfig.quick().exclude_readers == suspect_readers()
+    assert TrainConfig().excluded_readers() == () and TrainConfig(label_audit=True).excluded_readers() == suspect_readers()
+    assert TrainConfig.quick(**TrainConfig.parse_overrides(["label_audit=true"])).excluded_readers() == suspect_readers()
     manifest = tmp_path / "m.csv"
     rows = [("so762-2380", f) for f in speechocean_speakers()["so762-2380"][1][:1]]
     keep = sorted(set(speechocean_speakers()) - set(LABEL_SUSPECTS))[0]

@@ -152,12 +152,12 @@ def test_cli_train_quick(tmp_path, capsys):
         for paths in readers_by_gender(3).values():
             for p in paths:
                 w.writerow([str(p), p.name.split("-")[0], gender_of(p)])
-        # a speaker of the label audit (offline/label_audit.py) is read, and left out of training
+        # a speaker of the label audit (offline/label_audit.py) is read, and left out of training (--set)
         gender, files = speechocean_speakers()["so762-2380"]
         w.writerows([(str(f), "so762-2380", gender) for f in files[:2]])
     out = tmp_path / "models"
     rc = main(["train", "--data", str(manifest), "--out", str(out), "--quick", "--json", "--jobs", "2",
-               "--cache", str(tmp_path / "cache")])
+               "--cache", str(tmp_path / "cache"), "--set", "label_audit=true"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["data"]["readers"] == {"F": 3, "M": 3}
