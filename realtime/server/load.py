@@ -174,13 +174,14 @@ class LoadMonitor:
       (batching makes the cost per stream fall as the streams grow, so the first costs overstate it).
 
     None of them refuses while the process holds fewer than ``MIN_STREAMS`` streams. ``streams()`` gives this
-    process's open streams, ``sessions()`` their sessions. ``on_sample(monitor)`` (optional) is called after each probe (the server publishes
-    the figures)."""
+    process's open streams, ``sessions()`` their sessions. ``on_sample(monitor)`` (optional) is called after
+    each probe (the server publishes the figures)."""
 
     def __init__(self, executor, *, max_lag: float, max_busy: float, streams=lambda: 0, sessions=lambda: (),
                  on_sample=None, window: float = LOAD_WINDOW_S, every: float = PROBE_S):
         self.executor, self.max_lag, self.max_busy = executor, max_lag, max_busy
-        self.streams, self.sessions, self.on_sample, self.window, self.every = streams, sessions, on_sample, window, every
+        self.streams, self.sessions, self.on_sample = streams, sessions, on_sample
+        self.window, self.every = window, every
         self.lag_s = self.loop_cpu = self.pool_cpu = self.cpu = self.stream_lag_s = 0.0
         self._stream_lag_due = 0.0
         self.loop_cost: float | None = None  # CPU fraction per stream, learned in steady periods
