@@ -22,7 +22,7 @@ import threading
 import time
 
 __all__ = ["LoadMonitor", "TimedExecutor", "ReadClock", "WAITED_S", "STREAM_LAG_EVERY_S", "STREAM_LAG_QUANTILE",
-           "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION", "PENDING_WINDOWS",
+           "STREAM_SUSTAIN_S", "PROBE_S", "LOAD_WINDOW_S", "RESUME_FRACTION", "PENDING_WINDOWS",
            "COST_WINDOW_S", "SLOW_START", "SLOW_FRACTION", "GROWTH", "TRUST", "STEADY_FRACTION", "FREE_STREAMS",
            "SUSTAIN_S", "MIN_STREAMS", "MIN_CPU"]
 
@@ -58,6 +58,9 @@ TRUST = 1.5
 WAITED_S = 0.001  # a read that took this long waited for its client: the stream had read all it was sent
 STREAM_LAG_EVERY_S = 0.25  # how often the monitor reads its streams' ReadClocks
 STREAM_LAG_QUANTILE = 0.9  # the streams' lag it takes: this quantile over the open streams
+# the streams' lag is no spike of handshakes: over --max-lag this long (with MIN_CPU) refuses. Streams admitted
+# while a process is over its capacity lag for their whole life, so the sooner the better
+STREAM_SUSTAIN_S = 0.5
 
 
 class ReadClock:
@@ -157,7 +160,8 @@ class LoadMonitor:
 
     :meth:`refusal` (and :meth:`room`) refuse a stream only on measured overload (a limit of 0 is off):
 
-    * lag: over ``max_lag`` while ``cpu`` is at least ``MIN_CPU``, at every probe for ``SUSTAIN_S``; then no
+    * lag: over ``max_lag`` while ``cpu`` is at least ``MIN_CPU``, at every probe for ``SUSTAIN_S`` (the
+      streams' lag alone, unaveraged: for ``STREAM_SUSTAIN_S``); then no
       until the lag is back under ``RESUME_FRACTION`` of it or ``cpu`` under that fraction of ``MIN_CPU``;
     * busy: ``loop_cpu`` or ``pool_cpu`` over ``max_busy`` at every probe for ``SUSTAIN_S``;
     * the look-ahead, from ``FREE_STREAMS`` streams open. Lag only grows once a process is past
@@ -189,6 +193,7 @@ class LoadMonitor:
         self.pending = 0.0  # admitted streams still open and not yet reflected in the CPU fractions
         self.learned_streams = 0  # the most streams open in a steady period
         self.lag_over_s = self.busy_over_s = 0.0  # how long the lag / CPU fraction has been over its limit
+        self.stream_over_s = 0.0  # ... and the streams' lag alone
         self.lag_ok = True  # with hysteresis
         self.accepting = True  # room() at the last probe
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -219,7 +224,8 @@ class LoadMonitor:
             return None
         if not self.lag_ok:
             return (f"its work runs {self.lag_s * 1000:.0f} ms late while it uses {self.cpu:.2f} cores itself "
-                    f"(over --max-lag {self.max_lag:g} s with at least {MIN_CPU:g} cores for {SUSTAIN_S:g} s; "
+                    f"(its streams' {self.stream_lag_s * 1000:.0f} ms; over --max-lag {self.max_lag:g} s with at "
+                    f"least {MIN_CPU:g} cores for {SUSTAIN_S:g} s, its streams' for {STREAM_SUSTAIN_S:g} s; "
                     f"it accepts again under {RESUME_FRACTION * self.max_lag * 1000:.0f} ms)")
         if self.max_busy <= 0:
             return None
@@ -314,10 +320,11 @@ class LoadMonitor:
         self.busy_over_s = self.busy_over_s + dt if max(self.loop_cpu, self.pool_cpu) > self.max_busy else 0.0
         own = self.cpu >= MIN_CPU
         self.lag_over_s = self.lag_over_s + dt if own and self.lag_s > self.max_lag else 0.0
+        self.stream_over_s = self.stream_over_s + dt if own and self.stream_lag_s > self.max_lag else 0.0
         if self.max_lag > 0:
-            if self.lag_ok and self.lag_over_s >= SUSTAIN_S:
+            if self.lag_ok and (self.lag_over_s >= SUSTAIN_S or self.stream_over_s >= STREAM_SUSTAIN_S):
                 self.lag_ok = False
-            elif not self.lag_ok and (self.lag_s < RESUME_FRACTION * self.max_lag
+            elif not self.lag_ok and (max(self.lag_s, self.stream_lag_s) < RESUME_FRACTION * self.max_lag
                                       or self.cpu < RESUME_FRACTION * MIN_CPU):
                 self.lag_ok = True
 
