@@ -117,8 +117,8 @@ class Counters:
         self["accepting"] = int(monitor.accepting)
 
     def loads(self) -> list[dict]:
-        """Every process's streams (slots it holds), load, lag_ms, stream_lag_ms, loop_cpu, pool_cpu, cpu (cores) and accepting
-        (one that has not started yet reads zeros, not accepting)."""
+        """Every process's streams (slots it holds), load, lag_ms, stream_lag_ms, loop_cpu, pool_cpu, cpu (cores)
+        and accepting (one that has not started yet reads zeros, not accepting)."""
         def row(r: int) -> dict:
             get = lambda name: self._cells[self._at(name, r)]  # noqa: E731
             return {"streams": get("active"), "load": get("load_pm") / 1000, "lag_ms": get("lag_us") / 1000,

@@ -140,8 +140,8 @@ class StreamSession:
 
     async def _loop(self) -> None:
         cfg = self.limits
-        max_bytes = int(cfg.max_stream_seconds * self.config.bytes_per_second)
         clock, bps = self.clock, self.config.bytes_per_second
+        max_bytes = int(cfg.max_stream_seconds * bps)
         while True:
             self.idle_watch.arm()
             clock.reading(time.monotonic())
@@ -149,13 +149,12 @@ class StreamSession:
             self.idle_watch.disarm()
             if msg is None:
                 break
-            if not isinstance(msg, str):
-                clock.read(time.monotonic(), (self.audio_bytes + len(msg)) / bps)
             if isinstance(msg, str):
                 if parse_control(msg) == "end":
                     break
                 await self._process([_RESET])
                 continue
+            clock.read(time.monotonic(), (self.audio_bytes + len(msg)) / bps)
             self.conn.check_size(msg)
             if self.audio_bytes + len(msg) > max_bytes:  # process up to the limit, then refuse the rest
                 msg = msg[: max(0, max_bytes - self.audio_bytes)]
