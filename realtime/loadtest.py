@@ -327,6 +327,9 @@ def _loadtest(args) -> int:
         raise SystemExit(f"--waves must be >= 1, got {args.waves}")
     if args.waves > 1 and proc is None:
         raise SystemExit("--waves measures the spawned server's RSS: give --spawn")
+    if args.find and proc is None and not url.startswith("ws"):
+        raise SystemExit("--find reads the server's /healthz between runs, on its WebSocket port: give --url ws://... "
+                         "or --spawn")
     rows, growth = [], []
     try:
         if args.find:

@@ -43,3 +43,6 @@ def test_cli_find_against_a_spawned_server():
     bad = subprocess.run([sys.executable, "-m", "realtime", "loadtest", "--find", "9:3"], cwd=root,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "LO <= HI" in bad.stderr
+    tcp = subprocess.run([sys.executable, "-m", "realtime", "loadtest", "--find", "2:4", "--url", "tcp://127.0.0.1:9"],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert tcp.returncode == 1 and "give --url ws://" in tcp.stderr, tcp.stderr[-500:]
