@@ -900,8 +900,10 @@ def run_train(args: argparse.Namespace) -> int:
     ws = extract_corpus(utterances, jobs=args.jobs, cache_dir=cache_dir, progress=progress, strict=args.strict)
     t_feat = time.perf_counter() - t0
     trained = fit_all(ws, config=config, progress=progress, train_utterances=utterances)
-    ws, excluded = without_readers(ws, config.excluded_readers())
-    utterances = [u for u in utterances if u.reader not in excluded]
+    excluded = trained.data["excluded_readers"]      # what fit_all left out (the label audit)
+    if excluded:
+        ws = ws.subset(~np.isin(ws.reader, excluded))
+        utterances = [u for u in utterances if u.reader not in excluded]
     summary_data = data_summary(ws, utterances)
     summary_data["excluded_readers"] = excluded
     summary_data["source"] = " + ".join(sorted({u.corpus for u in utterances}))
