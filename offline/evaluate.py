@@ -460,17 +460,25 @@ def _engine_fold(models, utterances, *, fold: int, log=print) -> dict:
     """Export ``models`` to a temporary bundle and give every utterance the live engine's file verdict."""
     import tempfile
 
-    from realtime.audio import load_audio
     from realtime.bundle import Bundle
-    from realtime.engine import Engine, summarise
 
     from .export import export_bundle
 
     with tempfile.TemporaryDirectory(prefix="voicegender-fold-") as tmp:
         export_bundle(models, tmp)
         bundle = Bundle.load(tmp)
+    return _engine_verdicts(bundle, utterances, fold=fold)
+
+
+def _engine_verdicts(bundle, utterances, *, fold: int = 0) -> dict:
+    """Every utterance streamed through the live engine on ``bundle``: its file verdict as ``classify`` gives it,
+    the windows' verdict alone and the voice opinion alone (with one), and every live hop's label."""
+    from realtime.audio import load_audio
+    from realtime.engine import Engine, file_decision, summarise
+
     rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": [],
             "hop_y": [], "hop_label": [], "hop_corpus": []}
+    variants = {"windows": ([], []), "voice": ([], [])}  # the verdict from the windows alone, the voice alone
     engine = Engine(bundle)
     for u in utterances:
         events = list(engine.run(load_audio(u.path)))  # run() starts each file from a clean state
@@ -482,10 +490,19 @@ def _engine_fold(models, utterances, *, fold: int, log=print) -> dict:
         rows["y"].append(1 if u.gender == "F" else 0)
         rows["p"].append(math.nan if v["p_female"] is None else v["p_female"])
         rows["label"].append(v["label"])
+        label_w, p_w = file_decision([e.window_p_female for e in events], bundle)
+        variants["windows"][0].append(label_w)
+        variants["windows"][1].append(math.nan if p_w is None else p_w)
+        pv = v.get("voice_p_female")
+        variants["voice"][0].append(label_w if pv is None else "female" if pv >= 0.5 else "male")
+        variants["voice"][1].append(p_w if pv is None else pv)
         rows["utt"].append(u.utt_id)
         rows["reader"].append(u.reader)
         rows["corpus"].append(u.corpus)
         rows["fold"].append(fold)
+    if bundle.has_voice_opinion:
+        for name, (labels, ps) in variants.items():
+            rows[f"label_{name}"], rows[f"p_{name}"] = labels, ps
     return rows
 
 
@@ -535,8 +552,25 @@ def _engine_summary(rows: list[dict]) -> dict:
             "decided_balanced_accuracy", "balanced_accuracy_at_0_5", "live_hops_decided",
             "live_decided_balanced_accuracy")
     summ = lambda items: {k: M.mean_std([f[k] for f in items]) for k in keys}  # noqa: E731
-    return {"all": summ(per_fold), "corpora": {c: summ(v) for c, v in per_corpus.items()},
-            "files": int(sum(len(r["y"]) for r in rows))}
+    out = {"all": summ(per_fold), "corpora": {c: summ(v) for c, v in per_corpus.items()},
+           "files": int(sum(len(r["y"]) for r in rows))}
+    # with a voice opinion: the same files judged by the windows alone and by the voice alone (where it had
+    # speech enough; else the windows' verdict), to show what each brings
+    for name in ("windows", "voice"):
+        if rows and all(f"label_{name}" in r for r in rows):
+            out[f"{name}_only"] = _variant_summary(rows, f"label_{name}", f"p_{name}", keys[:7])
+    return out
+
+
+def _variant_summary(rows: list[dict], label_key: str, p_key: str, keys) -> dict:
+    """Per-fold file figures of another verdict of the same files (all, and per corpus) -> mean ± std."""
+    def summ(masks):
+        per = [_file_verdict_metrics(np.asarray(r["y"])[m], np.asarray(r[label_key])[m], np.asarray(r[p_key])[m])
+               for r, m in masks if m.any()]
+        return {k: M.mean_std([f[k] for f in per]) for k in keys}
+    corpora = sorted(set().union(*(set(r["corpus"]) for r in rows)))
+    return {"all": summ([(r, np.ones(len(r["y"]), bool)) for r in rows]),
+            "corpora": {c: summ([(r, np.asarray(r["corpus"]) == c) for r in rows]) for c in corpora}}
 
 
 # --- bundle mode ---------------------------------------------------------------------------------------
@@ -560,8 +594,9 @@ def _bundle_training_readers(meta: dict) -> set[str]:
 
 
 def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bool = False, seed: int = 0,
-               extract_kwargs: dict | None = None, log=print) -> tuple[dict, dict]:
-    """Score the bundle in ``models_dir`` on every utterance. Returns (result dict, {condition: Scored})."""
+               extract_kwargs: dict | None = None, log=print, engine_path: bool = False) -> tuple[dict, dict]:
+    """Score the bundle in ``models_dir`` on every utterance (``engine_path``: also give every clean file the live
+    engine's verdict, as ``realtime classify`` does). Returns (result dict, {condition: Scored})."""
     from realtime.bundle import Bundle
 
     bundle = Bundle.load(models_dir)
@@ -599,6 +634,8 @@ def run_bundle(utterances, models_dir: Path, *, noise: bool = False, channel: bo
         per_model = _metrics_per_model(s, thresholds)
         result[section][cond.name] = {**_condition_entry(cond), "models": _one_run_summary(per_model),
                                       "pooled": per_model}
+    if engine_path:
+        result["engine_files"] = _engine_summary([_engine_verdicts(bundle, utterances)])
     return result, scored
 
 
@@ -703,7 +740,7 @@ def engine_lines(result: dict) -> list[str]:
     """The engine-path file verdicts (K-fold and leave-one-corpus-out), one line per group."""
     rows = []
     if result.get("engine_files") and result.get("mode") != "loco":
-        rows.append(("K-fold CV", result["engine_files"]))
+        rows.append(("K-fold CV" if result.get("mode") == "cv" else "bundle", result["engine_files"]))
     for direction, r in (result.get("loco") or {}).items():
         if r.get("engine_files"):
             rows.append((f"trained {direction}", r["engine_files"]))
@@ -718,6 +755,11 @@ def engine_lines(result: dict) -> list[str]:
                        f"{_fmt(m['undecided'])} %  decided bal.acc {_fmt(m['decided_balanced_accuracy'])} %  "
                        f"live hops decided {_fmt(m.get('live_hops_decided', {}))} % "
                        f"(bal.acc {_fmt(m.get('live_decided_balanced_accuracy', {}))} %)")
+        for variant, what in (("windows_only", "windows alone"), ("voice_only", "voice opinion alone")):
+            for group, m in [("all", e[variant]["all"])] + list(e[variant]["corpora"].items()) if variant in e else []:
+                out.append(f"    {what:<34} {group:<16} bal.acc {_fmt(m['balanced_accuracy'])} %  recall F "
+                           f"{_fmt(m['recall_female'])} / M {_fmt(m['recall_male'])} %  undecided "
+                           f"{_fmt(m['undecided'])} %")
     return out
 
 
@@ -966,7 +1008,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         if args.models is not None:
             result, scored = run_bundle(utterances, args.models, noise=args.noise, channel=args.channel,
-                                        seed=args.seed, extract_kwargs=extract_kwargs, log=log)
+                                        seed=args.seed, extract_kwargs=extract_kwargs, log=log,
+                                        engine_path=not args.no_engine)
         else:
             cv_args = dict(seed=args.seed, quick=args.quick, noise=args.noise, channel=args.channel, recipe=recipe,
                            extract_kwargs=extract_kwargs, progress=progress, log=log,
@@ -1052,8 +1095,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-cv", dest="cv_folds", action="store_false",
                    help="with --loco: skip the K-fold cross-validation and run only leave-one-corpus-out")
     p.add_argument("--no-engine", action="store_true",
-                   help="skip the engine-path file verdicts (each fold's models exported to ONNX and every test "
-                        "file streamed through realtime.engine, as `realtime classify` answers)")
+                   help="skip the engine-path file verdicts (each fold's models, or the --models bundle, exported "
+                        "to ONNX and every test file streamed through realtime.engine, as `realtime classify` answers)")
     p.add_argument("--quick", action="store_true", help="CV: train with TrainConfig.quick() (smoke tests)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment and noise seed (default: %(default)s)")
     p.add_argument("--json", action="store_true",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.bundle import MODEL_FILES, SPEECH_MODEL, Bundle, bundle_meta, model_entry, onnx_session, write_meta
+from realtime.bundle import MODEL_FILES, SPEECH_MODEL, VOICE_MODEL, Bundle, bundle_meta, model_entry, onnx_session, write_meta
 from realtime.errors import VoiceGenderError
 from realtime.logodds import sigmoid
 
@@ -116,6 +116,24 @@ def library_versions() -> dict:
     return out
 
 
+def export_voice(voice: dict, out: Path) -> dict:
+    """The voice opinion into the bundle: the speaker encoder (``offline/assets/voice_encoder.onnx``, copied as
+    ``voice.onnx``) and its probe; bundle.json's ``voice`` entry."""
+    import shutil
+
+    from realtime.voice import FRONTEND
+
+    from .voice_encoder import ASSET, INPUT, LICENSE, OUTPUT
+
+    shutil.copyfile(ASSET, Path(out) / MODEL_FILES[VOICE_MODEL])
+    shutil.copyfile(ASSET.with_name(LICENSE), Path(out) / LICENSE)  # Apache-2.0: the licence goes with the weights
+    w, b = voice["probe"]
+    return model_entry(out, VOICE_MODEL, input=INPUT, output=OUTPUT, frontend=FRONTEND.to_dict(),
+                       probe={"weights": [float(x) for x in w], "bias": float(b)},
+                       source="Resemblyzer 0.1.4 GE2E speaker encoder (Apache-2.0), converted by offline/voice_encoder.py",
+                       training=voice.get("info", {}))
+
+
 def export_bundle(trained, out_dir: str | Path, *, metrics: dict | None = None, data_summary: dict | None = None,
                   check=None, tolerance: float = TOLERANCE) -> Path:
     """Write the bundle of ``trained`` (an ``offline.train.TrainedModels``) into ``out_dir``; returns the folder.
@@ -153,10 +171,13 @@ def export_bundle(trained, out_dir: str | Path, *, metrics: dict | None = None, 
         speech = model_entry(out, SPEECH_MODEL, input="stats", output=sp["outputs"][1],
                              threshold=float(trained.speech_threshold), export_check=checked(sp),
                              training=trained.speech_info)
+    voice = None
+    if getattr(trained, "voice", None):
+        voice = export_voice(trained.voice, out)
     meta = bundle_meta(
         definition=d, stat_names=trained.stat_names, mfcc_mean=trained.mfcc_mean, mfcc_std=trained.mfcc_std,
         models=models, weights=trained.weights, bias=trained.bias, thresholds=trained.thresholds, speech=speech,
-        file_decision=getattr(trained, "file_decision", None),
+        file_decision=getattr(trained, "file_decision", None), voice=voice,
         training={"data": data_summary, "split": trained.data, "config": trained.config.to_dict(),
                   "history": trained.history, "validation": trained.validation,
                   "xgb_feature_importance_gain": trained.xgb_importance},

@@ -112,6 +112,9 @@ class TrainConfig:
     nonspeech_music: tuple[str, ...] = ("singularity-music", "drascula-music")  # Debian music packages (if installed)
     file_confident_accuracy: float = 0.985  # decided files of calibration speakers at least this often right,
     file_max_undecided: float = 0.03        # ... with at most this share of them left undecided
+    # the file verdict's voice opinion (offline/voice_probe.py): a probe on a pretrained speaker encoder's
+    # embedding of each file, weighed against the windows on the calibration speakers' files (model card)
+    voice_opinion: bool = True
     ensemble_intercept: bool = False       # a fitted bias learns the calibration readers' quirks (model card)
     ensemble_C: float = 1.0
     confident_accuracy: float = 0.98
@@ -407,6 +410,8 @@ class TrainedModels:
     speech_threshold: float | None = None
     speech_info: dict = field(default_factory=dict)
     file_decision: dict = field(default_factory=dict)   # {'scale', 'female', 'male', ...} for whole files
+    # the voice opinion: {'probe': (weights, bias), 'embeddings': {utt: (embedding, label, reader)}, 'info'}
+    voice: dict | None = None
 
     def p_speech(self, stats: np.ndarray) -> np.ndarray:
         """p(speech) of each window's stats (ones without a speech model)."""
@@ -587,12 +592,14 @@ def _fit_cnn(name: str, xfit, yfit, xcal, ycal, config: TrainConfig, augment: Mf
 
 
 def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.ndarray, target: float,
-                      max_undecided: float = 0.03) -> dict:
+                      max_undecided: float = 0.03, voice: dict | None = None) -> dict:
     """The file-level verdict, fitted on held-out speakers' files (clean windows of the calibration readers).
 
     A file's evidence is the mean log-odds ``z`` of its windows. ``scale`` calibrates it (Platt scaling without
     intercept, every speaker weighted the same): ``p_file = sigmoid(scale * z)``; averaging windows makes the
-    evidence stronger than one window's, which the per-window band ignored. The uncertain band
+    evidence stronger than one window's, which the per-window band ignored. With ``voice`` ({utt: the voice
+    opinion's logit}), ``scale`` and ``voice_weight`` are fitted together on the files that have one:
+    ``p_file = sigmoid(scale * z + voice_weight * voice logit)`` (a file without one: the window term). The uncertain band
     ``0.5 +- delta`` is the narrowest (delta in 0, 0.025, ..., 0.4) whose decided files are at least
     ``target`` right (balanced over the genders), but never so wide that more than ``max_undecided`` of the
     calibration files fall inside it: an undecided file is as useless to a user as a wrong one, and a band
@@ -608,9 +615,20 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
     w = 1.0 / counts[inv.reshape(-1)]
     if len(np.unique(u["y"])) < 2:
         return {}
-    lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(z[:, None], u["y"], sample_weight=w)
-    scale = float(max(lr.coef_[0][0], 0.05))
-    pf = sigmoid(scale * z)
+    zv = np.array([voice.get(str(k), np.nan) if voice else np.nan for k in u["utt"]], dtype=np.float64)
+    has_voice = np.isfinite(zv)
+    extra = {}
+    if has_voice.sum() >= 6 and len(np.unique(u["y"][has_voice])) == 2:
+        X = np.stack([z, zv], axis=1)[has_voice]
+        lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(X, u["y"][has_voice],
+                                                                                 sample_weight=w[has_voice])
+        scale, voice_weight = (float(max(c, 0.0)) for c in lr.coef_[0])
+        scale = max(scale, 0.05)
+        extra = {"voice_weight": round(voice_weight, 4), "calibration_files_with_voice": int(has_voice.sum())}
+    else:
+        lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(z[:, None], u["y"], sample_weight=w)
+        scale, voice_weight = float(max(lr.coef_[0][0], 0.05)), 0.0
+    pf = sigmoid(scale * z + voice_weight * np.where(has_voice, zv, 0.0))
     yb = u["y"].astype(bool)
     chosen = 0.0
     for delta in np.arange(0.0, 0.4001, 0.025):
@@ -623,9 +641,39 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
         if acc >= target:
             break
     undecided = float(np.average(np.abs(pf - 0.5) < chosen, weights=w))
-    return {"scale": round(scale, 4), "female": round(0.5 + chosen, 3), "male": round(0.5 - chosen, 3),
+    return {"scale": round(scale, 4), **extra, "female": round(0.5 + chosen, 3), "male": round(0.5 - chosen, 3),
             "target": target, "calibration_files": int(len(z)), "calibration_speakers": int(len(counts)),
             "calibration_undecided": round(undecided, 4)}
+
+
+def _voice_probe(embeddings: dict, readers: set) -> tuple[np.ndarray, float]:
+    """The probe fitted on the embedded files of ``readers``."""
+    from .voice_probe import fit_probe
+
+    rows = [v for v in embeddings.values() if v[2] in readers]
+    return fit_probe(np.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+
+
+def _fit_voice(trained: "TrainedModels", train: WindowSet, fit_readers: set, cal_readers: set, utterances,
+               config: "TrainConfig", progress: bool) -> dict | None:
+    """The voice opinion's probe on the fit readers' files (``trained.voice``), and its logit for each calibration
+    file ({utt: logit}) for the file decision to weigh."""
+    from .voice_probe import embed_utterances, probe_logits
+
+    used = set(map(str, np.unique(train.utt)))
+    utts = [u for u in utterances if u.utt_id in used]
+    emb = embed_utterances(utts, cache_dir=config.cache_dir, progress=progress, threads=config.threads)
+    embeddings = {u.utt_id: (emb[u.utt_id], u.label, u.reader) for u in utts if u.utt_id in emb}
+    if len({v[1] for v in embeddings.values() if v[2] in fit_readers}) < 2:
+        return None
+    probe = _voice_probe(embeddings, fit_readers)
+    cal = {k: v for k, v in embeddings.items() if v[2] in cal_readers}
+    logits = probe_logits(np.stack([v[0] for v in cal.values()]), probe) if cal else np.zeros(0)
+    trained.voice = {"probe": probe, "embeddings": embeddings,
+                     "info": {"files": len(embeddings), "fit_files": sum(v[2] in fit_readers for v in embeddings.values()),
+                              "calibration_files": len(cal)}}
+    _log(progress, f"[train] voice opinion: {len(embeddings)} of {len(utts)} files embedded, probe on the fit readers'")
+    return dict(zip(cal, logits.tolist()))
 
 
 def fit_speech_model(pos_fit: np.ndarray, pos_cal: np.ndarray, neg: np.ndarray, neg_group: np.ndarray,
@@ -785,9 +833,16 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
     trained.calibration_logits, trained.calibration_y = logits, cal.y.copy()
     trained.thresholds = choose_thresholds(cal.y, p_cal, config.confident_accuracy)
     clean_cal = np.arange(len(cal)) < n_cal_clean
+    voice_cal = None
+    if config.voice_opinion and train_utterances is not None:
+        t0 = time.perf_counter()
+        voice_cal = _fit_voice(trained, train, fit_readers, cal_readers, train_utterances, config, progress)
+        timings["voice_s"] = round(time.perf_counter() - t0, 1)
     trained.file_decision = fit_file_decision(cal.y[clean_cal], p_cal[clean_cal], cal.utt[clean_cal],
                                               cal.reader[clean_cal], config.file_confident_accuracy,
-                                              config.file_max_undecided)
+                                              config.file_max_undecided, voice=voice_cal)
+    if trained.voice and not trained.file_decision.get("voice_weight"):
+        trained.voice = None  # the calibration speakers gave it no weight
     _log(progress, f"[train] file verdict: {trained.file_decision}")
     if config.speech_check:
         from .nonspeech import training_negatives
@@ -815,6 +870,8 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
         # the weights, thresholds and stopping points were chosen on held-out readers; now give the models
         # the calibration readers too (25 % more voices), same trees / epochs / learning-rate path
         t0 = time.perf_counter()
+        if trained.voice:
+            trained.voice["probe"] = _voice_probe(trained.voice["embeddings"], fit_readers | cal_readers)
         everything = WindowSet.concat([fit, cal])
         trained.xgb = _refit_xgb(everything, xgb_hist["rounds"], config)
         xall = np.concatenate([xfit, xcal])

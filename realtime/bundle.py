@@ -1,16 +1,17 @@
 """The model bundle of the live engine: its format, its three ONNX models, their calibrated ensemble, its checks.
 
 A bundle is a folder (``models/`` in the repository, written by ``python -m offline train``) with
-``xgb.onnx``, ``cnn1d.onnx``, ``cnn2d.onnx`` (``MODEL_FILES``), optionally ``speech.onnx``, and
-``bundle.json``. This module owns the format: the format name and version, the model names and file
-names, the sections (``SECTIONS`` required, ``OPTIONAL_SECTIONS``: ``speech``, ``file_decision``), the
+``xgb.onnx``, ``cnn1d.onnx``, ``cnn2d.onnx`` (``MODEL_FILES``), optionally ``speech.onnx`` and ``voice.onnx``
+(the speaker encoder of the file verdict's voice opinion, ``realtime.voice``), and ``bundle.json``. This
+module owns the format: the format name and version, the model names and file names, the sections
+(``SECTIONS`` required, ``OPTIONAL_SECTIONS``: ``speech``, ``file_decision``, ``voice``), the
 clip constants, ``bundle_meta`` (the one function that builds a bundle.json dict, used by
 ``offline.export``) and ``check_meta`` (its validation, shared by ``bundle_meta`` and ``Bundle.load``).
 
 ``Bundle.load`` refuses, with a ``BundleError`` that says why, a bundle whose files are missing, whose
 JSON is broken, whose model files do not match their recorded sha256, or whose feature definition differs
 from the one this engine computes (``realtime.features.DEFAULT``): a model is only valid on the exact
-features it was trained on.
+features it was trained on; likewise a voice opinion whose frontend is not ``realtime.voice.FRONTEND``.
 
 Live path: imports numpy, onnxruntime, json and hashlib only (plus realtime.features for the definition and
 realtime.logodds); never TensorFlow, XGBoost or librosa. Each model gets its own one-thread onnxruntime
@@ -38,9 +39,10 @@ import onnxruntime as ort
 from .errors import VoiceGenderError
 from .features import DEFAULT, FeatureDefinition
 from .logodds import logit, sigmoid
+from .voice import EMBEDDING_SIZE, FRONTEND, VoiceEncoder
 
 __all__ = ["BUNDLE_FILE", "BUNDLE_FORMAT", "DEFAULT_MODELS_DIR", "FILE_P_CLIP", "FORMAT_VERSION", "MODEL_FILES",
-           "MODEL_NAMES", "P_CLIP", "SPEECH_MODEL", "SUPPORTED_VERSIONS", "Bundle", "BundleError", "bundle_digest",
+           "MODEL_NAMES", "P_CLIP", "SPEECH_MODEL", "SUPPORTED_VERSIONS", "VOICE_MODEL", "Bundle", "BundleError", "bundle_digest",
            "bundle_meta", "check_meta", "model_entry", "onnx_session", "seal", "seal_file", "sha256_file", "write_meta"]
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -50,7 +52,9 @@ FORMAT_VERSION = 1                      # what offline.export writes
 SUPPORTED_VERSIONS = (FORMAT_VERSION,)  # what Bundle.load reads
 MODEL_NAMES = ("xgb", "cnn1d", "cnn2d")  # the ensemble's models, in ensemble.order
 SPEECH_MODEL = "speech"  # optional: XGBoost speech / non-speech on the stats vector
-MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx", SPEECH_MODEL: "speech.onnx"}
+VOICE_MODEL = "voice"  # optional: the speaker encoder whose embedding the file verdict's probe reads
+MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx", SPEECH_MODEL: "speech.onnx",
+               VOICE_MODEL: "voice.onnx"}
 P_CLIP = 1e-6       # ensemble.p_clip: xgb's probability is clipped to [P_CLIP, 1 - P_CLIP] before its logit
 FILE_P_CLIP = 1e-4  # a file verdict clips each window's p_female to [FILE_P_CLIP, 1 - FILE_P_CLIP] before its logit
 CNN_ROWS = 16  # windows per CNN run in predict_many: fewer pay the per-run cost, more outgrow the CPU caches
@@ -237,11 +241,32 @@ def _check_file_decision(meta: dict, fdef: FeatureDefinition) -> None:
     if not isinstance(fd, dict):
         raise BundleError(f"bundle.json: file_decision must be an object, got {_short(fd)}")
     _number("file_decision.scale", fd.get("scale"), lo=0.0, lo_open=True)
+    if "voice_weight" in fd:
+        _number("file_decision.voice_weight", fd["voice_weight"], lo=0.0)
+        if VOICE_MODEL not in meta:
+            raise BundleError("bundle.json: file_decision.voice_weight needs the voice section (its encoder and probe)")
     _check_band("file_decision", fd)
 
 
-# (name, check) of sections an older bundle may lack: the speech check and the file-level decision
-OPTIONAL_SECTIONS: tuple = ((SPEECH_MODEL, _check_speech), ("file_decision", _check_file_decision))
+def _check_voice(meta: dict, fdef: FeatureDefinition) -> None:
+    v = meta[VOICE_MODEL]
+    _check_model_entry(VOICE_MODEL, v, extra=("frontend", "probe"))
+    if v["frontend"] != FRONTEND.to_dict():
+        diff = [f"{k}: bundle {v['frontend'].get(k)!r} vs engine {FRONTEND.to_dict().get(k)!r}"
+                for k in sorted(FRONTEND.to_dict()) if not isinstance(v["frontend"], dict)
+                or v["frontend"].get(k) != FRONTEND.to_dict()[k]]
+        raise BundleError(f"bundle.json: the voice opinion was trained on another encoder frontend than this engine's "
+                          f"({FRONTEND.hash}: {'; '.join(diff[:4]) or _short(v['frontend'])}); retrain the bundle")
+    probe = v["probe"]
+    if not isinstance(probe, dict):
+        raise BundleError(f"bundle.json: voice.probe must be an object, got {_short(probe)}")
+    _numbers("voice.probe.weights", probe.get("weights"), EMBEDDING_SIZE)
+    _number("voice.probe.bias", probe.get("bias"))
+
+
+# (name, check) of sections an older bundle may lack: the speech check, the file-level decision, the voice opinion
+OPTIONAL_SECTIONS: tuple = ((SPEECH_MODEL, _check_speech), ("file_decision", _check_file_decision),
+                            (VOICE_MODEL, _check_voice))
 # keys that must be present before the sections are checked (the rest of each section is checked by its function)
 REQUIRED_KEYS = ("feature.definition", "feature.hash", "feature.stat_names", "normalisation.mfcc_mean",
                  "normalisation.mfcc_std", "ensemble.weights", "ensemble.bias", "thresholds.female", "thresholds.male",
@@ -293,14 +318,16 @@ def model_entry(folder: str | Path, name: str, *, input: str, output: str, **rec
 
 def bundle_meta(*, definition: FeatureDefinition, stat_names, mfcc_mean, mfcc_std, models: dict, weights,
                 bias: float, thresholds: dict, p_clip: float = P_CLIP, speech: dict | None = None,
-                file_decision: dict | None = None, training=None, metrics=None, versions=None,
-                created: str | None = None) -> dict:
+                file_decision: dict | None = None, voice: dict | None = None, training=None, metrics=None,
+                versions=None, created: str | None = None) -> dict:
     """The content of bundle.json in this module's schema, checked as ``Bundle.load`` checks it (``check_meta``);
     not yet sealed (``write_meta`` seals and writes it).
 
     ``models``: {name: ``model_entry``} for each of ``MODEL_NAMES``; ``weights``: the ensemble's, in
     ``MODEL_NAMES`` order; ``thresholds``: {'female', 'male'}; ``speech`` (optional): the speech check's
-    ``model_entry`` with its ``threshold``; ``file_decision`` (optional): {'scale', 'female', 'male', ...};
+    ``model_entry`` with its ``threshold``; ``file_decision`` (optional): {'scale', 'female', 'male', ...,
+    'voice_weight' with ``voice``}; ``voice`` (optional): the speaker encoder's ``model_entry`` with its
+    ``frontend`` and ``probe`` ({'weights', 'bias'});
     ``training``, ``metrics``, ``versions``: records, stored as given; ``created``: default now (UTC).
     """
     from datetime import datetime, timezone
@@ -328,10 +355,14 @@ def bundle_meta(*, definition: FeatureDefinition, stat_names, mfcc_mean, mfcc_st
     if speech is not None:
         meta[SPEECH_MODEL] = {**speech, "rule": "a window is speech if probabilities[:, 1] >= threshold; other "
                                                 "windows get no gender"}
+    if voice is not None:
+        meta[VOICE_MODEL] = {**voice, "rule": "embedding = the encoder's (realtime.voice) of the recording's speech; "
+                                              "voice logit = probe.weights . embedding + probe.bias"}
     if file_decision:
         meta["file_decision"] = {**file_decision,
-                                 "rule": "p_file = sigmoid(scale * mean of the file's window logits); female if "
-                                         "p_file >= female, male if p_file <= male, else uncertain"}
+                                 "rule": "p_file = sigmoid(scale * mean of the file's window logits + voice_weight * "
+                                         "voice logit, where the recording has enough speech for the voice opinion); "
+                                         "female if p_file >= female, male if p_file <= male, else uncertain"}
     check_meta(meta, definition)
     return meta
 
@@ -479,6 +510,14 @@ class Bundle:
         self.file_scale = float(fd.get("scale", 1.0))
         self.file_thresholds = {"female": float(fd.get("female", self.thresholds["female"])),
                                 "male": float(fd.get("male", self.thresholds["male"]))}
+        # the voice opinion (optional): a speaker encoder's embedding of the recording, read by a linear probe
+        self.voice_encoder: VoiceEncoder | None = None
+        self.voice_weight = float(fd.get("voice_weight", 0.0))
+        if VOICE_MODEL in sessions:
+            v = meta[VOICE_MODEL]
+            self.voice_encoder = VoiceEncoder(sessions[VOICE_MODEL], v["input"], v["output"], FRONTEND)
+            self._probe_w = np.asarray(v["probe"]["weights"], dtype=np.float64)
+            self._probe_b = float(v["probe"]["bias"])
         self._setup_window_buffers()
 
     # -- loading -------------------------------------------------------------------------------------
@@ -507,8 +546,9 @@ class Bundle:
         sessions = {}
         for name in MODEL_NAMES:
             sessions[name] = _verified_session(path, jpath, f"models.{name}", meta["models"][name])
-        if SPEECH_MODEL in meta:
-            sessions[SPEECH_MODEL] = _verified_session(path, jpath, SPEECH_MODEL, meta[SPEECH_MODEL])
+        for optional in (SPEECH_MODEL, VOICE_MODEL):
+            if optional in meta:
+                sessions[optional] = _verified_session(path, jpath, optional, meta[optional])
         bundle = cls(path, meta, sessions, fdef)
         bundle.sealed = sealed
         return bundle
@@ -636,14 +676,30 @@ class Bundle:
         return np.asarray(out, dtype=np.float64)[:, 1]
 
     # -- decisions --------------------------------------------------------------------------------------
-    def file_verdict(self, window_ps) -> tuple[str, float | None]:
+    @property
+    def has_voice_opinion(self) -> bool:
+        return self.voice_encoder is not None and self.voice_weight > 0
+
+    def voice_logit(self, speech: np.ndarray) -> float | None:
+        """The voice opinion of a recording's speech (16 kHz mono, silence left out): the probe's log-odds
+        that the speaker is female; None without the encoder or with too little speech."""
+        if self.voice_encoder is None:
+            return None
+        e = self.voice_encoder.embed(speech)
+        return None if e is None else float(e.astype(np.float64) @ self._probe_w + self._probe_b)
+
+    def file_verdict(self, window_ps, voice_logit: float | None = None) -> tuple[str, float | None]:
         """(label, p_female) of a whole recording from its classified windows' p_female: the mean log-odds,
-        scaled as fitted on held-out speakers' files, against the file-level uncertain band. No windows:
-        ('no speech', None)."""
+        scaled as fitted on held-out speakers' files, plus the weighted voice opinion (``voice_logit``, from
+        :meth:`voice_logit`) when there is one, against the file-level uncertain band. No windows:
+        ('no speech', None), whatever the voice opinion."""
         ps = np.asarray(list(window_ps), dtype=np.float64)
         if ps.size == 0:
             return "no speech", None
-        p = sigmoid(self.file_scale * float(np.mean(logit(ps, FILE_P_CLIP))))
+        z = self.file_scale * float(np.mean(logit(ps, FILE_P_CLIP)))
+        if voice_logit is not None and self.has_voice_opinion:
+            z += self.voice_weight * float(voice_logit)
+        p = sigmoid(z)
         th = self.file_thresholds
         return ("female" if p >= th["female"] else "male" if p <= th["male"] else "uncertain"), p
 

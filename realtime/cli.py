@@ -79,7 +79,7 @@ def _run_stream(args, sink_format: str) -> int:
     finally:
         for s in sinks:
             s.close()
-    warning = summarise(events, engine)["warning"]
+    warning = summarise(events, engine, voice=False)["warning"]
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
@@ -184,8 +184,9 @@ def _classify(args) -> int:
             print(f"{path}: error: {error}", file=sys.stderr)
         else:
             p = "-" if result["p_female"] is None else f"{result['p_female']:.3f}"
+            voice = "" if result["voice_p_female"] is None else f"\tvoice={result['voice_p_female']:.3f}"
             print(f"{path}\t{result['label']}\tp_female={p}\tspeech={result['speech_seconds']:.1f}s"
-                  f"\twindows={result['windows']}", flush=True)
+                  f"\twindows={result['windows']}{voice}", flush=True)
             if result.get("warning"):
                 print(f"{path}: warning: {result['warning']}", file=sys.stderr)
     return 1 if failures else 0

@@ -33,6 +33,10 @@ in docs/engine_eval_fold0.json, and are summed up in the README and models/MODEL
 * Each classified window's level (RMS, dB re full scale) is reported, and ``summarise`` warns when a
   recording's speech sits outside ``level_range_dbfs``, the levels the models were trained on: the
   features carry the input level, and audio much quieter than the training audio leans female.
+* With ``voice_opinion`` and a bundle that has one, the engine also keeps the first seconds of the
+  speech its VAD passed in hops whose windows the speech check accepted (``realtime.voice.VoiceSample``);
+  ``summarise`` has the bundle's speaker encoder read them once and weighs its opinion into the file
+  verdict. Nothing of it runs per hop but the copy.
 """
 from __future__ import annotations
 
@@ -48,8 +52,10 @@ from .bundle import Bundle
 from .engine_config import VAD_FRAME_MS, EngineConfig
 from .events import Event
 from .features import FeatureExtractor, StreamingExtractor, fit_window
+from .logodds import sigmoid
 from .smoother import Smoother
 from .vad import VadGate
+from .voice import VoiceSample
 
 
 class SpeechBuffer:
@@ -149,6 +155,9 @@ class Engine:
         self.first_samples = int(cfg.first_window_s * SAMPLE_RATE)
         self.min_new = int(cfg.min_new_speech_s * SAMPLE_RATE)
         self.speech = SpeechBuffer(self.window_samples + self.align)
+        self.voice: VoiceSample | None = None  # the speech the file verdict's voice opinion reads
+        if cfg.voice_opinion and self.bundle.has_voice_opinion:
+            self.voice = VoiceSample(int(self.bundle.voice_encoder.frontend.max_speech_seconds * SAMPLE_RATE))
         self.reset()
 
     def reset(self) -> None:
@@ -156,6 +165,8 @@ class Engine:
         self.vad.reset()
         self.smoother.reset()
         self._clear_speech()
+        if self.voice is not None:
+            self.voice.clear()
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet in a complete VAD frame
         self.last_window: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._frames_done = 0
@@ -250,7 +261,10 @@ class Engine:
             self._hop.sumsq += float(np.dot(block, block))
             if sel.any() or not cfg.speech_only:
                 n_voiced = int(sel.sum()) * fs
-                self.speech.append(block.reshape(take, fs)[sel].ravel() if cfg.speech_only else block)
+                voiced = block.reshape(take, fs)[sel].ravel()
+                self.speech.append(voiced if cfg.speech_only else block)
+                if self.voice is not None:
+                    self.voice.add(voiced)
                 self._speech_pos += n_voiced if cfg.speech_only else block.size
                 self._new_speech += n_voiced
                 self.speech_samples += n_voiced
@@ -339,6 +353,8 @@ class Engine:
             if p_speech is not None:
                 self._not_speech = p_speech < self.bundle.speech_threshold
                 self.rejected_windows += self._not_speech
+            if self.voice is not None:
+                self.voice.judged(not self._not_speech)
             if not self._not_speech:  # else no window was classified
                 window_p = result.p_female
                 level = 10.0 * math.log10(max(float(np.dot(window, window)) / window.size, 1e-12))
@@ -414,24 +430,29 @@ def level_warning(level_dbfs: float | None, level_range_dbfs: tuple[float, float
     return None
 
 
-def file_decision(window_ps, bundle: Bundle) -> tuple[str, float | None]:
+def file_decision(window_ps, bundle: Bundle, voice_logit: float | None = None) -> tuple[str, float | None]:
     """The decision for a whole recording (or a segment) from its windows' p_female: the mean log-odds,
-    scaled and read through the file-level band the bundle fitted on held-out speakers' files
-    (``Bundle.file_verdict``). Returns (label, p): ('no speech', None) without windows, else female / male /
-    uncertain and p."""
-    return bundle.file_verdict(p for p in window_ps if p is not None)
+    scaled, plus the bundle's voice opinion of its speech when given (``voice_logit``: ``Bundle.voice_logit``),
+    read through the file-level band the bundle fitted on held-out speakers' files (``Bundle.file_verdict``).
+    Returns (label, p): ('no speech', None) without windows, else female / male / uncertain and p."""
+    return bundle.file_verdict((p for p in window_ps if p is not None), voice_logit)
 
 
-def summarise(events: list, engine: Engine) -> dict:
+def summarise(events: list, engine: Engine, *, voice: bool = True) -> dict:
     """One verdict for a whole recording (events: Event objects or their dicts).
 
     ``label`` is female | male | uncertain | no speech (see :func:`file_decision`); ``p_female`` its p (null
     without windows); ``speech_seconds`` the speech the VAD heard; ``windows`` how many were classified;
     ``level_dbfs`` the median level of the classified windows; ``warning`` says why the verdict may be
     missing or unreliable (speech too short for a window, speech quieter or louder than the training
-    audio), else null."""
-    label, p = file_decision([e["window_p_female"] for e in events], engine.bundle)
+    audio), else null; ``voice_p_female`` the voice opinion alone (the speaker encoder's probe, weighed into
+    ``p_female``), null without one (no encoder in the bundle, ``voice_opinion`` off, under 1 s of speech;
+    ``voice=False``: not computed, for a caller that wants only the warning)."""
     windows = sum(e["window_p_female"] is not None for e in events)
+    voice_logit = None
+    if voice and engine.voice is not None and windows:
+        voice_logit = engine.bundle.voice_logit(engine.voice.speech())
+    label, p = file_decision([e["window_p_female"] for e in events], engine.bundle, voice_logit)
     speech_s = round(engine.speech_samples / SAMPLE_RATE, 2)
     levels = [e["level_dbfs"] for e in events if e.get("level_dbfs") is not None and e["window_p_female"] is not None]
     level = round(float(np.median(levels)), 1) if levels else None
@@ -455,4 +476,5 @@ def summarise(events: list, engine: Engine) -> dict:
             hint = level_warning(float(np.median(speech_levels)), engine.config.level_range_dbfs)
             warning = f"{warning}; {hint}" if hint else warning
     return {"label": label, "p_female": None if p is None else round(p, 4), "speech_seconds": speech_s,
-            "windows": int(windows), "level_dbfs": level, "warning": warning}
+            "windows": int(windows), "level_dbfs": level, "warning": warning,
+            "voice_p_female": None if voice_logit is None else round(float(sigmoid(voice_logit)), 4)}

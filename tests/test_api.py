@@ -46,7 +46,8 @@ def test_classify_a_path_and_a_file_like_object(voices):
     for g in "FM":
         for path in voices[g][:2]:
             r = classify(path)
-            assert set(r) == {"label", "p_female", "speech_seconds", "windows", "level_dbfs", "warning"}
+            assert set(r) == {"label", "p_female", "speech_seconds", "windows", "level_dbfs", "warning",
+                              "voice_p_female"}
             assert r["label"] == GENDER[g], (path, r)
             assert r["windows"] > 3 and r["speech_seconds"] > 2 and r["warning"] is None
             with open(path, "rb") as f:

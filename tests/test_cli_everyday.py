@@ -74,7 +74,8 @@ def test_classify_a_folder_recursively_audio_files_only(voices, tmp_path):
     for r in rows:
         assert r["label"] == GENDER["F" if Path(r["file"]).parent.name == "a" else "M"]
         assert "decision" not in r and set(r) == {"file", "label", "p_female", "speech_seconds", "windows",
-                                                  "level_dbfs", "warning"}
+                                                  "level_dbfs", "warning", "voice_p_female"}
+        assert 0 <= r["voice_p_female"] <= 1 and (r["voice_p_female"] >= 0.5) == (r["label"] == "female")
     empty = tmp_path / "empty"
     empty.mkdir()
     out = _cli("classify", empty)

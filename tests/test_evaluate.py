@@ -358,6 +358,10 @@ def test_bundle_on_a_csv_manifest_with_noise(tmp_path):
     readers = {f.name.split("-")[0] for files in readers_by_gender(2).values() for f in files}
     assert readers <= set(shipped) and set(out["readers_seen_in_training"]) == readers
     assert "were in the bundle's training data" in table
+    # the live engine's verdicts of the same files, with the voice opinion and without it
+    eng = out["engine_files"]
+    assert eng["files"] == 4 and eng["all"]["balanced_accuracy"]["mean"] >= 0.75
+    assert {"windows_only", "voice_only"} <= set(eng) and "voice opinion alone" in table
     assert LIBRISPEECH.is_dir()
 
 

@@ -190,6 +190,8 @@ def test_female_and_male_files_get_their_label_with_the_stream_schema(server, pc
         assert [e["label"] for e in events] == [e["label"] for e in local]
         assert [e["window_p_female"] for e in events] == pytest.approx([e["window_p_female"] for e in local], abs=1e-6)
         assert end["p_female"] == pytest.approx(summarise(local, engine)["p_female"], abs=1e-4)
+        # an embedded server's engines keep EngineConfig's voice opinion (`serve` turns it off unless asked)
+        assert end["voice_p_female"] is not None and (end["voice_p_female"] >= 0.5) == (g == "F"), end
         assert end["audio_seconds"] == pytest.approx(len(data) / 32000, abs=1e-3)
 
 

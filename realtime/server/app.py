@@ -362,4 +362,5 @@ class StreamServer:
         finally:
             self.open_streams.discard(stream)
             self.stats["streams"] -= 1
-        await self._send(conn, stream.summary())
+        # the summary may run the voice opinion's encoder (--voice-opinion): in the pool, not on the event loop
+        await self._send(conn, await loop.run_in_executor(self.executor, stream.summary))

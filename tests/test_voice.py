@@ -1,0 +1,144 @@
+"""The file verdict's voice opinion (realtime/voice.py, offline/voice_probe.py): the speaker encoder's frontend
+against librosa, the converted encoder on real voices, the speech it is given, the bundle's checks, and
+what it does to the verdicts of real recordings."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from realtime.audio import load_audio
+from realtime.bundle import Bundle, BundleError
+from realtime.engine import Engine, EngineConfig, summarise
+from realtime.voice import FRONTEND, VoiceSample, mel_power, partial_slices, vad_speech
+from tests.data import librispeech_files, readers_by_gender, speechocean_speakers
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return Bundle.load()
+
+
+def test_mel_frontend_equals_librosa():
+    librosa = pytest.importorskip("librosa")
+    x = load_audio(librispeech_files()[0])[:48000]
+    ref = librosa.feature.melspectrogram(y=x, sr=16000, n_fft=400, hop_length=160, n_mels=40).T
+    got = mel_power(x)
+    assert got.shape == ref.shape == (301, 40)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * ref.max()
+
+
+def test_partials_cover_the_speech_as_resemblyzer_cuts_them():
+    # 77-frame steps (1.3 a second), 160 frames each; a last partial less than 75 % covered is dropped
+    assert partial_slices(16000) == [slice(0, 160)]  # 1 s: one partial, zero-padded
+    three = partial_slices(3 * 16000)
+    assert [s.start for s in three] == [0, 77, 154] and all(s.stop - s.start == 160 for s in three)
+    assert [s.start for s in partial_slices(2 * 16000 + 2000)] == [0, 77]  # 2.1 s: a third would be 17 % covered
+    assert partial_slices(12 * 16000)[-1].stop * 160 >= 11 * 16000
+
+
+def test_encoder_tells_speakers_apart(bundle):
+    """The converted GE2E encoder does what it was trained for: two files of one speaker lie closer together
+    than files of different speakers (speechocean762: ten files per speaker)."""
+    enc = bundle.voice_encoder
+    spk = sorted(speechocean_speakers())[:4]
+    emb = {s: [enc.embed(vad_speech(load_audio(f))) for f in speechocean_speakers()[s][1][:2]] for s in spk}
+    for s in spk:
+        for e in emb[s]:
+            assert e is not None and abs(float(np.linalg.norm(e)) - 1.0) < 1e-5
+    same = [float(emb[s][0] @ emb[s][1]) for s in spk]
+    other = [float(emb[a][0] @ emb[b][1]) for a in spk for b in spk if a != b]
+    assert min(same) > np.median(other) and np.mean(same) > np.mean(other) + 0.05
+
+
+def test_voice_sample_keeps_only_speech_the_speech_check_accepted():
+    vs = VoiceSample(capacity=1000)
+    vs.add(np.ones(300, np.float32))
+    vs.judged(False)  # music: dropped
+    vs.add(np.full(400, 2.0, np.float32))
+    vs.add(np.full(400, 3.0, np.float32))
+    vs.judged(True)
+    vs.add(np.full(500, 4.0, np.float32))
+    vs.judged(True)  # up to the capacity, then no more
+    vs.add(np.full(50, 5.0, np.float32))
+    vs.judged(True)
+    got = vs.speech()
+    assert got.size == 1000 and set(np.unique(got)) == {2.0, 3.0, 4.0}
+    assert np.all(got[:400] == 2.0) and np.all(got[800:] == 4.0)
+    vs.clear()
+    assert vs.speech().size == 0
+
+
+def test_release_bundle_carries_a_voice_opinion(bundle):
+    assert bundle.has_voice_opinion and bundle.voice_weight > 0
+    assert bundle.meta["voice"]["frontend"] == FRONTEND.to_dict()
+
+
+def test_voice_opinion_joins_the_file_verdict_of_real_recordings(bundle):
+    """classify's answer: the voice opinion is reported and weighed in; with it off the verdict is the windows'
+    alone, as before. On real recordings of both genders, the voice alone is right."""
+    on, off = Engine(bundle), Engine(bundle, EngineConfig(voice_opinion=False))
+    for gender, paths in readers_by_gender(3).items():
+        for path in paths:
+            x = load_audio(path)
+            events = list(off.run(x))
+            a, b = summarise(list(on.run(x)), on), summarise(events, off)
+            assert b["voice_p_female"] is None and a["voice_p_female"] is not None
+            assert (a["voice_p_female"] >= 0.5) == (gender == "F"), (path, a)
+            assert a["label"] == ("female" if gender == "F" else "male"), (path, a)
+            windows_only = bundle.file_verdict([e.window_p_female for e in events])[1]
+            assert b["p_female"] == pytest.approx(windows_only, abs=1e-4)
+            assert a["p_female"] != b["p_female"]  # the voice moved it
+
+
+def test_no_voice_opinion_without_speech(bundle):
+    engine = Engine(bundle)
+    t = np.arange(5 * 16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    v = summarise(list(engine.run(tone)), engine)
+    assert v["label"] == "no speech" and v["voice_p_female"] is None
+
+
+def test_other_voice_frontend_is_refused(copy):
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["voice"]["frontend"]["n_mels"] = 80
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="voice opinion was trained on another encoder frontend.*n_mels"):
+        Bundle.load(copy)
+
+
+def test_tampered_encoder_is_refused(copy):
+    path = copy / "voice.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"voice.onnx.*sha256.*modified or corrupted"):
+        Bundle.load(copy)
+
+
+def test_file_decision_weighs_an_informative_voice_opinion():
+    from offline.train import fit_file_decision
+
+    rng = np.random.default_rng(0)
+    n = 300
+    y_file = rng.integers(0, 2, n)
+    y = np.repeat(y_file, 4)
+    utt = np.repeat([f"u{i}" for i in range(n)], 4)
+    reader = np.repeat([f"r{i // 2}" for i in range(n)], 4)
+    p = np.clip(np.where(y == 1, 0.6, 0.4) + rng.normal(0, 0.25, y.size), 0.01, 0.99)  # weak windows
+    voice = {f"u{i}": float((2 * y_file[i] - 1) * 3 + rng.normal(0, 1)) for i in range(n)}  # strong voice
+    fd = fit_file_decision(y, p, utt, reader, 0.985, voice=voice)
+    assert fd["voice_weight"] > 0.5 and fd["calibration_files_with_voice"] == n
+    no_voice = fit_file_decision(y, p, utt, reader, 0.985)
+    assert "voice_weight" not in no_voice
+
+
+def test_serve_leaves_the_voice_opinion_out_unless_asked():
+    from realtime.cli import build_parser
+    from realtime.options import engine_config
+
+    p = build_parser()
+    assert engine_config(p.parse_args(["serve"])).voice_opinion is False
+    assert engine_config(p.parse_args(["serve", "--voice-opinion"])).voice_opinion is True
+    assert engine_config(p.parse_args(["classify", "x.flac"])).voice_opinion is True
