@@ -838,11 +838,12 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
         t0 = time.perf_counter()
         voice_cal = _fit_voice(trained, train, fit_readers, cal_readers, train_utterances, config, progress)
         timings["voice_s"] = round(time.perf_counter() - t0, 1)
-    trained.file_decision = fit_file_decision(cal.y[clean_cal], p_cal[clean_cal], cal.utt[clean_cal],
-                                              cal.reader[clean_cal], config.file_confident_accuracy,
-                                              config.file_max_undecided, voice=voice_cal)
-    if trained.voice and not trained.file_decision.get("voice_weight"):
-        trained.voice = None  # the calibration speakers gave it no weight
+    file_args = (cal.y[clean_cal], p_cal[clean_cal], cal.utt[clean_cal], cal.reader[clean_cal],
+                 config.file_confident_accuracy, config.file_max_undecided)
+    trained.file_decision = fit_file_decision(*file_args, voice=voice_cal)
+    if trained.voice and not trained.file_decision.get("voice_weight"):  # the calibration files gave it no weight
+        trained.voice = None
+        trained.file_decision = fit_file_decision(*file_args)
     _log(progress, f"[train] file verdict: {trained.file_decision}")
     if config.speech_check:
         from .nonspeech import training_negatives

@@ -251,10 +251,10 @@ def _check_file_decision(meta: dict, fdef: FeatureDefinition) -> None:
 def _check_voice(meta: dict, fdef: FeatureDefinition) -> None:
     v = meta[VOICE_MODEL]
     _check_model_entry(VOICE_MODEL, v, extra=("frontend", "probe"))
-    if v["frontend"] != FRONTEND.to_dict():
-        diff = [f"{k}: bundle {v['frontend'].get(k)!r} vs engine {FRONTEND.to_dict().get(k)!r}"
-                for k in sorted(FRONTEND.to_dict()) if not isinstance(v["frontend"], dict)
-                or v["frontend"].get(k) != FRONTEND.to_dict()[k]]
+    mine = FRONTEND.to_dict()
+    if v["frontend"] != mine:
+        got = v["frontend"] if isinstance(v["frontend"], dict) else {}
+        diff = [f"{k}: bundle {got.get(k)!r} vs engine {mine[k]!r}" for k in sorted(mine) if got.get(k) != mine[k]]
         raise BundleError(f"bundle.json: the voice opinion was trained on another encoder frontend than this engine's "
                           f"({FRONTEND.hash}: {'; '.join(diff[:4]) or _short(v['frontend'])}); retrain the bundle")
     probe = v["probe"]
