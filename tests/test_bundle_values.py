@@ -148,6 +148,7 @@ def _shipped_values() -> dict:
                 weights=meta["ensemble"]["weights"], bias=meta["ensemble"]["bias"], p_clip=meta["ensemble"]["p_clip"],
                 thresholds=meta["thresholds"], speech=entry("speech", meta["speech"]),
                 file_decision={k: v for k, v in meta["file_decision"].items() if k != "rule"},
+                voice=entry("voice", meta["voice"]),
                 training=meta["training"], metrics=meta["metrics"], versions=meta["versions"], created=meta["created"])
 
 
@@ -163,6 +164,11 @@ def test_bundle_meta_writes_what_load_reads():
     with pytest.raises(BundleError, match="speech.threshold must be < 1"):
         values = _shipped_values()
         bundle_meta(**{**values, "speech": {**values["speech"], "threshold": 1.5}})
+    with pytest.raises(BundleError, match="voice_weight needs the voice section"):
+        bundle_meta(**{**_shipped_values(), "voice": None})
+    with pytest.raises(BundleError, match=r"voice.probe.weights must be a list of 256 numbers"):
+        values = _shipped_values()
+        bundle_meta(**{**values, "voice": {**values["voice"], "probe": {"weights": [0.1] * 3, "bias": 0.0}}})
     with pytest.raises(BundleError, match="models lacks cnn2d"):
         values = _shipped_values()
         bundle_meta(**{**values, "models": {k: v for k, v in values["models"].items() if k != "cnn2d"}})

@@ -10,7 +10,7 @@ import pytest
 
 from realtime.audio import load_audio
 from realtime.bundle import Bundle, BundleError
-from realtime.engine import Engine, EngineConfig, summarise
+from realtime.engine import Engine, EngineConfig, file_decision, summarise
 from realtime.voice import FRONTEND, VoiceSample, mel_power, partial_slices, vad_speech
 from tests.data import librispeech_files, readers_by_gender, speechocean_speakers
 
@@ -73,6 +73,7 @@ def test_voice_sample_keeps_only_speech_the_speech_check_accepted():
 def test_release_bundle_carries_a_voice_opinion(bundle):
     assert bundle.has_voice_opinion and bundle.voice_weight > 0
     assert bundle.meta["voice"]["frontend"] == FRONTEND.to_dict()
+    assert "Apache License" in (bundle.path / "LICENSE-resemblyzer.txt").read_text()  # the weights' licence with them
 
 
 def test_voice_opinion_joins_the_file_verdict_of_real_recordings(bundle):
@@ -87,9 +88,16 @@ def test_voice_opinion_joins_the_file_verdict_of_real_recordings(bundle):
             assert b["voice_p_female"] is None and a["voice_p_female"] is not None
             assert (a["voice_p_female"] >= 0.5) == (gender == "F"), (path, a)
             assert a["label"] == ("female" if gender == "F" else "male"), (path, a)
-            windows_only = bundle.file_verdict([e.window_p_female for e in events])[1]
+            windows_only = file_decision([e.window_p_female for e in events], bundle)[1]
             assert b["p_female"] == pytest.approx(windows_only, abs=1e-4)
-            assert a["p_female"] != b["p_female"]  # the voice moved it
+
+
+def test_a_confident_voice_outweighs_weak_windows(bundle):
+    weak_female = [0.55] * 6
+    assert bundle.file_verdict(weak_female)[0] == "female"
+    assert bundle.file_verdict(weak_female, voice_logit=-4.0)[0] == "male"
+    assert bundle.file_verdict(weak_female, voice_logit=4.0)[1] > bundle.file_verdict(weak_female)[1]
+    assert bundle.file_verdict([], voice_logit=4.0) == ("no speech", None)
 
 
 def test_no_voice_opinion_without_speech(bundle):
