@@ -569,6 +569,7 @@ def _variant_summary(rows: list[dict], label_key: str, p_key: str, keys) -> dict
                for r, m in masks if m.any()]
         return {k: M.mean_std([f[k] for f in per]) for k in keys}
     corpora = sorted(set().union(*(set(r["corpus"]) for r in rows)))
+    corpora = corpora if len(corpora) > 1 else []  # as _engine_summary: per-corpus rows only for several
     return {"all": summ([(r, np.ones(len(r["y"]), bool)) for r in rows]),
             "corpora": {c: summ([(r, np.asarray(r["corpus"]) == c) for r in rows]) for c in corpora}}
 

@@ -34,7 +34,7 @@ OPTIONS: dict[str, tuple[str, str | tuple[str, str] | None, str]] = {
                          "speech levels the models know, in dBFS; outside, results carry a level warning"),
     "voice_opinion": ("--voice-opinion", None,
                       "the file verdict (classify, the end of a stream) weighs in the bundle's speaker-encoder opinion "
-                      "of the first 12 s of speech, ~0.2 s of CPU once per recording (--no-voice-opinion: the windows "
+                      "of the first 12 s of speech, up to ~0.1 s of CPU once per recording (--no-voice-opinion: the windows "
                       "alone)"),
 }
 

@@ -6,9 +6,9 @@ tells voices apart from thousands: Resemblyzer's GE2E encoder (Jemine, after Wan
 End-to-End Loss for Speaker Verification", ICASSP 2018; a 3-layer LSTM trained on LibriSpeech-other and
 VoxCeleb 1 and 2; Apache-2.0), converted once to ONNX (``offline/voice_encoder.py``). Its embedding of a
 recording, read by a logistic probe trained on this project's speakers, is a per-file gender opinion that
-generalises across corpora better than the window models (models/MODEL_CARD.md). It costs ~15 ms of CPU per
-1.6 s partial, ~10x the window models per second of audio, so it runs once per recording, on at most
-``VoiceFrontend.max_speech_seconds`` of its speech, never per hop.
+generalises across corpora better than the window models (models/MODEL_CARD.md). It costs ~7 ms of CPU per
+second of speech, more than the whole window path per second of audio, so it runs once per recording, on at
+most ``VoiceFrontend.max_speech_seconds`` of its speech, never per hop.
 
 The frontend repeats Resemblyzer's: volume normalised to -30 dBFS (raised only), a power mel spectrogram
 (``librosa.feature.melspectrogram(sr=16000, n_fft=400, hop_length=160, n_mels=40)``, transposed; tested

@@ -337,5 +337,5 @@ def add_parser(subparsers) -> None:
                         "stream's estimates stay exactly what it gets alone; each is delayed by up to MS); "
                         "0 = off, each stream's hop on its own (default: %(default)s)")
     add_engine_arguments(p)
-    # a stream's end message: the windows' verdict unless asked (the voice opinion costs ~0.2 s of CPU a stream)
+    # a stream's end message: the windows' verdict unless asked (the voice opinion costs up to ~0.1 s of CPU a stream)
     p.set_defaults(func=_serve, voice_opinion=False)
