@@ -123,11 +123,17 @@ def cache_key(utterances: list[Utterance], *, definition: FeatureDefinition = DE
     h.update(json.dumps({"format": CACHE_FORMAT, "feature_hash": definition.hash, "window_s": window_s,
                          "hop_s": hop_s, "augment": augment.to_dict() if augment else None,
                          "copies": copies if augment else 1, "seed": seed}, sort_keys=True).encode())
+    hash_utterances(h, utterances)
+    return h.hexdigest()[:16]
+
+
+def hash_utterances(h, utterances) -> None:
+    """Feed ``h`` (a hashlib object) each utterance's file (path, size, mtime) and labels: a changed file or label
+    changes the hash (the feature cache's key, and the voice embeddings' in offline.voice_probe)."""
     for u in utterances:
         st = os.stat(u.path)
         h.update(f"\n{Path(u.path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{u.reader}|{u.gender}|{u.utt_id}"
                  .encode())
-    return h.hexdigest()[:16]
 
 
 def cache_file(utterances: list[Utterance], *, definition: FeatureDefinition = DEFAULT,

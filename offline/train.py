@@ -662,7 +662,7 @@ def _fit_voice(trained: "TrainedModels", train: WindowSet, fit_readers: set, cal
 
     used = set(map(str, np.unique(train.utt)))
     utts = [u for u in utterances if u.utt_id in used]
-    emb = embed_utterances(utts, cache_dir=config.cache_dir, progress=progress, threads=config.threads)
+    emb = embed_utterances(utts, cache_dir=config.cache_dir, progress=progress)
     embeddings = {u.utt_id: (emb[u.utt_id], u.label, u.reader) for u in utts if u.utt_id in emb}
     if len({v[1] for v in embeddings.values() if v[2] in fit_readers}) < 2:
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.voice import FRONTEND, VoiceEncoder, VoiceFrontend, vad_speech
+from realtime.voice import FRONTEND, VoiceEncoder, vad_speech
 
 from .voice_encoder import ASSET, INPUT, OUTPUT
 
@@ -26,25 +26,23 @@ PROBE_C = 0.1  # inverse L2 strength; of 0.1, 1 and 10, the one that held best a
 CACHE_FORMAT = 1
 
 
-def encoder(path: str | Path = ASSET, frontend: VoiceFrontend = FRONTEND, threads: int = 1) -> VoiceEncoder:
-    import onnxruntime as ort
+def encoder(path: str | Path = ASSET) -> VoiceEncoder:
+    """The encoder as the live engine runs it (``realtime.bundle.onnx_session``: one thread, same graph options)."""
+    from realtime.bundle import onnx_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = max(1, int(threads))
-    return VoiceEncoder(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), INPUT, OUTPUT,
-                        frontend)
+    return VoiceEncoder(onnx_session(path), INPUT, OUTPUT, FRONTEND)
 
 
-def _cache_path(cache_dir: Path, utterances, frontend: VoiceFrontend, vad: int) -> Path:
-    h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "frontend": frontend.hash, "vad": vad,
+def _cache_path(cache_dir: Path, utterances, vad: int) -> Path:
+    from .dataset import hash_utterances
+
+    h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "frontend": FRONTEND.hash, "vad": vad,
                                    "encoder": os.stat(ASSET).st_size}).encode())
-    for u in utterances:
-        st = os.stat(u.path)
-        h.update(f"\n{Path(u.path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{u.utt_id}".encode())
-    return Path(cache_dir) / f"voice-{frontend.hash}-{h.hexdigest()[:16]}.npz"
+    hash_utterances(h, utterances)
+    return Path(cache_dir) / f"voice-{FRONTEND.hash}-{h.hexdigest()[:16]}.npz"
 
 
-def embed_utterances(utterances, *, cache_dir: str | Path | None = None, progress: bool = False, threads: int = 1,
+def embed_utterances(utterances, *, cache_dir: str | Path | None = None, progress: bool = False,
                      vad_aggressiveness: int = 2) -> dict[str, np.ndarray]:
     """{utt_id: embedding (256,) float32} for every utterance with enough speech (others are left out)."""
     from tqdm import tqdm
@@ -52,11 +50,11 @@ def embed_utterances(utterances, *, cache_dir: str | Path | None = None, progres
     from realtime.audio import AudioError, load_audio
 
     utterances = list(utterances)
-    path = _cache_path(Path(cache_dir), utterances, FRONTEND, vad_aggressiveness) if cache_dir else None
+    path = _cache_path(Path(cache_dir), utterances, vad_aggressiveness) if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return dict(zip(z["utt"].tolist(), z["embedding"]))
-    enc = encoder(threads=threads)
+    enc = encoder()
     out: dict[str, np.ndarray] = {}
     for u in tqdm(utterances, desc="voice embeddings", unit="utt", disable=not progress, dynamic_ncols=True):
         try:
