@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.bundle import MODEL_NAMES
-from realtime.logodds import sigmoid
+from realtime.bundle import FILE_P_CLIP, MODEL_NAMES
+from realtime.logodds import logit, sigmoid
 
 from . import metrics as M
 
@@ -287,8 +287,8 @@ def _score_trained(models, ws) -> dict[str, np.ndarray]:
 
 def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise: bool = False,
            channel: bool = False, recipe: dict | None = None, extract_kwargs: dict | None = None,
-           progress: bool = True, log=print, folds=None, engine_path: bool = False, snrs=NOISE_SNRS
-           ) -> tuple[dict, dict]:
+           progress: bool = True, log=print, folds=None, engine_path: bool = False, snrs=NOISE_SNRS,
+           rows_out: list | None = None) -> tuple[dict, dict]:
     """Speaker-disjoint k-fold CV (or the given ``folds``, e.g. leave-one-corpus-out). Returns (result dict for
     JSON, {condition: Scored} out-of-fold predictions).
 
@@ -353,6 +353,8 @@ def run_cv(utterances, *, k: int = 5, seed: int = 0, quick: bool = False, noise:
             if engine_path:
                 test_utts = [u for u in utterances if u.reader in test_readers]
                 engine_rows.append(_engine_fold(models, test_utts, fold=i, log=log))
+                if rows_out is not None:  # every file's verdict and raw evidence, for engine_files.npz
+                    rows_out.append(engine_rows[-1])
             t_score = time.perf_counter() - t_score
             fm = per_fold["clean"][-1]["ensemble"]
             fold_info.append({
@@ -448,7 +450,10 @@ def run_loco(utterances, *, log=print, **kwargs) -> tuple[dict, dict]:
     out, scored = {}, {}
     for name, fold in loco_folds(utterances):
         log(f"leave-one-corpus-out: {name}")
+        before = len(kwargs.get("rows_out") or [])
         result, scored[name] = run_cv(utterances, folds=[fold], log=log, **kwargs)
+        for r in (kwargs.get("rows_out") or [])[before:]:
+            r["direction"] = name
         result.pop("fold_readers", None)
         out[name] = result
     return out, scored
@@ -477,7 +482,8 @@ def _engine_verdicts(bundle, utterances, *, fold: int = 0) -> dict:
     from realtime.engine import Engine, file_decision, summarise
 
     rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": [],
-            "hop_y": [], "hop_label": [], "hop_corpus": []}
+            "z_windows": [], "z_voice": [], "hop_y": [], "hop_label": [], "hop_corpus": [],
+            "file_decision": dict(bundle.meta.get("file_decision") or {})}
     variants = {"windows": ([], []), "voice": ([], [])}  # the verdict from the windows alone, the voice alone
     engine = Engine(bundle)
     for u in utterances:
@@ -490,7 +496,12 @@ def _engine_verdicts(bundle, utterances, *, fold: int = 0) -> dict:
         rows["y"].append(1 if u.gender == "F" else 0)
         rows["p"].append(math.nan if v["p_female"] is None else v["p_female"])
         rows["label"].append(v["label"])
-        label_w, p_w = file_decision([e.window_p_female for e in events], bundle)
+        window_ps = [e.window_p_female for e in events if e.window_p_female is not None]
+        label_w, p_w = file_decision(window_ps, bundle)
+        # the raw evidence, unweighted: mean window log-odds and the voice probe's logit (nan where none)
+        rows["z_windows"].append(float(np.mean(logit(np.asarray(window_ps), FILE_P_CLIP))) if window_ps else math.nan)
+        pv_raw = v.get("voice_p_female")
+        rows["z_voice"].append(math.nan if pv_raw is None else float(logit(np.asarray(pv_raw), FILE_P_CLIP)))
         variants["windows"][0].append(label_w)
         variants["windows"][1].append(math.nan if p_w is None else p_w)
         pv = v.get("voice_p_female")
@@ -944,6 +955,26 @@ def make_plots(result: dict, scored: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _save_engine_files(rows: list[dict], path: Path) -> Path:
+    """Every engine-path file of every fold or direction, one row each: its label, verdict and p, the raw
+    evidence (``z_windows``: mean window log-odds; ``z_voice``: the voice probe's logit) and the fold's fitted
+    file decision (``decision_*``), so another way of weighing the two can be scored without retraining."""
+    cols: dict[str, list] = {}
+    per_file = ("y", "p", "label", "utt", "reader", "corpus", "fold", "z_windows", "z_voice")
+    for r in rows:
+        n = len(r["y"])
+        for key in per_file:
+            cols.setdefault(key, []).extend(r[key])
+        cols.setdefault("direction", []).extend([r.get("direction", "")] * n)
+        fd = r.get("file_decision") or {}
+        for key in ("scale", "voice_weight", "scale_windows_alone", "scale_voice_alone"):
+            cols.setdefault(f"decision_{key}", []).extend([float(fd.get(key, math.nan))] * n)
+    arrays = {k: np.asarray(v, dtype=str if k in ("label", "utt", "reader", "corpus", "direction") else None)
+              for k, v in cols.items()}
+    np.savez_compressed(path, **arrays)
+    return path
+
+
 def _save_predictions(scored: dict, path: Path) -> Path:
     arrays = {}
     for name, s in scored.items():
@@ -1006,6 +1037,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return 2
     utterances = load_corpora(args.data, subsets=args.subsets, strict=args.strict)
     # stdout carries only the results (table or JSON): whatever training prints meanwhile goes to stderr.
+    engine_rows: list[dict] = []
     with contextlib.redirect_stdout(sys.stderr):
         if args.models is not None:
             result, scored = run_bundle(utterances, args.models, noise=args.noise, channel=args.channel,
@@ -1014,7 +1046,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         else:
             cv_args = dict(seed=args.seed, quick=args.quick, noise=args.noise, channel=args.channel, recipe=recipe,
                            extract_kwargs=extract_kwargs, progress=progress, log=log,
-                           engine_path=not args.no_engine, snrs=tuple(args.snr))
+                           engine_path=not args.no_engine, snrs=tuple(args.snr), rows_out=engine_rows)
             if args.cv_folds:
                 result, scored = run_cv(utterances, k=args.cv, **cv_args)
             else:
@@ -1049,9 +1081,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         paths = make_plots(safe, scored, args.plots)
         (Path(args.plots) / JSON_NAME).write_text(text + "\n", encoding="utf-8")
         _save_predictions(scored, Path(args.plots) / "predictions.npz")
+        if engine_rows:
+            _save_engine_files(engine_rows, Path(args.plots) / "engine_files.npz")
         (Path(args.plots) / "table.txt").write_text(table + "\n", encoding="utf-8")
         (Path(args.plots) / "table.md").write_text(format_markdown(safe) + "\n", encoding="utf-8")
-        log(f"wrote {len(paths)} figure(s), {JSON_NAME}, table.txt, table.md and predictions.npz to {args.plots}")
+        log(f"wrote {len(paths)} figure(s), {JSON_NAME}, table.txt, table.md, predictions.npz"
+            f"{' and engine_files.npz' if engine_rows else ''} to {args.plots}")
     if args.json:
         print(table, file=sys.stderr)
         print(text)

@@ -624,7 +624,11 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
                                                                                  sample_weight=w[has_voice])
         scale, voice_weight = (float(max(c, 0.0)) for c in lr.coef_[0])
         scale = max(scale, 0.05)
-        extra = {"voice_weight": round(voice_weight, 4), "calibration_files_with_voice": int(has_voice.sum())}
+        # each opinion's own Platt scale on the same files: its in-domain calibration, for cross-corpus analysis
+        alone = [float(LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(
+            X[:, [j]], u["y"][has_voice], sample_weight=w[has_voice]).coef_[0][0]) for j in (0, 1)]
+        extra = {"voice_weight": round(voice_weight, 4), "calibration_files_with_voice": int(has_voice.sum()),
+                 "scale_windows_alone": round(alone[0], 4), "scale_voice_alone": round(alone[1], 4)}
     else:
         lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(z[:, None], u["y"], sample_weight=w)
         scale, voice_weight = float(max(lr.coef_[0][0], 0.05)), 0.0

@@ -326,6 +326,18 @@ def test_mini_cross_validation_through_the_command_line(tmp_path):
     for name in ("confusion_window.png", "confusion_utterance.png", "roc.png", "reader_accuracy.png"):
         assert (plots / name).stat().st_size > 1000, name
     assert json.loads((plots / "evaluation.json").read_text()) == out
+    # every engine-path file of the CV folds and both directions, with its raw evidence and its fold's decision:
+    # the fold's rule applied to that evidence gives back the verdict's p
+    with np.load(plots / "engine_files.npz") as z:
+        ef_rows = {k: z[k] for k in z.files}
+    assert len(ef_rows["y"]) == 48 + 24 + 24
+    assert sorted(set(ef_rows["direction"])) == ["", "mini -> so762", "so762 -> mini"]
+    has = np.isfinite(ef_rows["z_windows"]) & np.isfinite(ef_rows["p"])
+    assert has.mean() > 0.9
+    vw = np.nan_to_num(ef_rows["decision_voice_weight"])
+    zv = np.where(np.isfinite(ef_rows["z_voice"]), ef_rows["z_voice"], 0.0)
+    again = 1.0 / (1.0 + np.exp(-(ef_rows["decision_scale"] * ef_rows["z_windows"] + vw * zv)))
+    np.testing.assert_allclose(again[has], ef_rows["p"][has], atol=2e-3)
 
 
 @pytest.mark.slow
