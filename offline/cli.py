@@ -2,7 +2,7 @@
 
 Built in: ``features``. The other commands live in their modules, each exposing ``add_parser(subparsers)``,
 which adds its subparser and sets ``func=<callable(args) -> int>`` with ``set_defaults``: ``train``,
-``evaluate``, ``engine-eval``, ``candidates``, ``bench-features`` and ``bench`` (the live engine beside the
+``evaluate``, ``reweigh``, ``engine-eval``, ``candidates``, ``bench-features`` and ``bench`` (the live engine beside the
 naive pipeline). Those modules keep their heavy imports (TensorFlow, xgboost, librosa) inside ``func``, so
 that ``--help`` stays fast. Options shared by the corpus commands: ``offline/options.py``.
 """
@@ -14,10 +14,10 @@ import sys
 import time
 from collections import Counter
 
-from . import bench_features, bench_naive, candidates, engine_eval, evaluate, train
+from . import bench_features, bench_naive, candidates, engine_eval, evaluate, reweigh, train
 from .options import add_corpus_arguments
 
-COMMANDS = (train, evaluate, bench_features, engine_eval, candidates, bench_naive)
+COMMANDS = (train, evaluate, reweigh, bench_features, engine_eval, candidates, bench_naive)
 
 
 def _features(args: argparse.Namespace) -> int:

@@ -115,6 +115,10 @@ class TrainConfig:
     # the file verdict's voice opinion (offline/voice_probe.py): a probe on a pretrained speaker encoder's
     # embedding of each file, weighed against the windows on the calibration speakers' files (model card)
     voice_opinion: bool = True
+    # (window weight, voice weight) of the file decision, measured leave-one-corpus-out (MODEL_CARD.md, "Weighing
+    # the two opinions"): scale = the first, voice_weight = the second x the probe's own Platt scale on the
+    # calibration files; None fits both on the calibration files (in-domain, where the voice gets ~1/15 the say)
+    file_weights: tuple[float, float] | None = None
     ensemble_intercept: bool = False       # a fitted bias learns the calibration readers' quirks (model card)
     ensemble_C: float = 1.0
     confident_accuracy: float = 0.98
@@ -591,8 +595,18 @@ def _fit_cnn(name: str, xfit, yfit, xcal, ycal, config: TrainConfig, augment: Mf
                    "val_auc": float(h.history["val_auc"][best]), "params": int(model.count_params())}
 
 
+def platt_scale(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    """The scale ``a`` of ``p = sigmoid(a * z)`` (Platt scaling without intercept, weighted), as the file
+    decision fits it."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000)
+    return float(lr.fit(np.asarray(z, dtype=np.float64)[:, None], y, sample_weight=w).coef_[0][0])
+
+
 def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.ndarray, target: float,
-                      max_undecided: float = 0.03, voice: dict | None = None) -> dict:
+                      max_undecided: float = 0.03, voice: dict | None = None,
+                      weights: tuple[float, float] | None = None) -> dict:
     """The file-level verdict, fitted on held-out speakers' files (clean windows of the calibration readers).
 
     A file's evidence is the mean log-odds ``z`` of its windows. ``scale`` calibrates it (Platt scaling without
@@ -604,6 +618,13 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
     ``target`` right (balanced over the genders), but never so wide that more than ``max_undecided`` of the
     calibration files fall inside it: an undecided file is as useless to a user as a wrong one, and a band
     fitted wide on one corpus left half of another corpus's files undecided (leave-one-corpus-out).
+
+    ``weights`` = (window weight, voice weight) measured across corpora (``TrainConfig.file_weights``): with a
+    voice opinion, ``scale`` is the window weight and ``voice_weight`` the voice weight times the probe's own
+    Platt scale on these files (its in-domain calibration); the weights fitted here on held-out speakers of the
+    training corpora are kept as ``in_domain_scale`` / ``in_domain_voice_weight``. Fitted in-domain, the window
+    models (which know these corpora) outweigh the voice ~15 to 1 (MODEL_CARD.md); on a corpus neither has
+    heard, the voice is the steadier opinion.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -625,10 +646,14 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
         scale, voice_weight = (float(max(c, 0.0)) for c in lr.coef_[0])
         scale = max(scale, 0.05)
         # each opinion's own Platt scale on the same files: its in-domain calibration, for cross-corpus analysis
-        alone = [float(LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(
-            X[:, [j]], u["y"][has_voice], sample_weight=w[has_voice]).coef_[0][0]) for j in (0, 1)]
+        alone = [platt_scale(X[:, j], u["y"][has_voice], w[has_voice]) for j in (0, 1)]
         extra = {"voice_weight": round(voice_weight, 4), "calibration_files_with_voice": int(has_voice.sum()),
                  "scale_windows_alone": round(alone[0], 4), "scale_voice_alone": round(alone[1], 4)}
+        if weights is not None and alone[1] > 0:
+            extra.update(in_domain_scale=round(scale, 4), in_domain_voice_weight=extra["voice_weight"],
+                         cross_corpus_weights=[float(weights[0]), float(weights[1])])
+            scale, voice_weight = max(float(weights[0]), 0.05), float(weights[1]) * alone[1]
+            extra["voice_weight"] = round(voice_weight, 4)
     else:
         lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(z[:, None], u["y"], sample_weight=w)
         scale, voice_weight = float(max(lr.coef_[0][0], 0.05)), 0.0
@@ -844,7 +869,7 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
         timings["voice_s"] = round(time.perf_counter() - t0, 1)
     file_args = (cal.y[clean_cal], p_cal[clean_cal], cal.utt[clean_cal], cal.reader[clean_cal],
                  config.file_confident_accuracy, config.file_max_undecided)
-    trained.file_decision = fit_file_decision(*file_args, voice=voice_cal)
+    trained.file_decision = fit_file_decision(*file_args, voice=voice_cal, weights=config.file_weights)
     if trained.voice and not trained.file_decision.get("voice_weight"):  # the calibration files gave it no weight
         trained.voice = None
         trained.file_decision = fit_file_decision(*file_args)

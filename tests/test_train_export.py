@@ -185,3 +185,36 @@ def test_file_decision_band_is_calibrated_and_capped():
     p_bad = rng.uniform(0.3, 0.7, len(y))
     fd_bad = fit_file_decision(y, p_bad, utt, reader, 0.985)
     assert fd_bad["calibration_undecided"] <= 0.03
+
+
+def test_reweigh_recomputes_the_voice_scale_and_sets_the_weights(trained, tmp_path):
+    """`offline reweigh` recomputes, from the split a bundle records, the voice probe's Platt scale on the
+    calibration files exactly as training fitted it, gives the file decision the weights asked for, reseals
+    the bundle, and refuses data other than the bundle was trained on."""
+    import shutil
+
+    from offline.reweigh import reweigh_bundle
+    from realtime.bundle import Bundle
+    from realtime.logodds import logit, sigmoid
+
+    _, _, out = trained
+    trained_fd = json.loads((out / "bundle.json").read_text())["file_decision"]
+    assert trained_fd["voice_weight"] > 0 and trained_fd["scale_voice_alone"] > 0
+    copy = tmp_path / "bundle"
+    shutil.copytree(out, copy)
+    utts = _utterances(6, 3, tmp_path)
+    fd = reweigh_bundle(copy, utts, (0.5, 2.0), cache_dir=tmp_path / "cache")
+    assert fd["scale_voice_alone"] == pytest.approx(trained_fd["scale_voice_alone"], rel=1e-3)
+    assert fd["scale"] == 0.5 and fd["voice_weight"] == pytest.approx(2.0 * trained_fd["scale_voice_alone"], rel=1e-3)
+    assert fd["reweighed"]["before"] == {"scale": trained_fd["scale"], "voice_weight": trained_fd["voice_weight"]}
+    assert (fd["female"], fd["male"]) == (trained_fd["female"], trained_fd["male"])  # the band is kept
+    bundle = Bundle.load(copy)
+    assert bundle.meta["training"]["config"]["file_weights"] == [0.5, 2.0]
+    _, p = bundle.file_verdict([0.6, 0.6, 0.6], 1.0)
+    assert p == pytest.approx(sigmoid(0.5 * logit(0.6, 1e-4) + fd["voice_weight"] * 1.0), abs=1e-9)
+    # one speaker's files fewer: the probe refitted is not the bundle's, and nothing is written
+    before = (copy / "bundle.json").read_bytes()
+    fewer = [u for u in utts if u.reader != utts[-1].reader]
+    with pytest.raises(ValueError, match="differs from the bundle's own"):
+        reweigh_bundle(copy, fewer, (0.5, 2.0), cache_dir=tmp_path / "cache")
+    assert (copy / "bundle.json").read_bytes() == before

@@ -140,6 +140,16 @@ def test_file_decision_weighs_an_informative_voice_opinion():
     assert fd["voice_weight"] > 0.5 and fd["calibration_files_with_voice"] == n
     no_voice = fit_file_decision(y, p, utt, reader, 0.985)
     assert "voice_weight" not in no_voice
+    # each opinion's own Platt scale on the same files: the voice alone near its true log-odds slope (2 x 3 / 1)
+    assert 4.0 < fd["scale_voice_alone"] < 8.0 and fd["scale_windows_alone"] > 0
+    # cross-corpus weights: the window weight as given, the voice weight times the voice's own scale; the
+    # in-domain fit is kept beside them
+    crossed = fit_file_decision(y, p, utt, reader, 0.985, voice=voice, weights=(0.4, 1.5))
+    assert crossed["scale"] == 0.4 and crossed["cross_corpus_weights"] == [0.4, 1.5]
+    assert crossed["voice_weight"] == pytest.approx(1.5 * fd["scale_voice_alone"], abs=1e-3)
+    assert (crossed["in_domain_scale"], crossed["in_domain_voice_weight"]) == (fd["scale"], fd["voice_weight"])
+    # without a voice opinion the weights have nothing to weigh: the in-domain window scale
+    assert fit_file_decision(y, p, utt, reader, 0.985, weights=(0.4, 1.5))["scale"] == no_voice["scale"]
 
 
 def test_serve_leaves_the_voice_opinion_out_unless_asked():
