@@ -967,7 +967,8 @@ def _save_engine_files(rows: list[dict], path: Path) -> Path:
             cols.setdefault(key, []).extend(r[key])
         cols.setdefault("direction", []).extend([r.get("direction", "")] * n)
         fd = r.get("file_decision") or {}
-        for key in ("scale", "voice_weight", "scale_windows_alone", "scale_voice_alone"):
+        for key in ("scale", "voice_weight", "scale_windows_alone", "scale_voice_alone", "in_domain_scale",
+                    "in_domain_voice_weight"):
             cols.setdefault(f"decision_{key}", []).extend([float(fd.get(key, math.nan))] * n)
     arrays = {k: np.asarray(v, dtype=str if k in ("label", "utt", "reader", "corpus", "direction") else None)
               for k, v in cols.items()}

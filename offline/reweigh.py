@@ -69,7 +69,9 @@ def reweigh_bundle(models_dir: str | Path, utterances, weights: tuple[float, flo
     old = {"scale": fd.get("scale"), "voice_weight": fd.get("voice_weight")}
     fd.update(scale=round(max(float(weights[0]), 0.05), 4), voice_weight=round(float(weights[1]) * a_v, 4),
               scale_voice_alone=round(a_v, 4), cross_corpus_weights=[float(weights[0]), float(weights[1])],
-              in_domain_scale=old["scale"], in_domain_voice_weight=old["voice_weight"],
+              # a bundle trained (or reweighed) with cross-corpus weights already records the in-domain fit
+              in_domain_scale=fd.get("in_domain_scale", old["scale"]),
+              in_domain_voice_weight=fd.get("in_domain_voice_weight", old["voice_weight"]),
               reweighed={"date": _dt.date.today().isoformat(), "calibration_files": int(is_cal.sum()),
                          "by": "python -m offline reweigh", "before": old})
     meta["file_decision"] = fd

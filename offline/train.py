@@ -118,7 +118,7 @@ class TrainConfig:
     # (window weight, voice weight) of the file decision, measured leave-one-corpus-out (MODEL_CARD.md, "Weighing
     # the two opinions"): scale = the first, voice_weight = the second x the probe's own Platt scale on the
     # calibration files; None fits both on the calibration files (in-domain, where the voice gets ~1/15 the say)
-    file_weights: tuple[float, float] | None = None
+    file_weights: tuple[float, float] | None = (0.12, 0.5)
     ensemble_intercept: bool = False       # a fitted bias learns the calibration readers' quirks (model card)
     ensemble_C: float = 1.0
     confident_accuracy: float = 0.98

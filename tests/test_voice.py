@@ -76,6 +76,19 @@ def test_release_bundle_carries_a_voice_opinion(bundle):
     assert "Apache License" in (bundle.path / "LICENSE-resemblyzer.txt").read_text()  # the weights' licence with them
 
 
+def test_release_weighs_the_voice_as_measured_across_corpora(bundle):
+    """The release's file decision carries the recipe's cross-corpus weights (TrainConfig.file_weights): the
+    window weight as scale, the voice weight times the probe's own Platt scale on the calibration files; the
+    in-domain fit, which gave the voice ~1/15 of the say, is kept beside them."""
+    from offline.train import TrainConfig
+
+    fd = bundle.meta["file_decision"]
+    c_w, c_v = TrainConfig().file_weights
+    assert fd["cross_corpus_weights"] == [c_w, c_v] and bundle.file_scale == c_w
+    assert bundle.voice_weight == pytest.approx(c_v * fd["scale_voice_alone"], abs=1e-3)
+    assert fd["in_domain_voice_weight"] / fd["in_domain_scale"] < bundle.voice_weight / bundle.file_scale
+
+
 def test_voice_opinion_joins_the_file_verdict_of_real_recordings(bundle):
     """classify's answer: the voice opinion is reported and weighed in; with it off the verdict is the windows'
     alone, as before. On real recordings of both genders, the voice alone is right."""
