@@ -121,6 +121,24 @@ def test_no_voice_opinion_without_speech(bundle):
     assert v["label"] == "no speech" and v["voice_p_female"] is None
 
 
+def test_a_bundle_loaded_without_the_voice_verifies_it_but_gives_none(copy):
+    """Bundle.load(voice=False) (what `serve` does without --voice-opinion): no encoder session, no voice
+    opinion, the same windows' verdict; a tampered voice.onnx is refused all the same."""
+    lean = Bundle.load(copy, voice=False)
+    assert lean.voice_encoder is None and not lean.has_voice_opinion
+    assert lean.voice_logit(np.zeros(3 * 16000, np.float32)) is None
+    x = load_audio(str(readers_by_gender(1)["F"][0]))
+    engine = Engine(lean)
+    v = summarise(list(engine.run(x)), engine)
+    assert v["voice_p_female"] is None and v["label"] == "female"
+    path = copy / "voice.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"voice.onnx.*sha256.*modified or corrupted"):
+        Bundle.load(copy, voice=False)
+
+
 def test_other_voice_frontend_is_refused(copy):
     meta = json.loads((copy / "bundle.json").read_text())
     meta["voice"]["frontend"]["n_mels"] = 80

@@ -125,7 +125,9 @@ def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: in
     from ..bundle import Bundle
     from ..options import make_engine
 
-    bundle = Bundle.load(args.models) if args.models else Bundle.load()  # shared by all connections
+    # shared by all connections; the voice encoder only where the streams' `end` asks for the voice opinion
+    voice = bool(getattr(args, "voice_opinion", False))
+    bundle = Bundle.load(args.models, voice=voice) if args.models else Bundle.load(voice=voice)
     # the first inference is slow: pay it now (this also validates the engine options before listening)
     warm = warm_up(make_engine(args, bundle))
     server = StreamServer(lambda: make_engine(args, bundle), cfg, sockets=sockets, counters=counters)
