@@ -37,7 +37,7 @@ def reweigh_bundle(models_dir: str | Path, utterances, weights: tuple[float, flo
                    cache_dir: str | Path | None = ".cache/features", progress: bool = False) -> dict:
     """Set the file decision of the bundle in ``models_dir`` to ``weights`` (window, voice) and reseal it.
     Returns the new ``file_decision``."""
-    from realtime.bundle import BUNDLE_FILE, Bundle, write_meta
+    from realtime.bundle import BUNDLE_FILE, FILE_RULE, Bundle, write_meta
 
     from .train import platt_scale
     from .voice_probe import embed_utterances, fit_probe, probe_logits
@@ -67,14 +67,18 @@ def reweigh_bundle(models_dir: str | Path, utterances, weights: tuple[float, flo
     a_v = platt_scale(zv, y[is_cal], 1.0 / counts[inv.reshape(-1)])
     fd = dict(meta.get("file_decision") or {})
     old = {"scale": fd.get("scale"), "voice_weight": fd.get("voice_weight")}
+    # the windows alone keep a window scale fitted in-domain: their own Platt scale where training recorded
+    # it, else the in-domain joint fit's (which, giving the voice little weight, is close to it)
+    alone = fd.get("scale_windows_alone", fd.get("in_domain_scale", old["scale"]))
     fd.update(scale=round(max(float(weights[0]), 0.05), 4), voice_weight=round(float(weights[1]) * a_v, 4),
+              scale_without_voice=round(max(float(alone), 0.05), 4),
               scale_voice_alone=round(a_v, 4), cross_corpus_weights=[float(weights[0]), float(weights[1])],
               # a bundle trained (or reweighed) with cross-corpus weights already records the in-domain fit
               in_domain_scale=fd.get("in_domain_scale", old["scale"]),
               in_domain_voice_weight=fd.get("in_domain_voice_weight", old["voice_weight"]),
               reweighed={"date": _dt.date.today().isoformat(), "calibration_files": int(is_cal.sum()),
                          "by": "python -m offline reweigh", "before": old})
-    meta["file_decision"] = fd
+    meta["file_decision"] = {**fd, "rule": FILE_RULE}
     config = (meta.get("training") or {}).get("config")
     if isinstance(config, dict):
         config["file_weights"] = [float(weights[0]), float(weights[1])]

@@ -56,6 +56,9 @@ VOICE_MODEL = "voice"  # optional: the speaker encoder whose embedding the file 
 MODEL_FILES = {"xgb": "xgb.onnx", "cnn1d": "cnn1d.onnx", "cnn2d": "cnn2d.onnx", SPEECH_MODEL: "speech.onnx",
                VOICE_MODEL: "voice.onnx"}
 P_CLIP = 1e-6       # ensemble.p_clip: xgb's probability is clipped to [P_CLIP, 1 - P_CLIP] before its logit
+FILE_RULE = ("p_file = sigmoid(scale * mean of the file's window logits + voice_weight * voice logit) where the "
+             "recording has a voice opinion, else sigmoid(scale_without_voice (default: scale) * mean of the file's "
+             "window logits); female if p_file >= female, male if p_file <= male, else uncertain")
 FILE_P_CLIP = 1e-4  # a file verdict clips each window's p_female to [FILE_P_CLIP, 1 - FILE_P_CLIP] before its logit
 CNN_ROWS = 16  # windows per CNN run in predict_many: fewer pay the per-run cost, more outgrow the CPU caches
 
@@ -247,6 +250,8 @@ def _check_file_decision(meta: dict, fdef: FeatureDefinition) -> None:
     if not isinstance(fd, dict):
         raise BundleError(f"bundle.json: file_decision must be an object, got {_short(fd)}")
     _number("file_decision.scale", fd.get("scale"), lo=0.0, lo_open=True)
+    if "scale_without_voice" in fd:
+        _number("file_decision.scale_without_voice", fd["scale_without_voice"], lo=0.0, lo_open=True)
     if "voice_weight" in fd:
         _number("file_decision.voice_weight", fd["voice_weight"], lo=0.0)
         if VOICE_MODEL not in meta:
@@ -366,9 +371,7 @@ def bundle_meta(*, definition: FeatureDefinition, stat_names, mfcc_mean, mfcc_st
                                               "voice logit = probe.weights . embedding + probe.bias"}
     if file_decision:
         meta["file_decision"] = {**file_decision,
-                                 "rule": "p_file = sigmoid(scale * mean of the file's window logits + voice_weight * "
-                                         "voice logit, where the recording has enough speech for the voice opinion); "
-                                         "female if p_file >= female, male if p_file <= male, else uncertain"}
+                                 "rule": FILE_RULE}
     check_meta(meta, definition)
     return meta
 
@@ -514,6 +517,9 @@ class Bundle:
         # file verdicts: p_file = sigmoid(scale * mean window log-odds), its own uncertain band
         fd = meta.get("file_decision") or {}  # older bundles: scale 1 and the window band
         self.file_scale = float(fd.get("scale", 1.0))
+        # the windows alone (no voice opinion: too little speech, --no-voice-opinion) have their own scale: the
+        # cross-corpus window weight is small because the voice carries most of the evidence beside it
+        self.file_scale_without_voice = float(fd.get("scale_without_voice", self.file_scale))
         self.file_thresholds = {"female": float(fd.get("female", self.thresholds["female"])),
                                 "male": float(fd.get("male", self.thresholds["male"]))}
         # the voice opinion (optional): a speaker encoder's embedding of the recording, read by a linear probe
@@ -709,9 +715,11 @@ class Bundle:
         ps = np.asarray(list(window_ps), dtype=np.float64)
         if ps.size == 0:
             return "no speech", None
-        z = self.file_scale * float(np.mean(logit(ps, FILE_P_CLIP)))
+        z = float(np.mean(logit(ps, FILE_P_CLIP)))
         if voice_logit is not None and self.has_voice_opinion:
-            z += self.voice_weight * float(voice_logit)
+            z = self.file_scale * z + self.voice_weight * float(voice_logit)
+        else:
+            z = self.file_scale_without_voice * z
         p = sigmoid(z)
         th = self.file_thresholds
         return ("female" if p >= th["female"] else "male" if p <= th["male"] else "uncertain"), p

@@ -208,6 +208,8 @@ def test_reweigh_recomputes_the_voice_scale_and_sets_the_weights(trained, tmp_pa
     assert fd["scale"] == 0.5 and fd["voice_weight"] == pytest.approx(2.0 * trained_fd["scale_voice_alone"], rel=1e-3)
     assert fd["reweighed"]["before"] == {"scale": trained_fd["scale"], "voice_weight": trained_fd["voice_weight"]}
     assert (fd["female"], fd["male"]) == (trained_fd["female"], trained_fd["male"])  # the band is kept
+    # the windows alone keep their own in-domain scale, as training records it
+    assert fd["scale_without_voice"] == trained_fd["scale_without_voice"] == trained_fd["scale_windows_alone"]
     bundle = Bundle.load(copy)
     assert bundle.meta["training"]["config"]["file_weights"] == [0.5, 2.0]
     _, p = bundle.file_verdict([0.6, 0.6, 0.6], 1.0)

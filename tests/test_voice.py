@@ -87,6 +87,13 @@ def test_release_weighs_the_voice_as_measured_across_corpora(bundle):
     assert fd["cross_corpus_weights"] == [c_w, c_v] and bundle.file_scale == c_w
     assert bundle.voice_weight == pytest.approx(c_v * fd["scale_voice_alone"], abs=1e-3)
     assert fd["in_domain_voice_weight"] / fd["in_domain_scale"] < bundle.voice_weight / bundle.file_scale
+    # a file with no voice opinion (too little speech, --no-voice-opinion) is judged by the windows at their own
+    # in-domain scale, not at the small window weight that sits beside the voice
+    assert bundle.file_scale_without_voice > 5 * bundle.file_scale
+    ps = [0.7, 0.65, 0.8]
+    mean = float(np.mean(np.log(np.asarray(ps) / (1 - np.asarray(ps)))))
+    assert bundle.file_verdict(ps)[1] == pytest.approx(1 / (1 + np.exp(-bundle.file_scale_without_voice * mean)))
+    assert bundle.file_verdict(ps, 0.0)[1] == pytest.approx(1 / (1 + np.exp(-bundle.file_scale * mean)))
 
 
 def test_voice_opinion_joins_the_file_verdict_of_real_recordings(bundle):
