@@ -117,7 +117,8 @@ class TrainConfig:
     voice_opinion: bool = True
     # (window weight, voice weight) of the file decision, measured leave-one-corpus-out (MODEL_CARD.md, "Weighing
     # the two opinions"): scale = the first, voice_weight = the second x the probe's own Platt scale on the
-    # calibration files; None fits both on the calibration files (in-domain, where the voice gets ~1/15 the say)
+    # calibration files; None fits both on the calibration files (in-domain: the fits vary widely, and the
+    # release's gave the voice ~1/15 of the say)
     file_weights: tuple[float, float] | None = (0.12, 0.5)
     ensemble_intercept: bool = False       # a fitted bias learns the calibration readers' quirks (model card)
     ensemble_C: float = 1.0
@@ -623,8 +624,10 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
     voice opinion, ``scale`` is the window weight and ``voice_weight`` the voice weight times the probe's own
     Platt scale on these files (its in-domain calibration); the weights fitted here on held-out speakers of the
     training corpora are kept as ``in_domain_scale`` / ``in_domain_voice_weight``. Fitted in-domain, the window
-    models (which know these corpora) outweigh the voice ~15 to 1 (MODEL_CARD.md); on a corpus neither has
-    heard, the voice is the steadier opinion.
+    models (which know these corpora) can outweigh the voice many times (the 2026-12-03 release's fit: ~15 to 1
+    on real files), and the fits vary widely from one calibration sample to the next; on a corpus neither has
+    heard, the voice is the steadier opinion (MODEL_CARD.md). A file without a voice opinion is judged by the
+    windows at their own Platt scale (``scale_without_voice``).
     """
     from sklearn.linear_model import LogisticRegression
 
