@@ -43,7 +43,10 @@ def reweigh_bundle(models_dir: str | Path, utterances, weights: tuple[float, flo
     from .voice_probe import embed_utterances, fit_probe, probe_logits
 
     models_dir = Path(models_dir)
-    meta = json.loads((models_dir / BUNDLE_FILE).read_text(encoding="utf-8"))
+    try:
+        meta = json.loads((models_dir / BUNDLE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{models_dir / BUNDLE_FILE}: cannot read the bundle ({exc})") from exc
     if "voice" not in meta:
         raise ValueError(f"{models_dir}: the bundle has no voice opinion to weigh")
     split = (meta.get("training") or {}).get("split") or {}
@@ -95,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     if weights is None:
         print("error: no --weights given and TrainConfig has no file_weights", file=sys.stderr)
         return 2
-    utterances = load_corpora(args.data)
+    utterances = load_corpora(args.data, subsets=args.subsets, strict=args.strict)
     try:
         fd = reweigh_bundle(args.models, utterances, tuple(weights), cache_dir=None if args.no_cache else args.cache,
                             progress=not args.no_progress)

@@ -183,11 +183,12 @@ def test_every_offline_command_explains_itself_without_loading_tensorflow():
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
-    assert set(out["helps"]) == {"features", "train", "evaluate", "bench-features", "engine-eval", "candidates",
-                                 "bench"}
+    assert set(out["helps"]) == {"features", "train", "evaluate", "reweigh", "bench-features", "engine-eval",
+                                 "candidates", "bench"}
     for name, (code_, text) in out["helps"].items():
         assert code_ == 0 and text.startswith(f"usage: python -m offline {name}"), (name, text[:200])
     assert "--data" in out["helps"]["features"][1] and "--baseline-windows" in out["helps"]["bench"][1]
+    assert "--weights WINDOW VOICE" in out["helps"]["reweigh"][1]
     assert out["heavy"] == []
 
 

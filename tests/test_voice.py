@@ -198,3 +198,16 @@ def test_serve_leaves_the_voice_opinion_out_unless_asked():
     assert engine_config(p.parse_args(["serve"])).voice_opinion is False
     assert engine_config(p.parse_args(["serve", "--voice-opinion"])).voice_opinion is True
     assert engine_config(p.parse_args(["classify", "x.flac"])).voice_opinion is True
+
+
+def test_reweigh_refuses_what_it_cannot_weigh(tmp_path, capsys):
+    """`offline reweigh` on no bundle, or on a bundle without a voice opinion: a clear error, exit 2, nothing
+    written (the weighing itself is tested end to end in tests/test_train_export.py)."""
+    from offline.cli import main
+
+    assert main(["reweigh", "--models", str(tmp_path / "nowhere")]) == 2
+    assert "cannot read the bundle" in capsys.readouterr().err
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": "voicegender-bundle"}))
+    assert main(["reweigh", "--models", str(tmp_path)]) == 2
+    assert "has no voice opinion" in capsys.readouterr().err
+    assert json.loads((tmp_path / "bundle.json").read_text()) == {"format": "voicegender-bundle"}
