@@ -10,7 +10,7 @@ Python API (imported lazily, so ``import realtime`` stays cheap)::
 
     from realtime import classify, segments, Engine
     classify("talk.flac")            # {'label': 'female', 'p_female': 0.97, 'speech_seconds': 12.3, ...}
-    segments("dialogue.wav")         # [{'start': 0.0, 'end': 4.5, 'label': 'female', 'p_female': 0.96}, ...]
+    segments("dialogue.wav")         # [{'start': 0.0, 'end': 4.5, 'label': 'female', 'p_female': 0.96, 'voice_p_female': 0.9}, ...]
     for ev in Engine().run("talk.flac"):
         print(ev.t, ev.label, ev.p_female)
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError
+from .audio import SAMPLE_RATE, AudioError, as_mono_float, load_audio, resample
 from .bundle import Bundle
 from .engine import Engine, EngineConfig, file_decision, summarise
 from .events import Event
+from .logodds import sigmoid
+from .voice import vad_speech
 
 __all__ = ["classify", "segments", "shared_bundle", "turns"]
 
@@ -45,12 +47,12 @@ def _engine(models, config: EngineConfig | None) -> Engine:
     return Engine(shared_bundle(models), config)
 
 
-def _events(engine: Engine, source, sample_rate) -> list[Event]:
-    """Run a path, a file-like object or an array (with its rate) through the engine."""
+def _decoded(source, sample_rate) -> tuple:
+    """(what ``Engine.run`` takes, its rate) for a path (as it is), a file-like object (decoded) or an array."""
     if isinstance(source, (str, os.PathLike)):
         if sample_rate is not None:
             raise ValueError("sample_rate is for arrays; a file says its own rate")
-        return list(engine.run(source))
+        return source, SAMPLE_RATE
     if hasattr(source, "read"):  # a file-like object holding an encoded file (wav, flac, ogg, ...)
         import soundfile as sf
 
@@ -60,12 +62,18 @@ def _events(engine: Engine, source, sample_rate) -> list[Event]:
             raise AudioError(f"cannot decode audio from {type(source).__name__} ({exc})") from exc
         if x.shape[0] == 0:
             raise AudioError("the file holds no audio samples")
-        return list(engine.run(x, sample_rate=rate))
+        return x, rate
     if isinstance(source, np.ndarray) or isinstance(source, (list, tuple)):
         if sample_rate is None:
             raise ValueError("an array needs its sample_rate, e.g. classify(x, 16000)")
-        return list(engine.run(np.asarray(source), sample_rate=sample_rate))
+        return np.asarray(source), sample_rate
     raise TypeError(f"source must be a path, a file-like object or an array, got {type(source).__name__}")
+
+
+def _events(engine: Engine, source, sample_rate) -> list[Event]:
+    """Run a path, a file-like object or an array (with its rate) through the engine."""
+    src, rate = _decoded(source, sample_rate)
+    return list(engine.run(src, sample_rate=rate))
 
 
 def classify(source, sample_rate: float | None = None, *, models=None, config: EngineConfig | None = None) -> dict:
@@ -82,22 +90,30 @@ def classify(source, sample_rate: float | None = None, *, models=None, config: E
 
 def segments(source, sample_rate: float | None = None, *, models=None, config: EngineConfig | None = None,
              min_pause_s: float = 1.0, min_turn_windows: int = 3) -> list[dict]:
-    """Speaker turns: ``[{start, end, label, p_female}, ...]`` in seconds, speech only, in time order.
+    """Speaker turns: ``[{start, end, label, p_female, voice_p_female}, ...]`` in seconds, speech only, in
+    time order.
 
     Speech is split at pauses of ``min_pause_s`` or more and, within speech, where the windows change
     side (female <-> male) and hold the new side for ``min_turn_windows`` windows (1.5 s of hops) -- a
-    confident change of voice. Each turn's label and p come from its own windows (as :func:`classify`
-    decides a file); a turn too short for a window is ``uncertain`` with ``p_female`` null.
+    confident change of voice. Each turn is decided as :func:`classify` decides a file: its own windows and,
+    with the voice opinion on, the voice opinion of the turn's own speech (``voice_p_female``; null for a turn
+    with under 1 s of speech, or with the opinion off); a turn too short for a window is ``uncertain`` with
+    ``p_female`` null.
     """
     engine = _engine(models, config)
-    events = _events(engine, source, sample_rate)
+    src, rate = _decoded(source, sample_rate)
+    events = list(engine.run(src, sample_rate=rate))
+    audio = None
+    if engine.voice is not None:  # the bundle has a voice opinion and the config wants it
+        audio = load_audio(src) if isinstance(src, (str, os.PathLike)) else resample(as_mono_float(src), int(rate))
     return turns(events, engine.bundle, hop_s=engine.config.hop_s, window_s=engine.window_samples / SAMPLE_RATE,
-                 min_pause_s=min_pause_s, min_turn_windows=min_turn_windows)
+                 min_pause_s=min_pause_s, min_turn_windows=min_turn_windows, audio=audio)
 
 
 def turns(events: list, bundle: Bundle, *, hop_s: float, window_s: float, min_pause_s: float = 1.0,
-          min_turn_windows: int = 3) -> list[dict]:
-    """Turns from a stream's events (see :func:`segments`)."""
+          min_turn_windows: int = 3, audio: np.ndarray | None = None) -> list[dict]:
+    """Turns from a stream's events (see :func:`segments`); ``audio``: the stream at 16 kHz mono, for each
+    turn's voice opinion (None: none)."""
     # 1. speech runs: hops that count as speech, bridged over pauses shorter than min_pause_s
     runs: list[list[tuple[float, float, float | None]]] = []  # per run: (hop start, hop end, window p)
     prev_t, gap = 0.0, 0.0
@@ -114,10 +130,16 @@ def turns(events: list, bundle: Bundle, *, hop_s: float, window_s: float, min_pa
     out = []
     for run in runs:
         for part in _split_at_voice_changes(run, bundle, min_turn_windows, window_s):
-            label, p = file_decision([w for _, _, w in part], bundle)
-            out.append({"start": round(part[0][0], 2), "end": round(part[-1][1], 2),
+            start, end = part[0][0], part[-1][1]
+            voice_logit = None
+            if audio is not None:
+                turn = audio[int(start * SAMPLE_RATE): int(np.ceil(end * SAMPLE_RATE))]
+                voice_logit = bundle.voice_logit(vad_speech(turn))
+            label, p = file_decision([w for _, _, w in part], bundle, voice_logit)
+            out.append({"start": round(start, 2), "end": round(end, 2),
                         "label": "uncertain" if label == "no speech" else label,
-                        "p_female": None if p is None else round(p, 4)})
+                        "p_female": None if p is None else round(p, 4),
+                        "voice_p_female": None if voice_logit is None else round(float(sigmoid(voice_logit)), 4)})
     return out
 
 

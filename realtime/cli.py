@@ -192,17 +192,19 @@ def _classify(args) -> int:
     return 1 if failures else 0
 
 
-SEGMENT_FIELDS = ("file", "start", "end", "label", "p_female")
+SEGMENT_FIELDS = ("file", "start", "end", "label", "p_female", "voice_p_female")
 
 
 def _segments(args) -> int:
     import csv
 
     from .api import turns
+    from .audio import load_audio
 
     def work(engine, path):
-        return turns(list(engine.run(path)), engine.bundle, hop_s=engine.config.hop_s,
-                     window_s=engine.window_samples / 16000, min_pause_s=args.min_pause)
+        events = list(engine.run(path))
+        return turns(events, engine.bundle, hop_s=engine.config.hop_s, window_s=engine.window_samples / 16000,
+                     min_pause_s=args.min_pause, audio=load_audio(path) if engine.voice is not None else None)
 
     writer = None
     if args.format == "csv":
@@ -222,7 +224,8 @@ def _segments(args) -> int:
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
             else:
                 p = "-" if row["p_female"] is None else f"{row['p_female']:.3f}"
-                print(f"{path}\t{row['start']:8.2f}\t{row['end']:8.2f}\t{row['label']:<9}\tp_female={p}")
+                v = "" if row["voice_p_female"] is None else f"\tvoice={row['voice_p_female']:.3f}"
+                print(f"{path}\t{row['start']:8.2f}\t{row['end']:8.2f}\t{row['label']:<9}\tp_female={p}{v}")
         sys.stdout.flush()
     return 1 if failures else 0
 

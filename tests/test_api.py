@@ -10,6 +10,7 @@ import soundfile as sf
 import soxr
 
 from realtime.audio import load_audio
+from realtime.engine import EngineConfig
 
 from .data import readers_by_gender
 
@@ -164,13 +165,20 @@ def test_segments_female_pause_male(voices, k):
     x = np.concatenate([f, np.zeros(int(pause * 16000), np.float32), m])
     t_f, t_m0, t_end = len(f) / 16000, len(f) / 16000 + pause, len(x) / 16000
     segs = segments(x, 16000)
-    assert all(set(s) == {"start", "end", "label", "p_female"} for s in segs)
+    assert all(set(s) == {"start", "end", "label", "p_female", "voice_p_female"} for s in segs)
     assert all(a["end"] <= b["start"] for a, b in zip(segs, segs[1:]))
     fem, mal = _turns_of(segs, 0, t_f + pause / 2), _turns_of(segs, t_f + pause / 2, t_end + 1)
     assert fem and mal and len(fem) + len(mal) == len(segs)
     assert all(s["label"] == "female" for s in fem) and all(s["label"] == "male" for s in mal), segs
     assert abs(fem[0]["start"] - 0) <= 1.5 and abs(fem[-1]["end"] - t_f) <= 1.5, segs
     assert abs(mal[0]["start"] - t_m0) <= 1.5 and abs(mal[-1]["end"] - t_end) <= 1.5, segs
+    # each turn's own voice opinion (its speech, not the first 12 s of the recording) leans its own way
+    long_turns = [(s, "F" if s in fem else "M") for s in segs if s["end"] - s["start"] >= 2.0]
+    assert long_turns and all(s["voice_p_female"] is not None for s, _ in long_turns)
+    assert all((s["voice_p_female"] >= 0.5) == (g == "F") for s, g in long_turns), segs
+    # without the voice opinion the turns are judged by their windows alone
+    off = segments(x, 16000, config=EngineConfig(voice_opinion=False))
+    assert [s["label"] for s in off] == [s["label"] for s in segs] and all(s["voice_p_female"] is None for s in off)
 
 
 def test_segments_split_at_a_change_of_voice_without_a_pause(voices):

@@ -90,11 +90,12 @@ def test_segments_command_json_and_csv(voices, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["label"] for r in rows] == ["female", "male"]
-    assert all(set(r) == {"file", "start", "end", "label", "p_female"} for r in rows)
+    assert all(set(r) == {"file", "start", "end", "label", "p_female", "voice_p_female"} for r in rows)
+    assert [r["voice_p_female"] >= 0.5 for r in rows] == [True, False]  # each turn's own voice opinion
     assert abs(rows[1]["start"] - (len(f) / 16000 + 2)) <= 1.5
     out = _cli("segments", wav, "--csv")
     table = list(csv.DictReader(io.StringIO(out.stdout)))
-    assert list(table[0]) == ["file", "start", "end", "label", "p_female"]
+    assert list(table[0]) == ["file", "start", "end", "label", "p_female", "voice_p_female"]
     assert [r["label"] for r in table] == ["female", "male"] and float(table[1]["start"]) == rows[1]["start"]
 
 
