@@ -122,8 +122,14 @@ class FeatureDefinition:
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return definition_hash(self.to_dict())
+
+
+def definition_hash(d: dict) -> str:
+    """The short hash a bundle records of a definition (features here, the voice frontend in
+    ``realtime.voice``): sha256 of its parameters as compact JSON with sorted keys, first 16 hex digits."""
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 DEFAULT = FeatureDefinition()

@@ -20,12 +20,12 @@ frontend differs from its own.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.fft
+
+from .features import definition_hash
 
 __all__ = ["EMBEDDING_SIZE", "FRONTEND", "VoiceFrontend", "VoiceEncoder", "VoiceSample", "mel_power", "partial_slices", "vad_speech"]
 
@@ -54,8 +54,7 @@ class VoiceFrontend:
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return definition_hash(self.to_dict())
 
 
 FRONTEND = VoiceFrontend()
