@@ -23,7 +23,7 @@ from .events import Event
 from .logodds import sigmoid
 from .voice import vad_speech
 
-__all__ = ["classify", "segments", "shared_bundle", "turns"]
+__all__ = ["classify", "engine_turns", "segments", "shared_bundle", "turns"]
 
 _BUNDLES: dict[str, Bundle] = {}
 _LOCK = threading.Lock()
@@ -100,8 +100,13 @@ def segments(source, sample_rate: float | None = None, *, models=None, config: E
     with under 1 s of speech, or with the opinion off); a turn too short for a window is ``uncertain`` with
     ``p_female`` null.
     """
-    engine = _engine(models, config)
     src, rate = _decoded(source, sample_rate)
+    return engine_turns(_engine(models, config), src, rate, min_pause_s=min_pause_s, min_turn_windows=min_turn_windows)
+
+
+def engine_turns(engine: Engine, src, rate: float = SAMPLE_RATE, *, min_pause_s: float = 1.0,
+                 min_turn_windows: int = 3) -> list[dict]:
+    """:func:`segments` on a given engine: ``src`` a path or an array at ``rate`` (what ``Engine.run`` takes)."""
     events = list(engine.run(src, sample_rate=rate))
     audio = None
     if engine.voice is not None:  # the bundle has a voice opinion and the config wants it

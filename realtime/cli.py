@@ -198,13 +198,10 @@ SEGMENT_FIELDS = ("file", "start", "end", "label", "p_female", "voice_p_female")
 def _segments(args) -> int:
     import csv
 
-    from .api import turns
-    from .audio import load_audio
+    from .api import engine_turns
 
     def work(engine, path):
-        events = list(engine.run(path))
-        return turns(events, engine.bundle, hop_s=engine.config.hop_s, window_s=engine.window_samples / 16000,
-                     min_pause_s=args.min_pause, audio=load_audio(path) if engine.voice is not None else None)
+        return engine_turns(engine, path, min_pause_s=args.min_pause)
 
     writer = None
     if args.format == "csv":
