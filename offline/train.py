@@ -659,8 +659,7 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
             extra["voice_weight"] = round(voice_weight, 4)
             extra["scale_without_voice"] = round(max(alone[0], 0.05), 4)  # a file with no voice opinion
     else:
-        lr = LogisticRegression(fit_intercept=False, C=100.0, max_iter=1000).fit(z[:, None], u["y"], sample_weight=w)
-        scale, voice_weight = float(max(lr.coef_[0][0], 0.05)), 0.0
+        scale, voice_weight = max(platt_scale(z, u["y"], w), 0.05), 0.0
     scale_nv = extra.get("scale_without_voice", scale)
     pf = sigmoid(np.where(has_voice, scale * z + voice_weight * np.nan_to_num(zv), scale_nv * z))
     yb = u["y"].astype(bool)

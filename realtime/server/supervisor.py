@@ -122,12 +122,12 @@ def _banner(cfg: ServerConfig, urls: dict, processes: int) -> str:
 def _serve_process(args, cfg: ServerConfig, sockets: tuple | None, processes: int,
                    counters: Counters | None = None) -> int:
     """One server process: load the bundles, warm up, serve until SIGINT/SIGTERM."""
-    from ..bundle import Bundle
+    from ..bundle import DEFAULT_MODELS_DIR, Bundle
     from ..options import make_engine
 
     # shared by all connections; the voice encoder only where the streams' `end` asks for the voice opinion
     voice = bool(getattr(args, "voice_opinion", False))
-    bundle = Bundle.load(args.models, voice=voice) if args.models else Bundle.load(voice=voice)
+    bundle = Bundle.load(args.models or DEFAULT_MODELS_DIR, voice=voice)
     # the first inference is slow: pay it now (this also validates the engine options before listening)
     warm = warm_up(make_engine(args, bundle))
     server = StreamServer(lambda: make_engine(args, bundle), cfg, sockets=sockets, counters=counters)
