@@ -35,6 +35,9 @@ class EngineConfig:
     # the file verdict weighs in the bundle's voice opinion (a speaker encoder reading the first 12 s of speech
     # once, ~7 ms of CPU per second of it, <= ~0.1 s a recording; realtime.voice); False: the windows alone, nothing kept
     voice_opinion: bool = True
+    # the live estimate weighs in the voice opinion of the voice's latest 2 s of speech, read at its first 1 s and
+    # then every 2 s of new speech (~15-25 ms of CPU each, in the hop that reads it; realtime.engine)
+    live_voice: bool = False
 
     def __post_init__(self):
         frame_s = VAD_FRAME_MS / 1000

@@ -21,7 +21,8 @@ input_dbfs         dBFS      RMS level of all audio in this hop, speech or not (
 speech             bool      whether the hop counted as speech (VAD)
 confidence         0..1      ``|2 p_female - 1|`` (0 without evidence)
 compute_ms         ms        processing time of this hop, all stages
-stages_ms          {str: ms} per stage, in ``STAGES`` order; model stages only in hops that classified a window
+stages_ms          {str: ms} per stage, in ``STAGES`` order; model stages only in hops that classified a window,
+                             ``voice`` only in hops that read the live voice opinion
 overruns           int       audio the microphone ring dropped so far (null: the source does not count)
 =================  ========  ========================================================================
 """
@@ -38,7 +39,7 @@ __all__ = ["Event", "EVENT_FIELDS", "LABELS", "STAGES", "json_safe", "to_json"]
 #: every label an event or a verdict can carry
 LABELS = ("waiting", "female", "male", "uncertain", "no speech")
 #: the stages an event times, in order (the model stages are the bundle's three models)
-STAGES = ("vad", "features", "speech_check", "xgb", "cnn1d", "cnn2d", "smoother")
+STAGES = ("vad", "features", "speech_check", "xgb", "cnn1d", "cnn2d", "voice", "smoother")
 
 
 @dataclass

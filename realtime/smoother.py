@@ -25,6 +25,11 @@ Pauses: updates with ``speech=False`` add no evidence and do not decay it, so a 
 the current label (with ``speech=False`` in the estimate). After ``reset_after_silence_s`` of
 continuous non-speech the state is cleared and the label is 'no speech' until new speech comes.
 
+A second opinion (``set_opinion``): the engine's live voice opinion (``EngineConfig.live_voice``) adds its
+log-odds ``o`` and scales the windows' evidence by ``k`` (the bundle's file-decision weights), so that
+``p_female = sigmoid(k * S / sqrt(W) + o)`` until the next reset, read against the band fitted for that
+combination (the file decision's), with the same hysteresis.
+
 Flip bound (``flip_time_bound``): if the previous voice had saturated the state with windows at
 ``p_old`` and a new voice then produces windows at ``p_new`` every ``hop_seconds``, the label
 reaches the new side's threshold after at most ``flip_time_bound(p_old, p_new)`` seconds of its
@@ -98,6 +103,20 @@ class Smoother:
         self._label = "no speech"
         self._silence = 0.0
         self._p: float | None = None
+        self._opinion = 0.0  # log-odds of a second opinion (set_opinion), 0: none
+        self._window_scale = 1.0
+        self._band = (self.threshold_female, self.threshold_male)  # the label's thresholds now
+
+    def set_opinion(self, logodds: float, window_scale: float, band: tuple[float, float] | None = None) -> None:
+        """Weigh in a second opinion of the current voice (log-odds ``logodds``) beside the windows' evidence,
+        scaled by ``window_scale``, from the next update on, and read the label against ``band`` (female, male
+        thresholds: those fitted for the combined p; None: the windows' own); ``reset`` forgets it all."""
+        if not (math.isfinite(logodds) and math.isfinite(window_scale) and window_scale >= 0):
+            raise ValueError(f"opinion log-odds and window scale must be finite (scale >= 0), got {logodds}, {window_scale}")
+        female, male = band if band is not None else (self.threshold_female, self.threshold_male)
+        if not (0.5 <= female < 1.0 and 0.0 < male <= 0.5 and self.hysteresis < min(female, 1.0 - male)):
+            raise ValueError(f"opinion band must be 0.5 <= female < 1, 0 < male <= 0.5, with room for the hysteresis, got {band}")
+        self._opinion, self._window_scale, self._band = float(logodds), float(window_scale), (float(female), float(male))
 
     # ------------------------------------------------------------------ main entry
     def update(self, window_p: float | None, speech: bool, dt: float) -> Estimate:
@@ -128,7 +147,7 @@ class Smoother:
             self._sum += lo
             self._weight += 1.0
         if self._weight > 1e-9:
-            self._p = sigmoid(self._sum / math.sqrt(self._weight))
+            self._p = sigmoid(self._window_scale * self._sum / math.sqrt(self._weight) + self._opinion)
             self._label = self._next_label(self._p)
         else:
             self._p = None
@@ -138,14 +157,14 @@ class Smoother:
     __call__ = update
 
     def _next_label(self, p: float) -> str:
-        cur = self._label
-        if cur == "female" and p >= self.threshold_female - self.hysteresis:
+        cur, (female, male) = self._label, self._band
+        if cur == "female" and p >= female - self.hysteresis:
             return "female"
-        if cur == "male" and p <= self.threshold_male + self.hysteresis:
+        if cur == "male" and p <= male + self.hysteresis:
             return "male"
-        if p >= self.threshold_female:
+        if p >= female:
             return "female"
-        if p <= self.threshold_male:
+        if p <= male:
             return "male"
         return "uncertain"
 

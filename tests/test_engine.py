@@ -135,14 +135,15 @@ def test_live_features_equal_offline_features_of_the_same_window(bundle, voices)
     assert engine.streaming.reused_frames > 0 and engine.streaming.reused_pitch_frames > 0  # windows aligned to pitch hops
 
 
-def test_female_pause_male_flips_within_bound(bundle, voices):
+@pytest.mark.parametrize("live_voice", [False, True])
+def test_female_pause_male_flips_within_bound(bundle, voices, live_voice):
     """Stated bound: the label reads the new voice within 2.5 s of its onset after a pause
-    (the pause resets the state; 1.0 s of speech for the first window, plus hops)."""
+    (the pause resets the state, the live voice opinion too; 1.0 s of speech for the first window, plus hops)."""
     f = load_audio(voices["F"][0])
     m = load_audio(voices["M"][0])
     pause = np.zeros(int(3.0 * 16000), np.float32)
     x = np.concatenate([f, pause, m])
-    events = _events(bundle, _chunks(x))
+    events = _events(bundle, _chunks(x), live_voice=live_voice)
     onset = (len(f) + len(pause)) / 16000
     before = [e for e in events if e["t"] <= len(f) / 16000]
     assert before[-1]["label"] == "female"
@@ -153,14 +154,51 @@ def test_female_pause_male_flips_within_bound(bundle, voices):
     assert events[-1]["label"] == "male"
 
 
-def test_voice_change_without_pause_flips_within_bound(bundle, voices):
-    """Without a pause the smoother must overturn the old voice: stated bound 5 s."""
+@pytest.mark.parametrize("live_voice", [False, True])
+def test_voice_change_without_pause_flips_within_bound(bundle, voices, live_voice):
+    """Without a pause the smoother must overturn the old voice: stated bound 5 s (with the live voice
+    opinion, its next read of the speech buffer hears the new voice)."""
     f = load_audio(voices["F"][1])
     m = load_audio(voices["M"][1])
-    events = _events(bundle, _chunks(np.concatenate([m, f])))
+    events = _events(bundle, _chunks(np.concatenate([m, f])), live_voice=live_voice)
     onset = len(m) / 16000
     flip = next(e["t"] for e in events if e["t"] > onset and e["label"] == "female")
     assert flip - onset <= 5.0, flip - onset
+
+
+def test_live_voice_opinion_reads_the_speech_buffer_on_schedule(bundle, voices):
+    """--live-voice: the encoder reads the voice's latest speech after its first 1 s and then every 2 s of new
+    speech; from the first read on the live p is the smoother's windows, scaled, plus the weighted opinion."""
+    from realtime.engine import LIVE_VOICE_EVERY_S, LIVE_VOICE_FIRST_S
+    from realtime.logodds import sigmoid
+
+    for gender in ("F", "M"):
+        path = voices[gender][2]
+        engine = Engine(bundle, EngineConfig(live_voice=True))
+        reads, speech_at_read, p_with, p_without = [], [], [], []
+        plain = Engine(bundle, EngineConfig(live_voice=False))
+        chunks = _chunks(load_audio(path))
+        for chunk in chunks:
+            for e, e0 in zip(engine.push(chunk), plain.push(chunk)):
+                assert e["window_p_female"] == e0["window_p_female"]  # the windows are untouched
+                if "voice" in e["stages_ms"]:
+                    reads.append(e["t"])
+                    speech_at_read.append(engine.speech_samples / 16000)
+                if e["p_female"] is not None and reads:
+                    p_with.append(e["p_female"])
+                    p_without.append(e0["p_female"])
+        assert len(reads) >= 2, reads
+        assert speech_at_read[0] >= LIVE_VOICE_FIRST_S and speech_at_read[0] < LIVE_VOICE_FIRST_S + 0.6
+        assert all(LIVE_VOICE_EVERY_S <= b - a < LIVE_VOICE_EVERY_S + 0.6 for a, b in zip(speech_at_read, speech_at_read[1:]))
+        v = bundle.voice_logit(engine.speech.latest())  # the last read's speech is the buffer as the file ends
+        assert (v > 0) == (gender == "F")
+        assert p_with != p_without and (p_with[-1] > 0.5) == (gender == "F")
+        o = bundle.voice_weight * v
+        assert abs(o) > 0.1 and sigmoid(o) != pytest.approx(0.5)
+    # a bundle loaded without the encoder (serve's default) runs the windows alone
+    lean = Bundle.load(voice=False)
+    events = _events(lean, _chunks(load_audio(voices["F"][2])), live_voice=True)
+    assert not any("voice" in e["stages_ms"] for e in events)
 
 
 @pytest.mark.parametrize("kind", ["silence", "white", "brown"])

@@ -21,7 +21,7 @@ def test_defaults_are_engine_config_defaults():
 
 EVERY_FIELD = ["--hop", "0.24", "--vad", "3", "--first-window", "1.0", "--min-new-speech", "0.2",
                "--speech-fraction", "0.3", "--reset-after", "2.5", "--forget", "3", "--hysteresis", "0.05",
-               "--no-speech-only", "--level-range", "-50", "-10", "--no-voice-opinion"]
+               "--no-speech-only", "--level-range", "-50", "-10", "--no-voice-opinion", "--live-voice"]
 
 
 def test_every_field_has_an_option_that_reaches_the_config():

@@ -119,3 +119,26 @@ def test_invalid_inputs():
         Smoother(threshold_female=0.4)
     with pytest.raises(ValueError):
         Smoother(forget_seconds=0)
+
+
+def test_a_second_opinion_joins_the_evidence_until_reset():
+    """set_opinion: p = sigmoid(k * S / sqrt(W) + o), read against the band given; reset forgets it."""
+    import math
+
+    sm = Smoother(2.0, 0.5, threshold_female=0.8, threshold_male=0.2, hysteresis=0.1)
+    est = sm.update(0.7, True, 0.5)
+    assert est.label == "uncertain" and est.p_female == pytest.approx(0.7)
+    sm.set_opinion(-1.0, 0.5, (0.5, 0.5))
+    est = sm.update(0.7, True, 0.5)
+    a = math.exp(-0.5 / 2.0)
+    s, w = a * math.log(0.7 / 0.3) + math.log(0.7 / 0.3), a + 1.0
+    p = 1.0 / (1.0 + math.exp(-(0.5 * s / math.sqrt(w) - 1.0)))
+    assert est.p_female == pytest.approx(p) and p < 0.5 and est.label == "male"  # the opinion outweighs the windows
+    with pytest.raises(ValueError):
+        sm.set_opinion(float("nan"), 0.5)
+    with pytest.raises(ValueError):
+        sm.set_opinion(0.0, 0.5, (1.0, 0.5))  # a female threshold no p reaches
+    for _ in range(4):
+        sm.update(None, False, 0.5)  # a pause resets
+    est = sm.update(0.7, True, 0.5)
+    assert est.p_female == pytest.approx(0.7) and est.label == "uncertain"
