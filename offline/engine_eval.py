@@ -6,7 +6,9 @@ realtime.engine.Engine, as a live user would, and reports for each engine settin
 * per-window balanced accuracy of ``window_p_female`` (every classified hop),
 * per-utterance balanced accuracy of the file verdict (mean log-odds of its windows),
 * the first estimate's accuracy and its latency after speech onset,
-* the share of utterances whose live label is right at the end.
+* the share of utterances whose live label is right at the end,
+* the live label itself, balanced over files: each file's share of speech hops whose label is right
+  ('uncertain' wrong), and its last estimate's label (``live_voice``'s settings weigh in the voice opinion).
 
 Use a bundle trained without the scored readers (e.g. `offline train --data train.csv` on one fold),
 or the figures prove nothing. This is how the engine's defaults (``realtime.engine.EngineConfig``:
@@ -27,6 +29,7 @@ SETTINGS = {
     "speech-only, first 2.0 s": dict(speech_only=True, first_window_s=2.0),
     "all audio, first 1.0 s": dict(speech_only=False, first_window_s=1.0),
     "all audio, first 2.0 s": dict(speech_only=False, first_window_s=2.0),
+    "speech-only, first 0.75 s, live voice": dict(speech_only=True, first_window_s=0.75, live_voice=True),
 }
 
 
@@ -38,6 +41,7 @@ def score_setting(bundle, utterances, audio, **cfg) -> dict:
     from realtime.engine import Engine, EngineConfig, summarise
 
     win_y, win_p, utt_y, utt_p, first_ok, first_lat, final_ok = [], [], [], [], [], [], []
+    live_y, live_share, last_ok = [], [], []
     for u, x in zip(utterances, audio):
         engine = Engine(bundle, EngineConfig(**cfg))
         events = list(engine.run([x[i:i + 1600] for i in range(0, len(x), 1600)]))
@@ -54,8 +58,16 @@ def score_setting(bundle, utterances, audio, **cfg) -> dict:
         if first is not None and onset is not None:
             first_ok.append((first["window_p_female"] >= 0.5) == bool(y))
             first_lat.append(first["t"] - onset)
-        final_ok.append(events[-1]["label"] == ("female" if y else "male"))
+        want = "female" if y else "male"
+        final_ok.append(events[-1]["label"] == want)
+        live = [e["label"] == want for e in events if e["speech"] and e["p_female"] is not None]
+        if live:
+            live_y.append(y)
+            live_share.append(float(np.mean(live)))
+            last_ok.append(next(e for e in reversed(events) if e["p_female"] is not None)["label"] == want)
     win_y, win_p, utt_y, utt_p = map(np.asarray, (win_y, win_p, utt_y, utt_p))
+    live_y, live_share, last_ok = map(np.asarray, (live_y, live_share, last_ok))
+    live_bacc = float(np.mean([live_share[live_y == c].mean() for c in (0, 1) if np.any(live_y == c)]))
     return {
         "windows": int(win_y.size),
         "window_balanced_accuracy": _bacc(win_y, (win_p >= 0.5).astype(int)),
@@ -63,6 +75,8 @@ def score_setting(bundle, utterances, audio, **cfg) -> dict:
         "first_estimate_accuracy": float(np.mean(first_ok)),
         "first_estimate_after_onset_s": {"p50": float(np.median(first_lat)), "p90": float(np.percentile(first_lat, 90))},
         "final_label_correct": float(np.mean(final_ok)),
+        "live_label_balanced_accuracy": live_bacc,
+        "last_estimate_balanced_accuracy": _bacc(live_y, np.where(last_ok, live_y, 1 - live_y)),
     }
 
 
@@ -82,17 +96,19 @@ def run(args) -> int:
                           "settings": results}, indent=2))
         return 0
     print(f"{len(utterances)} utterances from {args.data}, bundle {args.models}")
-    print(f"{'setting':28s} {'win bacc':>9s} {'utt bacc':>9s} {'1st acc':>8s} {'1st p50 s':>10s} {'1st p90 s':>10s} {'final ok':>9s}")
+    print(f"{'setting':38s} {'win bacc':>9s} {'utt bacc':>9s} {'1st acc':>8s} {'1st p50 s':>10s} {'1st p90 s':>10s} "
+          f"{'final ok':>9s} {'live bacc':>10s} {'last bacc':>10s}")
     for name, r in results.items():
         lat = r["first_estimate_after_onset_s"]
-        print(f"{name:28s} {r['window_balanced_accuracy']:9.4f} {r['utterance_balanced_accuracy']:9.4f} "
-              f"{r['first_estimate_accuracy']:8.4f} {lat['p50']:10.2f} {lat['p90']:10.2f} {r['final_label_correct']:9.4f}")
+        print(f"{name:38s} {r['window_balanced_accuracy']:9.4f} {r['utterance_balanced_accuracy']:9.4f} "
+              f"{r['first_estimate_accuracy']:8.4f} {lat['p50']:10.2f} {lat['p90']:10.2f} {r['final_label_correct']:9.4f} "
+              f"{r['live_label_balanced_accuracy']:10.4f} {r['last_estimate_balanced_accuracy']:10.4f}")
     return 0
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "engine-eval", help="score the live engine (speech-only vs all-audio windows, first-window length) on held-out readers",
+        "engine-eval", help="score the live engine (speech-only vs all-audio windows, first-window length, live voice opinion) on held-out readers",
         description=__doc__.split("\n\n")[1], formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path, nargs="+", metavar="DIR_OR_CSV",
                    help="held-out utterances: LibriSpeech-layout folders and/or CSV manifests (path,speaker,gender)")
