@@ -40,6 +40,8 @@ def _bacc(y: np.ndarray, pred: np.ndarray) -> float:
 def score_setting(bundle, utterances, audio, **cfg) -> dict:
     from realtime.engine import Engine, EngineConfig, summarise
 
+    from .metrics import balanced_over_files, live_label_score
+
     win_y, win_p, utt_y, utt_p, first_ok, first_lat, final_ok = [], [], [], [], [], [], []
     live_y, live_share, last_ok = [], [], []
     for u, x in zip(utterances, audio):
@@ -58,16 +60,13 @@ def score_setting(bundle, utterances, audio, **cfg) -> dict:
         if first is not None and onset is not None:
             first_ok.append((first["window_p_female"] >= 0.5) == bool(y))
             first_lat.append(first["t"] - onset)
-        want = "female" if y else "male"
-        final_ok.append(events[-1]["label"] == want)
-        live = [e["label"] == want for e in events if e["speech"] and e["p_female"] is not None]
-        if live:
+        final_ok.append(events[-1]["label"] == ("female" if y else "male"))
+        live = live_label_score(events, bool(y))
+        if live is not None:
             live_y.append(y)
-            live_share.append(float(np.mean(live)))
-            last_ok.append(next(e for e in reversed(events) if e["p_female"] is not None)["label"] == want)
+            live_share.append(live[0])
+            last_ok.append(live[1])
     win_y, win_p, utt_y, utt_p = map(np.asarray, (win_y, win_p, utt_y, utt_p))
-    live_y, live_share, last_ok = map(np.asarray, (live_y, live_share, last_ok))
-    live_bacc = float(np.mean([live_share[live_y == c].mean() for c in (0, 1) if np.any(live_y == c)]))
     return {
         "windows": int(win_y.size),
         "window_balanced_accuracy": _bacc(win_y, (win_p >= 0.5).astype(int)),
@@ -75,8 +74,8 @@ def score_setting(bundle, utterances, audio, **cfg) -> dict:
         "first_estimate_accuracy": float(np.mean(first_ok)),
         "first_estimate_after_onset_s": {"p50": float(np.median(first_lat)), "p90": float(np.percentile(first_lat, 90))},
         "final_label_correct": float(np.mean(final_ok)),
-        "live_label_balanced_accuracy": live_bacc,
-        "last_estimate_balanced_accuracy": _bacc(live_y, np.where(last_ok, live_y, 1 - live_y)),
+        "live_label_balanced_accuracy": balanced_over_files(live_y, live_share),
+        "last_estimate_balanced_accuracy": balanced_over_files(live_y, last_ok),
     }
 
 

@@ -477,18 +477,28 @@ def _engine_fold(models, utterances, *, fold: int, log=print) -> dict:
 
 def _engine_verdicts(bundle, utterances, *, fold: int = 0) -> dict:
     """Every utterance streamed through the live engine on ``bundle``: its file verdict as ``classify`` gives it,
-    the windows' verdict alone and the voice opinion alone (with one), and every live hop's label."""
+    the windows' verdict alone and the voice opinion alone (with one), every live hop's label, and each file's
+    live label (``metrics.live_label_score``: ``live_share``, ``live_last``; with a voice opinion also streamed
+    again with the live voice opinion, as the console runs: ``live_voice_share``, ``live_voice_last``)."""
     from realtime.audio import load_audio
-    from realtime.engine import Engine, file_decision, summarise
+    from realtime.engine import Engine, EngineConfig, file_decision, summarise
 
     rows = {"y": [], "p": [], "label": [], "utt": [], "reader": [], "corpus": [], "fold": [],
             "z_windows": [], "z_voice": [], "hop_y": [], "hop_label": [], "hop_corpus": [],
             "file_decision": dict(bundle.meta.get("file_decision") or {})}
     variants = {"windows": ([], []), "voice": ([], [])}  # the verdict from the windows alone, the voice alone
     engine = Engine(bundle)
+    live_engine = Engine(bundle, EngineConfig(live_voice=True)) if bundle.has_voice_opinion else None
     for u in utterances:
-        events = list(engine.run(load_audio(u.path)))  # run() starts each file from a clean state
+        x = load_audio(u.path)
+        events = list(engine.run(x))  # run() starts each file from a clean state
         v = summarise(events, engine)
+        for key, eng in (("live", engine), ("live_voice", live_engine)):
+            if eng is None:
+                continue
+            score = M.live_label_score(events if eng is engine else list(eng.run(x)), u.gender == "F")
+            rows.setdefault(f"{key}_share", []).append(math.nan if score is None else score[0])
+            rows.setdefault(f"{key}_last", []).append(math.nan if score is None else float(score[1]))
         live = [e.label for e in events if e.p_female is not None and e.label in ("female", "male", "uncertain")]
         rows["hop_y"] += [1 if u.gender == "F" else 0] * len(live)
         rows["hop_label"] += live
@@ -544,12 +554,33 @@ def _live_hop_metrics(y, label) -> dict:
             "live_decided_balanced_accuracy": float(np.mean(rec)) if len(rec) == 2 else math.nan}
 
 
+def _live_file_metrics(r: dict, m) -> dict:
+    """The live label balanced over files (``_engine_verdicts``' ``live_*`` rows, files of mask ``m``): each
+    file's share of speech hops labelled right and its last estimate, without and with the live voice opinion."""
+    out = {}
+    for key, name in (("live", "live_label"), ("live_voice", "live_voice_label")):
+        if f"{key}_share" not in r:
+            continue
+        y = np.asarray(r["y"])[m]
+        for col, metric in (("share", f"{name}_balanced_accuracy"), ("last", f"{name}_last_balanced_accuracy")):
+            v = np.asarray(r[f"{key}_{col}"], dtype=np.float64)[m]
+            out[metric] = M.balanced_over_files(y[~np.isnan(v)], v[~np.isnan(v)])
+    return out
+
+
+LIVE_FILE_COLUMNS = ("live_share", "live_last", "live_voice_share", "live_voice_last")  # per file, _engine_verdicts
+LIVE_FILE_KEYS = ("live_label_balanced_accuracy", "live_label_last_balanced_accuracy",
+                  "live_voice_label_balanced_accuracy", "live_voice_label_last_balanced_accuracy")
+
+
 def _engine_summary(rows: list[dict]) -> dict:
     """Per-fold engine-path file figures (all files and per corpus) -> mean ± std, plus the pooled counts."""
     per_fold, per_corpus = [], {}
     for r in rows:
         hop_y, hop_label = np.asarray(r.get("hop_y", [])), np.asarray(r.get("hop_label", []))
-        per_fold.append({**_file_verdict_metrics(r["y"], r["label"], r["p"]), **_live_hop_metrics(hop_y, hop_label)})
+        every = np.ones(len(r["y"]), bool)
+        per_fold.append({**_file_verdict_metrics(r["y"], r["label"], r["p"]), **_live_hop_metrics(hop_y, hop_label),
+                         **_live_file_metrics(r, every)})
         corpus, hop_corpus = np.asarray(r["corpus"]), np.asarray(r.get("hop_corpus", []))
         names = sorted(set(corpus.tolist()))
         if len(names) > 1:
@@ -557,10 +588,11 @@ def _engine_summary(rows: list[dict]) -> dict:
                 m, h = corpus == c, hop_corpus == c
                 per_corpus.setdefault(c, []).append({
                     **_file_verdict_metrics(np.asarray(r["y"])[m], np.asarray(r["label"])[m], np.asarray(r["p"])[m]),
-                    **_live_hop_metrics(hop_y[h], hop_label[h])})
+                    **_live_hop_metrics(hop_y[h], hop_label[h]), **_live_file_metrics(r, m)})
     keys = ("balanced_accuracy", "recall_female", "recall_male", "undecided", "no_speech",
             "decided_balanced_accuracy", "balanced_accuracy_at_0_5", "live_hops_decided",
             "live_decided_balanced_accuracy")
+    keys += tuple(k for k in LIVE_FILE_KEYS if per_fold and all(k in f for f in per_fold))
     summ = lambda items: {k: M.mean_std([f[k] for f in items]) for k in keys}  # noqa: E731
     out = {"all": summ(per_fold), "corpora": {c: summ(v) for c, v in per_corpus.items()},
            "files": int(sum(len(r["y"]) for r in rows))}
@@ -766,6 +798,12 @@ def engine_lines(result: dict) -> list[str]:
                        f"{_fmt(m['undecided'])} %  decided bal.acc {_fmt(m['decided_balanced_accuracy'])} %  "
                        f"live hops decided {_fmt(m.get('live_hops_decided', {}))} % "
                        f"(bal.acc {_fmt(m.get('live_decided_balanced_accuracy', {}))} %)")
+            if "live_label_balanced_accuracy" in m:
+                out.append(f"    {'live label (speech hops right / last)':<34} {group:<16} windows alone "
+                           f"{_fmt(m['live_label_balanced_accuracy'])} / {_fmt(m['live_label_last_balanced_accuracy'])} %"
+                           + (f"  with the live voice opinion {_fmt(m['live_voice_label_balanced_accuracy'])} / "
+                              f"{_fmt(m['live_voice_label_last_balanced_accuracy'])} %"
+                              if "live_voice_label_balanced_accuracy" in m else ""))
         for variant, what in (("windows_only", "windows alone"), ("voice_only", "voice opinion alone")):
             for group, m in [("all", e[variant]["all"])] + list(e[variant]["corpora"].items()) if variant in e else []:
                 out.append(f"    {what:<34} {group:<16} bal.acc {_fmt(m['balanced_accuracy'])} %  recall F "
@@ -830,13 +868,17 @@ def format_markdown(result: dict) -> str:
         out += ["", "**File verdicts through the live engine** (`realtime classify`'s answer; 'uncertain' and "
                     "'no speech' count wrong)", "",
                 "| protocol | files | balanced accuracy % | recall F / M % | undecided % | decided balanced accuracy % "
-                "| live hops decided % | decided live hops balanced accuracy % |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| live hops decided % | decided live hops balanced accuracy % | live label: speech hops right / "
+                "last estimate, balanced over files % | the same with the live voice opinion % |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        pair = lambda m, k: (f"{_md(m[f'{k}_balanced_accuracy'])} / {_md(m[f'{k}_last_balanced_accuracy'])}"  # noqa: E731
+                             if f"{k}_balanced_accuracy" in m else "")
         for name, e in rows:
             for group, m in [("all", e["all"])] + list(e.get("corpora", {}).items()):
                 out.append(f"| {name} | {group} | {_md(m['balanced_accuracy'])} | {_md(m['recall_female'])} / "
                            f"{_md(m['recall_male'])} | {_md(m['undecided'])} | {_md(m['decided_balanced_accuracy'])} "
-                           f"| {_md(m.get('live_hops_decided', {}))} | {_md(m.get('live_decided_balanced_accuracy', {}))} |")
+                           f"| {_md(m.get('live_hops_decided', {}))} | {_md(m.get('live_decided_balanced_accuracy', {}))} "
+                           f"| {pair(m, 'live_label')} | {pair(m, 'live_voice_label')} |")
     sc = result.get("speech_check")
     if sc:
         out += ["", "**Speech check**: % of test speech windows kept / % of held-out non-speech windows given no "
@@ -956,14 +998,17 @@ def make_plots(result: dict, scored: dict, out_dir: Path) -> list[Path]:
 
 def _save_engine_files(rows: list[dict], path: Path) -> Path:
     """Every engine-path file of every fold or direction, one row each: its label, verdict and p, the raw
-    evidence (``z_windows``: mean window log-odds; ``z_voice``: the voice probe's logit) and the fold's fitted
-    file decision (``decision_*``), so another way of weighing the two can be scored without retraining."""
+    evidence (``z_windows``: mean window log-odds; ``z_voice``: the voice probe's logit), the file's live label
+    (``live_*``, see ``_engine_verdicts``) and the fold's fitted file decision (``decision_*``), so another way
+    of weighing the two can be scored without retraining."""
     cols: dict[str, list] = {}
     per_file = ("y", "p", "label", "utt", "reader", "corpus", "fold", "z_windows", "z_voice")
     for r in rows:
         n = len(r["y"])
         for key in per_file:
             cols.setdefault(key, []).extend(r[key])
+        for key in LIVE_FILE_COLUMNS:  # the live voice's only where the fold's bundle had a voice opinion
+            cols.setdefault(key, []).extend(r.get(key, [math.nan] * n))
         cols.setdefault("direction", []).extend([r.get("direction", "")] * n)
         fd = r.get("file_decision") or {}
         for key in ("scale", "voice_weight", "scale_windows_alone", "scale_voice_alone", "in_domain_scale",

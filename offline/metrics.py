@@ -195,6 +195,28 @@ def evaluate(y, p, utt, reader=None, *, thresholds=None) -> dict:
     return out
 
 
+# --- the live label of whole files ----------------------------------------------------------------------
+
+def live_label_score(events, female: bool) -> tuple[float, bool] | None:
+    """One streamed file's live label (what the console shows while it plays): the share of its speech hops
+    with an estimate whose label is right ('uncertain' wrong), and whether its last estimate's label is right;
+    None when no hop had an estimate."""
+    want = "female" if female else "male"
+    live = [e["label"] == want for e in events if e["speech"] and e["p_female"] is not None]
+    if not live:
+        return None
+    last = next(e for e in reversed(events) if e["p_female"] is not None)
+    return float(np.mean(live)), last["label"] == want
+
+
+def balanced_over_files(y, values) -> float:
+    """The mean of per-file ``values`` (a share, or 1/0 for right/wrong) within each class, averaged over the
+    classes present: a balanced accuracy whose unit is the file."""
+    y, values = np.asarray(y), np.asarray(values, dtype=np.float64)
+    per_class = [values[y == c].mean() for c in (0, 1) if np.any(y == c)]
+    return float(np.mean(per_class)) if per_class else math.nan
+
+
 # --- summaries over folds ------------------------------------------------------------------------------
 
 def mean_std(values: Sequence[float]) -> dict:

@@ -39,6 +39,7 @@ def reweigh_bundle(models_dir: str | Path, utterances, weights: tuple[float, flo
     Returns the new ``file_decision``."""
     from realtime.bundle import BUNDLE_FILE, FILE_RULE, Bundle, write_meta
 
+    from .splits import per_speaker_weights
     from .train import platt_scale
     from .voice_probe import embed_utterances, fit_probe, probe_logits
 
@@ -66,8 +67,7 @@ def reweigh_bundle(models_dir: str | Path, utterances, weights: tuple[float, flo
     is_cal = np.isin(reader, sorted(cal))
     probe = fit_probe(E[~is_cal], y[~is_cal], reader[~is_cal])
     zv = probe_logits(E[is_cal], probe)
-    _, inv, counts = np.unique(reader[is_cal], return_inverse=True, return_counts=True)
-    a_v = platt_scale(zv, y[is_cal], 1.0 / counts[inv.reshape(-1)])
+    a_v = platt_scale(zv, y[is_cal], per_speaker_weights(reader[is_cal]))
     fd = dict(meta.get("file_decision") or {})
     old = {"scale": fd.get("scale"), "voice_weight": fd.get("voice_weight")}
     # the windows alone keep a window scale fitted in-domain: their own Platt scale where training recorded

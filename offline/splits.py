@@ -14,6 +14,13 @@ class Fold(NamedTuple):
     test: set[str]
 
 
+def per_speaker_weights(reader) -> np.ndarray:
+    """(N,) float64 ``1 / (rows of that speaker)`` for each row's speaker id: every speaker weighs the same in
+    total, whatever number of windows or files a corpus kept of them."""
+    _, inv, counts = np.unique(np.asarray(reader).astype(str), return_inverse=True, return_counts=True)
+    return 1.0 / counts[inv.reshape(-1)]
+
+
 def reader_genders(items: Iterable | Mapping[str, str]) -> dict[str, str]:
     """{reader: 'F'|'M'} from utterances (anything with .reader and .gender), (reader, gender) pairs or a mapping.
 

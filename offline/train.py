@@ -60,6 +60,7 @@ from .augment import AugmentConfig, Augmenter
 from .dataset import WindowSet, cache_file, extract_corpus
 from .label_audit import suspect_readers
 from .models import keras_forward
+from .splits import per_speaker_weights
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -499,8 +500,7 @@ def speaker_weights(ws: WindowSet) -> np.ndarray:
     """
     if len(ws) == 0:
         return np.zeros(0, dtype=np.float32)
-    _, inverse, counts = np.unique(ws.reader, return_inverse=True, return_counts=True)
-    w = 1.0 / counts[inverse.reshape(-1)]
+    w = per_speaker_weights(ws.reader)
     return (w * (len(ws) / w.sum())).astype(np.float32)
 
 
@@ -635,8 +635,7 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
 
     u = utterance_scores(y, p, utt, reader)
     z = logit(u["p"], EPS)
-    _, inv, counts = np.unique(u["reader"], return_inverse=True, return_counts=True)
-    w = 1.0 / counts[inv.reshape(-1)]
+    w = per_speaker_weights(u["reader"])
     if len(np.unique(u["y"])) < 2:
         return {}
     zv = np.array([voice.get(str(k), np.nan) if voice else np.nan for k in u["utt"]], dtype=np.float64)
@@ -675,7 +674,7 @@ def fit_file_decision(y: np.ndarray, p: np.ndarray, utt: np.ndarray, reader: np.
             break
     undecided = float(np.average(np.abs(pf - 0.5) < chosen, weights=w))
     return {"scale": round(scale, 4), **extra, "female": round(0.5 + chosen, 3), "male": round(0.5 - chosen, 3),
-            "target": target, "calibration_files": int(len(z)), "calibration_speakers": int(len(counts)),
+            "target": target, "calibration_files": int(len(z)), "calibration_speakers": int(len(np.unique(u["reader"]))),
             "calibration_undecided": round(undecided, 4)}
 
 

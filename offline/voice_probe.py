@@ -77,8 +77,9 @@ def fit_probe(E: np.ndarray, y: np.ndarray, reader: np.ndarray, C: float = PROBE
     """Logistic regression of the label on the embeddings, every speaker weighing the same: (weights, bias)."""
     from sklearn.linear_model import LogisticRegression
 
-    _, inv, counts = np.unique(np.asarray(reader).astype(str), return_inverse=True, return_counts=True)
-    w = 1.0 / counts[inv.reshape(-1)]
+    from .splits import per_speaker_weights
+
+    w = per_speaker_weights(reader)
     lr = LogisticRegression(C=C, max_iter=2000).fit(E, y, sample_weight=w * len(w) / w.sum())
     return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 

@@ -39,7 +39,8 @@ OPTIONS: dict[str, tuple[str, str | tuple[str, str] | None, str]] = {
     "live_voice": ("--live-voice", None,
                    "the live estimate weighs in the speaker-encoder opinion of the latest 2 s of speech, read after the "
                    "first 1 s of a voice and every 2 s after (~15-25 ms of CPU each time, in that hop): steadier "
-                   "across microphones and accents than the windows alone"),
+                   "across microphones and accents than the windows alone (on by default in live and stream; off in "
+                   "serve, segments, bench and the Python API's EngineConfig)"),
 }
 
 

@@ -60,6 +60,22 @@ def test_stream_and_live_take_a_positional_path(voices):
     assert _cli("stream").returncode == 2
 
 
+def test_stream_and_live_weigh_in_the_live_voice_opinion_by_default(voices):
+    """`stream` (like the console) has the speaker encoder read the voice during the stream: hops with a
+    `voice` stage; `--no-live-voice` leaves it out, and the windows themselves are the same either way."""
+    for gender in ("F", "M"):
+        path = voices[gender][1]
+        on = [json.loads(line) for line in _cli("stream", path, "--format", "jsonl").stdout.splitlines()]
+        off = [json.loads(line) for line in
+               _cli("stream", path, "--format", "jsonl", "--no-live-voice").stdout.splitlines()]
+        assert len(on) == len(off) > 10
+        reads = [e["t"] for e in on if "voice" in e["stages_ms"]]
+        assert 1 <= len(reads) <= len(on) // 3, reads  # after 1 s of speech, then every 2 s of it: not every hop
+        assert not any("voice" in e["stages_ms"] for e in off)
+        assert [e["window_p_female"] for e in on] == [e["window_p_female"] for e in off]
+        assert on[-1]["label"] == GENDER[gender], on[-1]
+
+
 def test_classify_a_folder_recursively_audio_files_only(voices, tmp_path):
     """Defect: `classify DIR` said 'no such audio file'."""
     (tmp_path / "a" / "b").mkdir(parents=True)

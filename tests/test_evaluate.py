@@ -25,6 +25,22 @@ BUNDLE_DIR = ROOT / "models"
 
 # --- metrics, by hand ------------------------------------------------------------------------------------
 
+def test_live_label_of_files_by_hand():
+    from realtime.events import Event
+
+    ev = lambda label, p, speech=True: Event(t=0.0, label=label, p_female=p, speech=speech)  # noqa: E731
+    # 4 speech hops with an estimate (2 female, 1 uncertain, 1 male), one waiting, one estimate in a pause
+    events = [ev("waiting", None), ev("female", 0.9), ev("uncertain", 0.6), ev("female", 0.8), ev("male", 0.2),
+              ev("female", 0.7, speech=False)]
+    assert M.live_label_score(events, female=True) == (0.5, True)  # 2 of 4 speech hops; the last estimate is right
+    assert M.live_label_score(events, female=False) == (0.25, False)
+    assert M.live_label_score([ev("waiting", None), ev("no speech", None)], female=True) is None
+    # files, not hops: two female files (shares 1 and 0.5) and one male file (0.25) -> (0.75 + 0.25) / 2
+    assert M.balanced_over_files([1, 1, 0], [1.0, 0.5, 0.25]) == pytest.approx(0.5)
+    assert M.balanced_over_files([1, 1], [1.0, 0.0]) == pytest.approx(0.5)  # one class present: its mean
+    assert math.isnan(M.balanced_over_files([], []))
+
+
 def test_binary_metrics_by_hand():
     # 3 female windows (2 called female), 2 male windows (1 called male)
     y = [1, 1, 1, 0, 0]
@@ -338,6 +354,18 @@ def test_mini_cross_validation_through_the_command_line(tmp_path):
     zv = np.where(np.isfinite(ef_rows["z_voice"]), ef_rows["z_voice"], 0.0)
     again = 1.0 / (1.0 + np.exp(-(ef_rows["decision_scale"] * ef_rows["z_windows"] + vw * zv)))
     np.testing.assert_allclose(again[has], ef_rows["p"][has], atol=2e-3)
+    # each file's live label (share of its speech hops labelled right, its last estimate), without and with the
+    # live voice opinion, balanced over the files of each fold: the summary is those rows' figure
+    cv = ef_rows["direction"] == ""
+    for key, col in (("live_label", "live_share"), ("live_label_last", "live_last"),
+                     ("live_voice_label", "live_voice_share"), ("live_voice_label_last", "live_voice_last")):
+        folds = ef["all"][f"{key}_balanced_accuracy"]["folds"]
+        assert len(folds) == 2 and all(0.5 < f <= 1.0 for f in folds), (key, folds)
+        for i, fold in enumerate(sorted(set(ef_rows["fold"][cv].tolist()))):
+            m = cv & (ef_rows["fold"] == fold)
+            v = ef_rows[col][m]
+            assert np.isfinite(v).mean() > 0.9 and np.all((v[np.isfinite(v)] >= 0) & (v[np.isfinite(v)] <= 1))
+            assert folds[i] == pytest.approx(M.balanced_over_files(ef_rows["y"][m][np.isfinite(v)], v[np.isfinite(v)]))
 
 
 @pytest.mark.slow
