@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, as_mono_float, load_audio, resample
+from .audio import SAMPLE_RATE, as_mono_float, load_audio, resample
 from .bundle import Bundle
 from .engine import Engine, EngineConfig, file_decision, summarise
 from .events import Event
@@ -53,16 +53,10 @@ def _decoded(source, sample_rate) -> tuple:
         if sample_rate is not None:
             raise ValueError("sample_rate is for arrays; a file says its own rate")
         return source, SAMPLE_RATE
-    if hasattr(source, "read"):  # a file-like object holding an encoded file (wav, flac, ogg, ...)
-        import soundfile as sf
+    if hasattr(source, "read"):  # a file-like object holding an encoded file (wav, flac, ogg, m4a, webm, ...)
+        from .decode import read
 
-        try:
-            x, rate = sf.read(source, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-            raise AudioError(f"cannot decode audio from {type(source).__name__} ({exc})") from exc
-        if x.shape[0] == 0:
-            raise AudioError("the file holds no audio samples")
-        return x, rate
+        return read(source, name=f"audio from {type(source).__name__}")
     if isinstance(source, np.ndarray) or isinstance(source, (list, tuple)):
         if sample_rate is None:
             raise ValueError("an array needs its sample_rate, e.g. classify(x, 16000)")

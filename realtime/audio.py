@@ -1,6 +1,7 @@
 """Audio in: any file, buffer, array or PCM byte stream becomes 16 kHz mono float32 in [-1, 1].
 
-16 kHz because webrtcvad and LibriSpeech both live there. soundfile reads, soxr resamples. This module is
+16 kHz because webrtcvad and LibriSpeech both live there. soundfile reads (FFmpeg for the formats it cannot:
+``realtime.decode``), soxr resamples. This module is
 the one decoding path of the live package:
 
 * :data:`PCM_ENCODINGS`: the raw PCM encodings every byte stream may use (stdin, the server's sockets);
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VoiceGenderError
+from .errors import AudioError
 
 SAMPLE_RATE = 16000
 RESAMPLE_QUALITY = "HQ"  # soxr quality of every resampler here, one-shot and streaming
@@ -26,10 +27,6 @@ PCM_ENCODINGS: dict[str, tuple[str, float]] = {"s16le": ("<i2", 32768.0), "f32le
 MIN_PCM_RATE, MAX_PCM_RATE = 4000, 384000  # the rates a PCM stream may declare (stdin, the server)
 MAX_CHANNELS = 32  # more looks like a (channels, samples) array passed the wrong way round
 _S16_SCALE = np.float32(1.0 / PCM_ENCODINGS["s16le"][1])  # a power of two: multiplying equals dividing
-
-
-class AudioError(VoiceGenderError, ValueError):
-    """Input audio that cannot be used, with a message that says why."""
 
 
 def _prefix(name: str) -> str:
@@ -252,19 +249,15 @@ def check_audio_path(path: str | Path) -> Path:
 
 
 def load_audio(path: str | Path, *, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Read any file soundfile can (flac, wav, ogg, ...) as mono float32 at ``sr``.
+    """Read an audio file (wav, flac, ogg, mp3, ...; m4a, webm, mp4 and the other FFmpeg formats:
+    ``realtime.decode``) as mono float32 at ``sr``.
 
     Raises AudioError for a missing, corrupt, unsupported or empty file.
     """
-    import soundfile as sf
+    from .decode import read
 
     path = check_audio_path(path)
-    try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"{path}: cannot decode audio ({exc})") from exc
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: file holds no audio samples")
+    data, file_sr = read(path)
     y = to_mono(data)
     if sr == SAMPLE_RATE:
         y = to_16k_mono(y, file_sr)

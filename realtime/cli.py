@@ -112,10 +112,13 @@ def _stream(args) -> int:
 
 
 def audio_extensions() -> frozenset[str]:
-    """File name endings taken for audio when a folder is given: what libsndfile reads, plus mp3/opus."""
+    """File name endings taken for audio when a folder is given: what libsndfile reads, plus mp3/opus, plus
+    what FFmpeg reads (``realtime.decode.FFMPEG_EXTENSIONS``: m4a, webm, mp4, ...)."""
     import soundfile as sf
 
-    exts = {f".{k.lower()}" for k in sf.available_formats()}
+    from .decode import FFMPEG_EXTENSIONS
+
+    exts = {f".{k.lower()}" for k in sf.available_formats()} | FFMPEG_EXTENSIONS
     return frozenset(exts | {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"} - {".raw"})
 
 

@@ -306,7 +306,7 @@ def add_parser(subparsers) -> None:
         "client", help="stream a file or the microphone to a running `serve` and print the estimates",
         description="Stream audio to `python -m realtime serve` over WebSocket (ws://HOST:PORT/) or raw TCP "
                     "(tcp://HOST:PORT) and print one estimate per hop as `stream` does; the end summary goes to stderr.")
-    p.add_argument("source", metavar="PATH|mic", help="audio file (any format soundfile reads), mic, or mic:DEVICE")
+    p.add_argument("source", metavar="PATH|mic", help="audio file (wav, flac, ogg, mp3, m4a, webm, mp4, ...), mic, or mic:DEVICE")
     p.add_argument("--url", default="ws://127.0.0.1:8765/", help="server address (default: %(default)s)")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time (default: as fast as possible)")
     p.add_argument("--token", default=None, help="the server's shared token (default: $VOICEGENDER_TOKEN)")

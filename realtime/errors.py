@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class VoiceGenderError(Exception):
     """An error with a message that says what went wrong and, where it can, what to do."""
+
+
+class AudioError(VoiceGenderError, ValueError):
+    """Input audio that cannot be used, with a message that says why (``realtime.audio`` re-exports it)."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from .audio import (MAX_PCM_RATE, MIN_PCM_RATE, PCM_ENCODINGS, SAMPLE_RATE, AudioError, PcmDecoder, StreamResampler,
                     check_audio_path, to_mono)
+from .decode import open_blocks
 from .ringbuffer import RingBuffer
 
 __all__ = [
@@ -81,7 +82,7 @@ class Source(abc.ABC):
 
 # ---------------------------------------------------------------------------------------- file
 class FileSource(Source):
-    """Any file soundfile can read (flac, wav, ogg, ...; any rate and channel count).
+    """Any audio file (flac, wav, ogg, mp3, m4a, webm, mp4, ...: ``realtime.decode``; any rate and channel count).
 
     Reads ``chunk_seconds`` blocks, averages channels, resamples streaming to 16 kHz. With
     ``realtime=True`` each chunk is released only when its audio would have finished playing
@@ -90,8 +91,6 @@ class FileSource(Source):
     """
 
     def __init__(self, path: str | Path, realtime: bool = False, chunk_seconds: float = 0.1):
-        import soundfile as sf
-
         self.path = Path(path)
         self.name = f"file:{self.path}"
         self.realtime = bool(realtime)
@@ -100,15 +99,10 @@ class FileSource(Source):
         self.chunk_seconds = float(chunk_seconds)
         self._closed = False
         check_audio_path(self.path)
-        try:
-            info = sf.info(str(self.path))
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-            raise AudioError(f"{self.path}: cannot decode audio ({exc})") from exc
-        if info.frames == 0 or info.samplerate <= 0:
-            raise AudioError(f"{self.path}: file holds no audio samples")
-        self.file_sample_rate = int(info.samplerate)
-        self.channels = int(info.channels)
-        self.frames = int(info.frames)
+        with open_blocks(self.path) as blocks:
+            if blocks.rate <= 0 or blocks.frames == 0 and next(iter(blocks), None) is None:
+                raise AudioError(f"{self.path}: file holds no audio samples")
+            self.file_sample_rate, self.channels, self.frames = blocks.rate, blocks.channels, blocks.frames
 
     @property
     def duration(self) -> float:
@@ -116,24 +110,15 @@ class FileSource(Source):
         return self.frames / self.file_sample_rate
 
     def chunks(self) -> Iterator[np.ndarray]:
-        import soundfile as sf
-
-        block = max(1, int(round(self.chunk_seconds * self.file_sample_rate)))
         resample = StreamResampler(self.file_sample_rate, str(self.path))
         emitted = 0
         t0 = None
-        try:
-            f = sf.SoundFile(str(self.path))
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-            raise AudioError(f"{self.path}: cannot decode audio ({exc})") from exc
-        with f:
+        with open_blocks(self.path, block_seconds=self.chunk_seconds) as f:
+            blocks = iter(f)
             while not self._closed:
-                try:
-                    data = f.read(block, dtype="float32", always_2d=True)
-                except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-                    raise AudioError(f"{self.path}: decode error mid-file ({exc})") from exc
-                last = data.shape[0] == 0
-                x = to_mono(data)
+                data = next(blocks, None)
+                last = data is None
+                x = np.zeros(0, dtype=np.float32) if last else to_mono(data)
                 if x.size and not np.all(np.isfinite(x)):
                     raise AudioError(f"{self.path}: audio contains NaN or infinite samples")
                 y = resample(x, last=last)
