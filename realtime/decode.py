@@ -59,13 +59,13 @@ def read(source, *, name: str | None = None) -> tuple[np.ndarray, int]:
 
 
 def _rewindable(obj):
-    """A seekable copy of a file-like object's bytes (the second decoder must start from the beginning)."""
-    if hasattr(obj, "seek") and hasattr(obj, "tell"):
-        try:
-            obj.seek(obj.tell())
+    """The file-like object's bytes from where it stands, seekable back to their start (the second decoder
+    starts where the first did): the object itself when it stands at 0 and can seek, else a copy."""
+    try:
+        if obj.seekable() and obj.tell() == 0:
             return obj
-        except (OSError, ValueError):
-            pass
+    except (AttributeError, OSError, ValueError):
+        pass
     return io.BytesIO(obj.read())
 
 

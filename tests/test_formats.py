@@ -101,6 +101,23 @@ def test_a_file_like_object_and_the_streaming_reader_agree(recordings):
     engine gives the streamed file the events it gives the whole decoded array."""
     path = recordings["F", ".m4a"]
     assert classify(io.BytesIO(path.read_bytes()))["label"] == "female"
+    ahead = io.BytesIO(b"head" + path.read_bytes())  # read from where the object stands, not from its byte 0
+    ahead.read(4)
+    assert classify(ahead)["label"] == "female"
+
+    class Pipe(io.RawIOBase):  # a socket or pipe: no seeking
+        def __init__(self, data: bytes):
+            self._data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf) -> int:
+            chunk = self._data.read(min(len(buf), 1000))
+            buf[:len(chunk)] = chunk
+            return len(chunk)
+
+    assert classify(io.BufferedReader(Pipe(path.read_bytes())))["label"] == "female"
     whole, rate = read(path)
     assert rate == 44100 and whole.shape[1] == 2
     with open_blocks(path, block_frames=4410) as blocks:
