@@ -33,11 +33,30 @@ def _prefix(name: str) -> str:
     return f"{name}: " if name else ""
 
 
+#: the average of channels keeping less than this share of their mean power means they cancel each other
+CANCEL_SHARE = 0.25
+
+
 def to_mono(x: np.ndarray) -> np.ndarray:
-    """(n,) or (n, channels) -> (n,) float32 by averaging channels."""
+    """(n,) or (n, channels) -> (n,) float32 by averaging channels.
+
+    Channels that cancel each other are averaged with their polarity aligned to the first channel instead:
+    many laptops' digital microphone pairs deliver the second channel inverted (ALSA's "inverted internal
+    mic" quirk), and a phase-flipped cable does the same, so the plain average erases the voice. The test,
+    per call: the average keeps less than ``CANCEL_SHARE`` of the channels' mean power (uncorrelated channels
+    keep half, correlated ones all of it, so those are averaged as they always were)."""
     x = np.asarray(x)
     if x.ndim == 2:
-        x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1)
+        if x.shape[1] == 1:
+            x = x[:, 0]
+        else:
+            mono = x.mean(axis=1)
+            x64 = x.astype(np.float64, copy=False)
+            power = np.einsum("ij,ij->j", x64, x64)  # per channel
+            if mono.size and float(np.dot(mono, mono)) < CANCEL_SHARE * float(power.mean()):
+                signs = np.where(x64[:, 0] @ x64 < 0, -1.0, 1.0)  # each channel against the first
+                mono = (x64 * signs).mean(axis=1)
+            x = mono
     elif x.ndim != 1:
         raise AudioError(f"audio must be 1-D or (frames, channels), got shape {x.shape}")
     return x.astype(np.float32, copy=False)

@@ -270,15 +270,21 @@ def _resolve_device(device: int | str | None) -> dict[str, Any]:
                      + ", ".join(f"{d['index']}: {d['name']}" for d in inputs) + " (see --list-devices)")
 
 
+MIC_CHANNELS = 2  # captured where the device has them, downmixed by to_mono (see MicSource)
+
+
 class MicSource(Source):
     """A live microphone through sounddevice (PortAudio).
 
     ``device``: None (the default input), an index, or a name (exact, else case-insensitive
     substring, first match wins). The stream opens at 16 kHz when the device accepts it
     (``sd.check_input_settings``), else at the device's default rate, and ``chunks()`` resamples.
-    The PortAudio callback only copies channel 0 into ``ring`` (a :class:`RingBuffer`, by default
-    ``ring_seconds`` long at the device rate) and returns; ``chunks()`` waits on the ring's
-    condition variable (no polling), resamples, and yields. If the reader falls behind by more
+    It captures two channels where the device has them (``MIC_CHANNELS``): a laptop's digital microphone
+    pair often delivers the second inverted, and the system's own downmix to one channel then erases the
+    voice, where :func:`~realtime.audio.to_mono` aligns them. The PortAudio callback only copies the
+    interleaved samples into ``ring`` (a :class:`RingBuffer`, by default ``ring_seconds`` long at the device
+    rate, whole frames) and returns; ``chunks()`` waits on the ring's condition variable (no polling),
+    downmixes, resamples, and yields. If the reader falls behind by more
     than the ring, the oldest audio is dropped and counted in ``overruns``.
 
     ``latency`` goes to PortAudio ("high" is sounddevice's own default; through ALSA's pulse
@@ -306,13 +312,27 @@ class MicSource(Source):
         self.device_index: int = info["index"]
         self.device_name: str = info["name"]
         self.name = f"mic:{self.device_name}"
-        try:
-            sd.check_input_settings(device=self.device_index, samplerate=SAMPLE_RATE, channels=1, dtype="float32")
-            rate = float(SAMPLE_RATE)
-        except Exception:  # PortAudioError or ValueError: rate/format not supported
-            rate = float(info["default_samplerate"])
+        self.channels = max(1, min(MIC_CHANNELS, int(info.get("max_input_channels") or 1)))
+        rate = None
+        for channels in dict.fromkeys((self.channels, 1)):  # two channels where the device takes them, else one
+            for try_rate in (float(SAMPLE_RATE), float(info["default_samplerate"])):
+                try:
+                    sd.check_input_settings(device=self.device_index, samplerate=try_rate, channels=channels,
+                                            dtype="float32")
+                except Exception:  # PortAudioError or ValueError: rate/format/channels not supported
+                    continue
+                rate, self.channels = try_rate, channels
+                break
+            if rate is not None:
+                break
+        if rate is None:  # nothing checked out: one channel at the device's rate, and let opening say why
+            rate, self.channels = float(info["default_samplerate"]), 1
         self.device_sample_rate = rate
-        self._ring = ring if ring is not None else RingBuffer(int(round(ring_seconds * rate)), dtype=np.float32)
+        if ring is None:  # whole frames: a capacity of a multiple of the channels keeps every read aligned
+            ring = RingBuffer(int(round(ring_seconds * self.device_sample_rate)) * self.channels, dtype=np.float32)
+        elif ring.capacity % self.channels:
+            raise ValueError(f"the ring's capacity ({ring.capacity}) must be a multiple of the {self.channels} channels")
+        self._ring = ring
 
     @property
     def ring(self) -> RingBuffer:
@@ -324,14 +344,15 @@ class MicSource(Source):
 
     @property
     def dropped_samples(self) -> int:
-        return self._ring.dropped_samples
+        """Sample frames lost to overruns (the ring counts interleaved samples)."""
+        return self._ring.dropped_samples // self.channels
 
     def _callback(self, indata, frames, time_info, status) -> None:
         # Audio thread: copy and return. Nothing else belongs here.
         if status:
             self.status_count += 1
             self.last_status = status
-        self._ring.write(indata[:, 0])
+        self._ring.write(indata.reshape(-1))  # interleaved frames
 
     def start(self) -> None:
         """Open and start the input stream (``chunks()`` does this itself if needed)."""
@@ -343,7 +364,7 @@ class MicSource(Source):
                 return
             try:
                 stream = sd.InputStream(
-                    device=self.device_index, samplerate=self.device_sample_rate, channels=1,
+                    device=self.device_index, samplerate=self.device_sample_rate, channels=self.channels,
                     dtype="float32", blocksize=max(1, int(round(self.chunk_seconds * self.device_sample_rate))),
                     latency=self.latency, callback=self._callback)
                 stream.start()
@@ -358,7 +379,7 @@ class MicSource(Source):
             while True:
                 x = self._ring.read(timeout=1.0)
                 if x.size:
-                    y = resample(x)
+                    y = resample(to_mono(x.reshape(-1, self.channels)) if self.channels > 1 else x)
                     if y.size:
                         yield y
                     continue

@@ -1,8 +1,9 @@
-"""Recordings as phones and browsers make them: M4A / AAC (voice memos), WebM / Opus (a browser's MediaRecorder),
+"""Recordings as phones, laptops and browsers make them: M4A / AAC (voice memos), WebM / Opus (a browser's MediaRecorder),
 MP4 (a video's soundtrack), 3GP / AMR-NB (older phones, 8 kHz), all of which libsndfile cannot read. Each is
 encoded here from a real LibriSpeech utterance with FFmpeg (PyAV), then read back by every entry point:
 ``load_audio``, ``classify`` (API and command line, a folder of them), ``stream``; broken ones give a clear
-error naming the file and nothing else breaks."""
+error naming the file and nothing else breaks. And a laptop's inverted microphone pair, whose plain average
+erases the voice."""
 from __future__ import annotations
 
 import io
@@ -181,3 +182,40 @@ def test_broken_phone_recordings_give_a_clear_error_and_the_rest_go_on(recording
     assert rows["good.m4a"]["label"] == "male"
     for name, why in bad.items():
         assert rows[name]["label"] is None and why in rows[name]["error"], rows[name]
+
+
+def test_a_laptops_inverted_microphone_pair_is_not_averaged_into_silence(recordings, tmp_path):
+    """Many laptops' digital microphone pairs give the second channel inverted: averaged, the voice cancels
+    and the VAD hears nothing. Such stereo (a file, an array, raw PCM on stdin) is heard as the voice it is,
+    while ordinary stereo is averaged exactly as before."""
+    import soundfile as sf
+
+    from realtime.audio import to_mono
+    from realtime.sources import StdinSource
+
+    for g in "FM":
+        x = load_audio(recordings[g, ".flac"])
+        rng = np.random.default_rng(1)
+        noise = lambda: 0.002 * rng.standard_normal(x.size)  # noqa: E731  each capsule's own noise
+        inverted = np.stack([x + noise(), -0.9 * x + noise()], axis=1).astype(np.float32)
+        assert np.sum(inverted.mean(axis=1) ** 2) < 0.01 * np.sum(x.astype(np.float64) ** 2)  # the plain average
+        alone = classify(x, 16000)
+        path = tmp_path / f"{g}-laptop.wav"
+        sf.write(path, inverted, 16000)  # a stereo WAV
+        pcm = (np.clip(inverted, -1, 1) * 32767).astype("<i2").tobytes()
+        for verdict in (classify(inverted, 16000), classify(path),
+                        summarise_run(StdinSource(rate=16000, channels=2, stream=io.BytesIO(pcm)))):
+            assert verdict["label"] == GENDER[g], verdict
+            assert abs(verdict["p_female"] - alone["p_female"]) < 0.15, (verdict, alone)
+        # ordinary stereo: correlated or independent channels are averaged as always (same bits)
+        same = np.stack([x, 0.5 * x], axis=1)
+        np.testing.assert_array_equal(to_mono(same), same.mean(axis=1))
+        independent = np.stack([x, np.roll(x, 16000)], axis=1)
+        np.testing.assert_array_equal(to_mono(independent), independent.mean(axis=1))
+
+
+def summarise_run(source) -> dict:
+    from realtime.engine import summarise
+
+    engine = Engine()
+    return summarise(list(engine.run(source)), engine)

@@ -283,8 +283,9 @@ class _FakeStream:
     instances = []
 
     def __init__(self, device, samplerate, channels, dtype, blocksize, latency, callback):
-        self.rate, self.block, self.callback = samplerate, blocksize, callback
+        self.rate, self.block, self.callback, self.channels = samplerate, blocksize, callback, channels
         self.signal = None
+        self.signs = [1.0, -1.0, 1.0, -1.0][:channels]  # a second channel arrives inverted, as laptop mic pairs do
         self.active = False
         self.callback_seconds = []
         _FakeStream.instances.append(self)
@@ -299,7 +300,7 @@ class _FakeStream:
         for i in range(0, len(x), self.block):
             if not self.active:
                 return
-            block = x[i:i + self.block, None].astype(np.float32)
+            block = (x[i:i + self.block, None] * np.array(self.signs)).astype(np.float32)
             t0 = time.perf_counter()
             self.callback(block, len(block), None, None)
             self.callback_seconds.append(time.perf_counter() - t0)
@@ -343,6 +344,43 @@ def test_mic_resamples_outside_the_callback(monkeypatch, original):
     stream = _FakeStream.instances[-1]
     assert mic.overruns == 0 and mic.ring.total_written >= 30000 * 44100 // 16000
     assert np.median(stream.callback_seconds) < 1e-3  # the callback only copies
+
+
+def test_mic_captures_two_channels_and_an_inverted_pair_keeps_its_voice(monkeypatch, original):
+    """A laptop's microphone pair with the second channel inverted: captured as two channels (where the
+    device takes them) and downmixed with their polarity aligned, the voice comes through; the callback
+    still only copies."""
+    import sounddevice as sd
+
+    _fake_devices(monkeypatch, _DEV)
+    asked = []
+
+    def only_44k(**kw):
+        asked.append((kw["samplerate"], kw["channels"]))
+        if kw["samplerate"] != 44100:
+            raise sd.PortAudioError("Invalid sample rate")
+
+    monkeypatch.setattr(sd, "check_input_settings", only_44k)
+    sig = soxr.resample(original[:32000], 16000, 44100)
+
+    def make(**kw):
+        s = _FakeStream(**kw)
+        s.signal = sig
+        return s
+
+    monkeypatch.setattr(sd, "InputStream", make)
+    mic = MicSource("usb", chunk_seconds=0.05)
+    assert (mic.device_sample_rate, mic.channels) == (44100.0, 2) and asked == [(16000, 2), (44100, 2)]
+    got, n = [], 0
+    for c in mic.chunks():
+        got.append(c)
+        n += len(c)
+        if n >= 30000:
+            mic.close()
+    stream = _FakeStream.instances[-1]
+    assert stream.channels == 2 and mic.ring.total_written >= 2 * 30000 * 44100 // 16000
+    assert _corr(np.concatenate(got), original[:32000]) > 0.995  # averaged plainly, the two would cancel
+    assert np.median(stream.callback_seconds) < 1e-3
 
 
 def test_mic_uses_a_given_ring(monkeypatch):
