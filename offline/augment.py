@@ -1,6 +1,6 @@
 """Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain, and real capture
 channels (a source sampled at 8 or 11.025 kHz, a telephone line, low-bitrate MP3 and Opus); room
-reverberation (``reverb``) for evaluation.
+reverberation (``reverb``) and the phone codecs AAC and AMR-NB (``phone_codec``) for evaluation.
 
 Never used on the live path. All outputs are finite float32 in [-1, 1].
 """
@@ -235,9 +235,70 @@ def world_voice(x: np.ndarray, f0_median: float | None, warp: float = 1.0, sr: i
     return _finite_clip(y)
 
 
+#: the codecs phones record and call with, through FFmpeg (PyAV): (container, encoder, its rate, bit rate);
+#: evaluation channels (``channel``), not in the training recipe's ``CHANNELS``
+PHONE_CODECS = {"aac": ("ipod", "aac", 16000, 24000),  # a voice memo's AAC-LC in M4A, at a low rate
+                "amr": ("amr", "libopencore_amrnb", 8000, 12200)}  # AMR-NB, the GSM / 3G voice codec
+
+
+def ffmpeg_encode(x: np.ndarray, sr: int, container: str, codec: str, *, rate: int | None = None,
+                  channels: int = 1, bit_rate: int | None = None) -> bytes:
+    """Mono ``x`` at ``sr`` encoded by FFmpeg's ``codec`` into ``container`` (a file's bytes), at ``rate``
+    (default ``sr``) with ``channels`` copies of it and ``bit_rate`` (default: the encoder's)."""
+    import io
+
+    import av
+    import soxr
+
+    rate = rate or sr
+    y = np.asarray(x, dtype=np.float32)
+    if rate != sr:
+        y = soxr.resample(y, sr, rate, quality=RESAMPLE_QUALITY).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "stereo" if channels == 2 else "mono"
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        fmt = stream.codec_context.format.name  # the sample format the encoder takes (fltp, s16, ...)
+        frame_size = stream.codec_context.frame_size or 1024
+        planar = np.stack([np.clip(y, -1.0, 1.0)] * channels)
+        for start in range(0, planar.shape[1], frame_size):
+            part = planar[:, start:start + frame_size]
+            if fmt.startswith("s16"):
+                part = np.round(part * 32767).astype(np.int16)
+            if not fmt.endswith("p"):  # packed: one row of interleaved samples
+                part = part.T.reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format=fmt, layout=stream.layout.name)
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def phone_codec(x: np.ndarray, codec: str, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """``x`` through a phone codec ('aac' or 'amr', see ``PHONE_CODECS``) and decoded again as the engine
+    decodes such a file (``realtime.decode.read``), back at ``sr`` and at its length (the codec's priming
+    delay kept, as a real recording has it)."""
+    import io
+
+    from realtime.audio import resample, to_mono
+    from realtime.decode import read
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    container, encoder, rate, bit_rate = PHONE_CODECS[codec]
+    y, got = read(io.BytesIO(ffmpeg_encode(x, sr, container, encoder, rate=rate, bit_rate=bit_rate)), name=codec)
+    return _finite_clip(_same_length(resample(to_mono(y), got, sr), x.shape[0]))
+
+
 def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Pass ``x`` through a named capture channel: '8k' / '11k' (a source sampled at 8 / 11.025 kHz),
-    'telephone' (``telephone``), or 'mp3' / 'opus' (``lossy``)."""
+    'telephone' (``telephone``), 'mp3' / 'opus' (``lossy``), or the phone codecs 'aac' / 'amr'
+    (``phone_codec``, evaluation only)."""
     if name == "8k":
         return band_limit(x, 8000, sr)
     if name == "11k":
@@ -246,7 +307,9 @@ def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
         return telephone(x, sr)
     if name in CODECS:
         return lossy(x, name, sr)
-    raise ValueError(f"channel must be one of {CHANNELS}, got {name!r}")
+    if name in PHONE_CODECS:
+        return phone_codec(x, name, sr)
+    raise ValueError(f"channel must be one of {CHANNELS + tuple(PHONE_CODECS)}, got {name!r}")
 
 
 @dataclass(frozen=True)

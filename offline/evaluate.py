@@ -99,13 +99,15 @@ def noise_conditions(seed: int = 0, snrs=NOISE_SNRS) -> list[FixedNoise]:
 @dataclass(frozen=True)
 class FixedChannel:
     """A deterministic capture channel as an ``extract_corpus`` augmenter: ``offline.augment.channel`` by
-    name ('8k', 'telephone', 'mp3', 'opus'), ``gain_-20`` (the recording 20 dB quieter), or ``room`` (one
+    name ('8k', 'telephone', 'mp3', 'opus', and the phone codecs 'aac', 'amr'), ``gain_-20`` (the recording 20 dB quieter), or ``room`` (one
     reverberant room for every file: ``offline.augment.reverb``, RT60 0.6 s, direct/reverberant 3 dB)."""
 
     kind: str
 
     LABELS = {"8k": "8 kHz source", "telephone": "telephone (300-3400 Hz, mu-law)", "mp3": "MP3, ~21 kbit/s",
-              "opus": "Opus, ~9 kbit/s", "gain_-20": "20 dB quieter", "room": "room reverb (RT60 0.6 s, DRR 3 dB)"}
+              "opus": "Opus, ~9 kbit/s", "aac": "AAC in M4A (a voice memo), 24 kbit/s",
+              "amr": "AMR-NB (a phone call), 12.2 kbit/s at 8 kHz", "gain_-20": "20 dB quieter",
+              "room": "room reverb (RT60 0.6 s, DRR 3 dB)"}
 
     def __post_init__(self) -> None:
         if self.kind not in self.LABELS:
@@ -135,7 +137,7 @@ class FixedChannel:
         return channel(x, self.kind, sr)
 
 
-CHANNEL_KINDS = ("8k", "telephone", "mp3", "opus", "gain_-20", "room")
+CHANNEL_KINDS = ("8k", "telephone", "mp3", "opus", "aac", "amr", "gain_-20", "room")
 
 
 def channel_conditions() -> list[FixedChannel]:

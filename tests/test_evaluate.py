@@ -173,8 +173,8 @@ def test_fixed_noise_is_deterministic_and_exact():
 def test_fixed_channels_and_their_labels():
     x = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
     names = [c.name for c in channel_conditions()]
-    assert names == ["channel_8k", "channel_telephone", "channel_mp3", "channel_opus", "channel_gain_-20",
-                     "channel_room"]
+    assert names == ["channel_8k", "channel_telephone", "channel_mp3", "channel_opus", "channel_aac", "channel_amr",
+                     "channel_gain_-20", "channel_room"]
     room = FixedChannel("room")
     assert np.array_equal(room(x, room.rng_for("a")), room(x, room.rng_for("b")))  # one room for every file
     quiet = FixedChannel("gain_-20")
@@ -386,8 +386,8 @@ def test_bundle_on_a_csv_manifest_with_noise(tmp_path):
     for entry in out["noise"].values():
         assert set(entry["models"]) == set(out["models"])
         _check_model_block(entry["models"]["ensemble"], with_std=False)
-    assert set(out["channel"]) == {"channel_8k", "channel_telephone", "channel_mp3", "channel_opus", "channel_gain_-20",
-                                   "channel_room"}
+    assert set(out["channel"]) == {"channel_8k", "channel_telephone", "channel_mp3", "channel_opus", "channel_aac",
+                                   "channel_amr", "channel_gain_-20", "channel_room"}
     assert out["channel"]["channel_8k"]["label"] == "8 kHz source"
     table = format_table(out)
     assert "8 kHz source" in table and "white 10 dB" in table

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.signal
-import soxr
 
+from offline.augment import ffmpeg_encode
 from realtime.api import classify
 from realtime.audio import AudioError, load_audio
 from realtime.decode import FFMPEG_EXTENSIONS, open_blocks, read
@@ -38,27 +38,8 @@ FORMATS = [(".m4a", "ipod", "aac", 44100, 2),  # iPhone / Android voice memo
 
 def encode(x: np.ndarray, path: Path, container: str, codec: str, rate: int, channels: int) -> Path:
     """16 kHz mono ``x`` written as ``codec`` in ``container`` at ``rate`` with ``channels`` (the same on each)."""
-    y = soxr.resample(x, 16000, rate).astype(np.float32)
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.layout = "stereo" if channels == 2 else "mono"
-        if codec == "libopencore_amrnb":
-            stream.bit_rate = 12200
-        fmt = stream.codec_context.format.name  # the sample format the encoder takes (fltp, s16, ...)
-        frame_size = stream.codec_context.frame_size or 1024
-        planar = np.stack([y] * channels)
-        for start in range(0, planar.shape[1], frame_size):
-            part = planar[:, start:start + frame_size]
-            if fmt.startswith("s16"):
-                part = np.round(np.clip(part, -1, 1) * 32767).astype(np.int16)
-            if not fmt.endswith("p"):
-                part = part.T.reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format=fmt, layout=stream.layout.name)
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    bit_rate = 12200 if codec == "libopencore_amrnb" else None
+    path.write_bytes(ffmpeg_encode(x, 16000, container, codec, rate=rate, channels=channels, bit_rate=bit_rate))
     return path
 
 
