@@ -70,8 +70,8 @@ def _rewindable(obj):
 
 
 def _read_ffmpeg(data, name: str, first: Exception) -> tuple[np.ndarray, int]:
-    blocks = _ffmpeg_blocks(data, name, first)
-    parts = list(blocks)
+    with _ffmpeg_blocks(data, name, first) as blocks:
+        parts = list(blocks)
     x = np.concatenate(parts) if parts else np.zeros((0, blocks.channels), np.float32)
     return x, blocks.rate
 

@@ -314,6 +314,32 @@ class _FakeStream:
         pass
 
 
+def _fake_mic(monkeypatch, original) -> MicSource:
+    """A MicSource on the fake USB device, whose stream plays 2 s of ``original`` at 44.1 kHz."""
+    import sounddevice as sd
+
+    sig = soxr.resample(original[:32000], 16000, 44100)
+
+    def make(**kw):
+        s = _FakeStream(**kw)
+        s.signal = sig
+        return s
+
+    monkeypatch.setattr(sd, "InputStream", make)
+    return MicSource("usb", chunk_seconds=0.05)
+
+
+def _capture(mic: MicSource, n_samples: int) -> np.ndarray:
+    """What ``mic.chunks()`` yields until ``n_samples`` (16 kHz) have come, then closed."""
+    got, n = [], 0
+    for c in mic.chunks():
+        got.append(c)
+        n += len(c)
+        if n >= n_samples:
+            mic.close()
+    return np.concatenate(got)
+
+
 def test_mic_resamples_outside_the_callback(monkeypatch, original):
     import sounddevice as sd
 
@@ -323,23 +349,9 @@ def test_mic_resamples_outside_the_callback(monkeypatch, original):
         raise sd.PortAudioError("Invalid sample rate")
 
     monkeypatch.setattr(sd, "check_input_settings", no_16k)
-    sig = soxr.resample(original[:32000], 16000, 44100)  # 2 s at the device rate
-
-    def make(**kw):
-        s = _FakeStream(**kw)
-        s.signal = sig
-        return s
-
-    monkeypatch.setattr(sd, "InputStream", make)
-    mic = MicSource("usb", chunk_seconds=0.05)
+    mic = _fake_mic(monkeypatch, original)
     assert mic.device_sample_rate == 44100.0 and mic.sample_rate == 16000
-    got, n = [], 0
-    for c in mic.chunks():
-        got.append(c)
-        n += len(c)
-        if n >= 30000:
-            mic.close()
-    y = np.concatenate(got)
+    y = _capture(mic, 30000)
     assert _corr(y, original[:32000]) > 0.995  # 16k -> 44.1k -> 16k round trip: 0.998
     stream = _FakeStream.instances[-1]
     assert mic.overruns == 0 and mic.ring.total_written >= 30000 * 44100 // 16000
@@ -361,25 +373,12 @@ def test_mic_captures_two_channels_and_an_inverted_pair_keeps_its_voice(monkeypa
             raise sd.PortAudioError("Invalid sample rate")
 
     monkeypatch.setattr(sd, "check_input_settings", only_44k)
-    sig = soxr.resample(original[:32000], 16000, 44100)
-
-    def make(**kw):
-        s = _FakeStream(**kw)
-        s.signal = sig
-        return s
-
-    monkeypatch.setattr(sd, "InputStream", make)
-    mic = MicSource("usb", chunk_seconds=0.05)
+    mic = _fake_mic(monkeypatch, original)
     assert (mic.device_sample_rate, mic.channels) == (44100.0, 2) and asked == [(16000, 2), (44100, 2)]
-    got, n = [], 0
-    for c in mic.chunks():
-        got.append(c)
-        n += len(c)
-        if n >= 30000:
-            mic.close()
+    y = _capture(mic, 30000)
     stream = _FakeStream.instances[-1]
     assert stream.channels == 2 and mic.ring.total_written >= 2 * 30000 * 44100 // 16000
-    assert _corr(np.concatenate(got), original[:32000]) > 0.995  # averaged plainly, the two would cancel
+    assert _corr(y, original[:32000]) > 0.995  # averaged plainly, the two would cancel
     assert np.median(stream.callback_seconds) < 1e-3
 
 
