@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, bench, client, loadtest, server, soak
-from .audio import AudioError
+from .audio import SAMPLE_RATE, AudioError
 from .errors import VoiceGenderError
 from .options import add_engine_arguments, make_engine
 
@@ -37,7 +37,8 @@ def _add_source_arguments(p: argparse.ArgumentParser, *, required: bool) -> None
 def _add_file_arguments(p: argparse.ArgumentParser) -> None:
     """PATH... (files or folders), --no-progress and the engine options: what the per-file commands share."""
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                   help="audio files (any rate and channel count) or folders (searched recursively for audio files)")
+                   help="audio files (any rate and channel count; wav, flac, mp3, m4a, webm, ...), folders (searched "
+                        "recursively for audio files), or - for one whole file piped on stdin")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_engine_arguments(p)
 
@@ -156,7 +157,7 @@ def _progress(n: int, enabled: bool):
 
 
 def _each_file(args, work):
-    """Run ``work(engine, path)`` on every file of args.paths (folders expanded) with one engine; yields
+    """Run ``work(engine, audio, rate)`` on every file of args.paths (folders expanded; ``-``: stdin) with one engine; yields
     (path, result or None, error or None)."""
     paths = expand_paths(args.paths)
     if all(p.is_dir() for p in paths):  # nothing but folders without audio: nothing to do at all
@@ -165,17 +166,32 @@ def _each_file(args, work):
     with _progress(len(paths), not args.no_progress) as advance:
         for path in paths:
             try:
-                yield path, work(engine, path), None
+                yield path, work(engine, *_file_audio(path)), None
             except AudioError as exc:
                 yield path, None, str(exc)
             advance()
+
+
+def _file_audio(path: Path) -> tuple:
+    """(what ``Engine.run`` takes, its rate) for a PATH argument: the path itself, or for ``-`` the whole file
+    piped on stdin, decoded (any container, as ``realtime.decode`` reads it)."""
+    if str(path) != "-":
+        return path, SAMPLE_RATE
+    import io
+
+    from .decode import read
+
+    return read(io.BytesIO(sys.stdin.buffer.read()), name="stdin")
 
 
 def _classify(args) -> int:
     from .engine import summarise
 
     failures = 0
-    for path, result, error in _each_file(args, lambda engine, path: summarise(list(engine.run(path)), engine)):
+    def work(engine, src, rate):
+        return summarise(list(engine.run(src, sample_rate=rate)), engine)
+
+    for path, result, error in _each_file(args, work):
         if error is not None:
             failures += 1
             result = {"file": str(path), "label": None, "error": error}
@@ -203,8 +219,8 @@ def _segments(args) -> int:
 
     from .api import engine_turns
 
-    def work(engine, path):
-        return engine_turns(engine, path, min_pause_s=args.min_pause)
+    def work(engine, src, rate):
+        return engine_turns(engine, src, rate, min_pause_s=args.min_pause)
 
     writer = None
     if args.format == "csv":

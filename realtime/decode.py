@@ -128,6 +128,7 @@ def open_blocks(path: str | Path, block_frames: int | None = None, block_seconds
 def _ffmpeg_blocks(data, name: str, first: Exception, block_frames: int | None = None,
                    block_seconds: float = 0.1) -> AudioBlocks:
     """The FFmpeg (PyAV) reader, once libsndfile refused the file with ``first``."""
+    first = getattr(first, "error_string", None) or first  # libsndfile's reason, without the object's repr
     av = _av()
     if av is None:
         hint = " (this format needs FFmpeg: pip install av)" if Path(str(name)).suffix.lower() in FFMPEG_EXTENSIONS else ""

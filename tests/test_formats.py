@@ -123,6 +123,17 @@ def test_classify_a_folder_of_phone_recordings_and_stream_one(recordings):
     assert len(rows) == 2 * len(FORMATS)
     for name, r in rows.items():
         assert r["label"] == GENDER[name[0]], r
+    # a whole file piped on stdin (`-`), any container: classify and segments
+    for cmd in (["classify", "-", "--json"], ["segments", "-", "--json"]):
+        out = subprocess.run([sys.executable, "-m", "realtime", *cmd], input=recordings["F", ".m4a"].read_bytes(),
+                             capture_output=True, cwd=REPO, timeout=300)
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        assert rows and all(r["file"] == "-" and r["label"] == "female" for r in rows), rows
+    out = subprocess.run([sys.executable, "-m", "realtime", "classify", "-", "--json"], input=b"not audio\n",
+                         capture_output=True, cwd=REPO, timeout=300)
+    assert out.returncode == 1 and b"Traceback" not in out.stderr
+    assert "stdin: cannot decode audio" in json.loads(out.stdout)["error"]
     out = subprocess.run([sys.executable, "-m", "realtime", "stream", recordings["M", ".webm"], "--format", "jsonl"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
