@@ -345,8 +345,9 @@ class AugmentOptions:
         bad = [c for c in self.colors if c not in COLORS]
         if bad or not self.colors:
             raise ValueError(f"colors must be a non-empty subset of {COLORS}, got {self.colors}")
-        if any(c not in CHANNELS for c in self.channels) or not self.channels:
-            raise ValueError(f"channels must be a non-empty subset of {CHANNELS}, got {self.channels}")
+        if any(c not in CHANNELS + tuple(PHONE_CODECS) for c in self.channels) or not self.channels:
+            raise ValueError(f"channels must be a non-empty subset of {CHANNELS + tuple(PHONE_CODECS)} (default "
+                             f"{CHANNELS}), got {self.channels}")
         for name in ("p_noise", "p_pitch", "p_channel", "p_voice", "p_room"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
