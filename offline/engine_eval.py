@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .augment import CHANNELS, PHONE_CODECS
+
 SETTINGS = {
     "speech-only, first 0.5 s": dict(speech_only=True, first_window_s=0.5),
     "speech-only, first 0.75 s": dict(speech_only=True, first_window_s=0.75),
@@ -31,6 +33,9 @@ SETTINGS = {
     "all audio, first 2.0 s": dict(speech_only=False, first_window_s=2.0),
     "speech-only, first 0.75 s, live voice": dict(speech_only=True, first_window_s=0.75, live_voice=True),
 }
+
+
+CHANNEL_NAMES = CHANNELS + tuple(PHONE_CODECS)  # what offline.augment.channel takes
 
 
 def _bacc(y: np.ndarray, pred: np.ndarray) -> float:
@@ -88,13 +93,18 @@ def run(args) -> int:
     bundle = Bundle.load(args.models)
     utterances = load_corpora(args.data)
     audio = [load_audio(u.path) for u in utterances]
+    if args.channel:  # every file heard through a capture channel first (offline.augment.channel)
+        from .augment import channel
+
+        audio = [channel(x, args.channel) for x in audio]
     names = args.settings or list(SETTINGS)
     results = {name: score_setting(bundle, utterances, audio, **SETTINGS[name]) for name in names}
     if args.json:
         print(json.dumps({"data": " ".join(map(str, args.data)), "models": str(args.models), "utterances": len(utterances),
-                          "settings": results}, indent=2))
+                          "channel": args.channel, "settings": results}, indent=2))
         return 0
-    print(f"{len(utterances)} utterances from {args.data}, bundle {args.models}")
+    print(f"{len(utterances)} utterances from {args.data}, bundle {args.models}"
+          + (f", through the {args.channel} channel" if args.channel else ""))
     print(f"{'setting':38s} {'win bacc':>9s} {'utt bacc':>9s} {'1st acc':>8s} {'1st p50 s':>10s} {'1st p90 s':>10s} "
           f"{'final ok':>9s} {'live bacc':>10s} {'last bacc':>10s}")
     for name, r in results.items():
@@ -115,5 +125,8 @@ def add_parser(subparsers) -> None:
                    help="a bundle trained WITHOUT these readers")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), metavar="NAME",
                    help=f"settings to score (default: all): {'; '.join(SETTINGS)}")
+    p.add_argument("--channel", default=None, choices=CHANNEL_NAMES, metavar="NAME",
+                   help=f"hear every file through a capture channel first: {', '.join(CHANNEL_NAMES)} "
+                        "(offline.augment.channel; default: as recorded)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

@@ -431,3 +431,24 @@ def test_live_hop_figures_count_what_the_console_shows():
              "hop_y": hop_y, "hop_label": hop_label, "hop_corpus": ["LibriSpeech"] * len(hop_y)}]
     summary = _engine_summary(rows)["all"]
     assert summary["live_hops_decided"]["mean"] == pytest.approx(m["live_hops_decided"])
+
+
+def test_engine_eval_hears_the_files_through_a_phone_codec(tmp_path):
+    """`offline engine-eval --channel amr`: every file goes through AMR-NB before the engine, the result says
+    so, and the figures are those of the altered audio (fewer or other windows than as recorded)."""
+    data = _manifest(tmp_path / "few.csv", 1)
+    runs = {}
+    for channel in (None, "amr"):
+        cmd = [sys.executable, "-m", "offline", "engine-eval", "--models", str(BUNDLE_DIR), "--data", str(data),
+               "--settings", "speech-only, first 0.75 s", "--json"] + (["--channel", channel] if channel else [])
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[channel] = json.loads(proc.stdout)
+    assert runs[None]["channel"] is None and runs["amr"]["channel"] == "amr" and runs["amr"]["utterances"] == 2
+    clean, amr = (runs[c]["settings"]["speech-only, first 0.75 s"] for c in (None, "amr"))
+    assert amr["windows"] > 0 and 0.5 <= amr["utterance_balanced_accuracy"] <= 1.0
+    assert (amr["windows"], amr["window_balanced_accuracy"]) != (clean["windows"], clean["window_balanced_accuracy"]) \
+        or amr["first_estimate_after_onset_s"] != clean["first_estimate_after_onset_s"]
+    bad = subprocess.run([sys.executable, "-m", "offline", "engine-eval", "--models", str(BUNDLE_DIR), "--data",
+                          str(data), "--channel", "cb-radio"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
