@@ -239,6 +239,7 @@ def world_voice(x: np.ndarray, f0_median: float | None, warp: float = 1.0, sr: i
 #: evaluation channels (``channel``), not in the training recipe's ``CHANNELS``
 PHONE_CODECS = {"aac": ("ipod", "aac", 16000, 24000),  # a voice memo's AAC-LC in M4A, at a low rate
                 "amr": ("amr", "libopencore_amrnb", 8000, 12200)}  # AMR-NB, the GSM / 3G voice codec
+ALL_CHANNELS = CHANNELS + tuple(PHONE_CODECS)  # every name ``channel`` takes
 
 
 def ffmpeg_encode(x: np.ndarray, sr: int, container: str, codec: str, *, rate: int | None = None,
@@ -309,7 +310,7 @@ def channel(x: np.ndarray, name: str, sr: int = SAMPLE_RATE) -> np.ndarray:
         return lossy(x, name, sr)
     if name in PHONE_CODECS:
         return phone_codec(x, name, sr)
-    raise ValueError(f"channel must be one of {CHANNELS + tuple(PHONE_CODECS)}, got {name!r}")
+    raise ValueError(f"channel must be one of {ALL_CHANNELS}, got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -345,8 +346,8 @@ class AugmentOptions:
         bad = [c for c in self.colors if c not in COLORS]
         if bad or not self.colors:
             raise ValueError(f"colors must be a non-empty subset of {COLORS}, got {self.colors}")
-        if any(c not in CHANNELS + tuple(PHONE_CODECS) for c in self.channels) or not self.channels:
-            raise ValueError(f"channels must be a non-empty subset of {CHANNELS + tuple(PHONE_CODECS)} (default "
+        if any(c not in ALL_CHANNELS for c in self.channels) or not self.channels:
+            raise ValueError(f"channels must be a non-empty subset of {ALL_CHANNELS} (default "
                              f"{CHANNELS}), got {self.channels}")
         for name in ("p_noise", "p_pitch", "p_channel", "p_voice", "p_room"):
             if not 0.0 <= getattr(self, name) <= 1.0:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .augment import CHANNELS, PHONE_CODECS
+from .augment import ALL_CHANNELS, channel
 
 SETTINGS = {
     "speech-only, first 0.5 s": dict(speech_only=True, first_window_s=0.5),
@@ -33,9 +33,6 @@ SETTINGS = {
     "all audio, first 2.0 s": dict(speech_only=False, first_window_s=2.0),
     "speech-only, first 0.75 s, live voice": dict(speech_only=True, first_window_s=0.75, live_voice=True),
 }
-
-
-CHANNEL_NAMES = CHANNELS + tuple(PHONE_CODECS)  # what offline.augment.channel takes
 
 
 def _bacc(y: np.ndarray, pred: np.ndarray) -> float:
@@ -94,8 +91,6 @@ def run(args) -> int:
     utterances = load_corpora(args.data)
     audio = [load_audio(u.path) for u in utterances]
     if args.channel:  # every file heard through a capture channel first (offline.augment.channel)
-        from .augment import channel
-
         audio = [channel(x, args.channel) for x in audio]
     names = args.settings or list(SETTINGS)
     results = {name: score_setting(bundle, utterances, audio, **SETTINGS[name]) for name in names}
@@ -125,8 +120,8 @@ def add_parser(subparsers) -> None:
                    help="a bundle trained WITHOUT these readers")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), metavar="NAME",
                    help=f"settings to score (default: all): {'; '.join(SETTINGS)}")
-    p.add_argument("--channel", default=None, choices=CHANNEL_NAMES, metavar="NAME",
-                   help=f"hear every file through a capture channel first: {', '.join(CHANNEL_NAMES)} "
+    p.add_argument("--channel", default=None, choices=ALL_CHANNELS, metavar="NAME",
+                   help=f"hear every file through a capture channel first: {', '.join(ALL_CHANNELS)} "
                         "(offline.augment.channel; default: as recorded)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

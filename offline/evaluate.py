@@ -495,10 +495,9 @@ def _engine_verdicts(bundle, utterances, *, fold: int = 0) -> dict:
         x = load_audio(u.path)
         events = list(engine.run(x))  # run() starts each file from a clean state
         v = summarise(events, engine)
-        for key, eng in (("live", engine), ("live_voice", live_engine)):
-            if eng is None:
-                continue
-            score = M.live_label_score(events if eng is engine else list(eng.run(x)), u.gender == "F")
+        streamed = [("live", events)] + ([("live_voice", list(live_engine.run(x)))] if live_engine else [])
+        for key, evs in streamed:
+            score = M.live_label_score(evs, u.gender == "F")
             rows.setdefault(f"{key}_share", []).append(math.nan if score is None else score[0])
             rows.setdefault(f"{key}_last", []).append(math.nan if score is None else float(score[1]))
         live = [e.label for e in events if e.p_female is not None and e.label in ("female", "male", "uncertain")]
