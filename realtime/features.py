@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -38,6 +39,18 @@ import numpy as np
 import scipy.fft
 
 from .audio import AudioError
+
+#: set to 0 to compute with the numpy reference code even where the compiled kernel is installed (benchmarks, checks)
+KERNEL_ENV = "VOICEGENDER_FEATURE_KERNEL"
+try:  # the compiled loops (realtime/_featurekernel.c, built by pip install); the numpy code below is their reference
+    from . import _featurekernel as _kernel
+except ImportError:  # not compiled (no C compiler at install time): numpy alone, same definition, slower
+    _kernel = None
+if os.environ.get(KERNEL_ENV, "").strip() == "0":
+    _kernel = None
+
+#: whether the compiled feature kernel is installed (``FeatureExtractor(kernel=None)`` then uses it)
+KERNEL_AVAILABLE = _kernel is not None
 
 _TINY32 = np.finfo(np.float32).tiny
 
@@ -283,10 +296,16 @@ class FeatureExtractor:
     per-call state, so one instance may serve many streams.
     """
 
-    def __init__(self, definition: FeatureDefinition = DEFAULT):
+    def __init__(self, definition: FeatureDefinition = DEFAULT, *, kernel: bool | None = None):
+        """``kernel``: compute with the compiled loops (True; an error when they are not installed), with the numpy
+        reference code (False), or with the compiled loops where installed (None)."""
         d = self.definition = definition
         if d.center and d.pad_mode != "constant":
             raise ValueError("only pad_mode='constant' is implemented")
+        if kernel and _kernel is None:
+            raise RuntimeError("the compiled feature kernel (realtime/_featurekernel.c) is not installed; reinstall "
+                               "with a C compiler and Python headers (pip install -e .), or use kernel=False")
+        self.kernel = KERNEL_AVAILABLE if kernel is None else bool(kernel)
         n_bins = 1 + d.n_fft // 2
         self._win = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(d.n_fft) / d.n_fft)).astype(np.float32)  # periodic hann
         self.freqs = np.linspace(0, d.sr / 2, n_bins).astype(np.float32)
@@ -311,6 +330,12 @@ class FeatureExtractor:
         self._frame_index = np.arange(d.n_pitch_frames)
         self._neighbours = np.array([-1, 0, 1])
         self.rows = self._make_rows()
+        # the compiled loops' arguments: band starts and quantile sizes, and the Q rows each per-frame value goes to
+        self._band_nq = np.array([n_q for _, n_q in self._contrast_bands], dtype=np.int64)
+        self._band_starts64 = self._band_starts.astype(np.int64)
+        self._kernel_rows = np.array([self.rows[n].start for n in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
+                                                                   "zcr")], dtype=np.int64)
+        self._summary_cols = [("mean", "min", "max", "std").index(s) for s in d.summaries]
         self.stat_names = self._make_names()
         self.n_stats = len(self.stat_names)
 
@@ -410,6 +435,8 @@ class FeatureExtractor:
         ``segments`` (row offsets ``[0, ..., T]``) runs them once per segment, so that the frames of several
         windows stacked into one call (:func:`extract_streams`) get the bits each window's own call gives.
         """
+        if self.kernel:
+            return self._frame_block_compiled(zframes, eframes, pframes, keep_spectrum, segments)
         d, R = self.definition, self.rows
         T = zframes.shape[0]
         out = np.empty((self._n_rows, T), dtype=np.float32)
@@ -450,6 +477,31 @@ class FeatureExtractor:
         F = np.empty((2, pframes.shape[0]), dtype=np.float32)
         if pframes.shape[0]:
             self._yin(pframes, F[0], F[1])
+        return (out, D, F, S) if keep_spectrum else (out, D, F)
+
+    def _frame_block_compiled(self, zframes, eframes, pframes, keep_spectrum, segments):
+        """:meth:`_frame_block` by the compiled loops: the same quantities from the same FFTs and matrix products,
+        four calls instead of ~60 (sums accumulate in double: equal to the numpy code up to float32 rounding)."""
+        d, R = self.definition, self.rows
+        T = zframes.shape[0]
+        out = np.empty((self._n_rows, T), dtype=np.float32)
+        spec = scipy.fft.rfft(zframes * self._win, axis=1)
+        n_bins = spec.shape[1]
+        S = np.empty((T, n_bins), dtype=np.float32)
+        P = np.empty_like(S)
+        D = np.empty((2 * len(self._contrast_bands), T))
+        _kernel.spectral(spec, S, P, out, D, np.ascontiguousarray(eframes), self.freqs, self._band_starts64,
+                         self._band_nq, self._kernel_rows, T, n_bins, d.n_fft, T, d.rolloff_percent, d.flatness_amin,
+                         d.db_amin, d.zcr_threshold)
+        _kernel.bands(_by_rows(P, self._mel.T, segments), _by_rows(P, self._chroma.T, segments), self._tonnetz, out,
+                      R["mel_db"].start, R["tonnetz"].start, T, d.n_mels, d.n_chroma, T, d.db_amin)
+        F = np.empty((2, pframes.shape[0]), dtype=np.float32)
+        if pframes.shape[0]:
+            frames = np.ascontiguousarray(pframes)
+            spec = scipy.fft.rfft(frames, n=self._acf_n, axis=1)
+            acf = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=self._acf_n, axis=1)
+            _kernel.yin(acf, frames, F[0], F[1], len(frames), self._acf_n, d.n_fft, self._min_period,
+                        self._max_period, d.yin_trough_threshold, d.sr)
         return (out, D, F, S) if keep_spectrum else (out, D, F)
 
     def frame_features(self, window: np.ndarray) -> dict[str, np.ndarray]:
@@ -542,6 +594,13 @@ class FeatureExtractor:
         d = self.definition
         mfcc = self._mfcc(Q)
         self._contrast(Q, D)
+        if self.kernel:
+            n = self._n_summarised
+            frame, coeffs = np.empty((n, 4)), np.empty((d.mfcc_summary_coeffs, 4))
+            _kernel.summaries(Q, frame, n, Q.shape[1])
+            _kernel.summaries(mfcc, coeffs, d.mfcc_summary_coeffs, mfcc.shape[1])
+            return np.concatenate((frame[:, self._summary_cols].ravel(), self._pitch_summary(F[0], F[1]),
+                                   coeffs[:, [0, 3]].ravel())).astype(np.float32), mfcc
         # (rows, T) in FRAME_FEATURES order. Column-major, as the reference implementation happened to stack it:
         # numpy then sums each row frame by frame rather than pairwise, and these are the bits the models know.
         m = np.asfortranarray(Q[: self._n_summarised])

@@ -1,0 +1,394 @@
+/* The per-frame and per-window loops of realtime/features.py, compiled.
+ *
+ * The feature definition is realtime/features.py; its numpy code (FeatureExtractor with kernel=False) is the
+ * reference this kernel is tested against (tests/test_features_kernel.py). Each loop here computes the same
+ * quantity with the same float32 inputs; it differs from numpy only in rounding (sums accumulate in double,
+ * not float32 pairwise), which moves a summary by ~1e-6 relative. It replaces ~60 numpy calls per hop, each
+ * with a few microseconds of Python overhead, by four calls. The FFTs and the matrix products (mel, chroma,
+ * tonnetz, DCT) stay in scipy / BLAS.
+ *
+ * Interface: plain CPython, buffers through the buffer protocol (numpy arrays, C-contiguous), sizes passed
+ * explicitly and checked against each buffer's length. Every function releases the GIL while it loops.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_BANDS 16
+#define MAX_NQ 32
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} buf_t;
+
+static int get_buf(PyObject *obj, buf_t *b, int writable, Py_ssize_t itemsize, Py_ssize_t count, const char *name) {
+    b->held = 0;
+    if (PyObject_GetBuffer(obj, &b->view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    b->held = 1;
+    if (b->view.itemsize != itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: items of %zd bytes expected, got %zd", name, itemsize, b->view.itemsize);
+        return -1;
+    }
+    if (b->view.len < itemsize * count) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd items expected, got %zd", name, count, b->view.len / itemsize);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(buf_t *bufs, int n) {
+    for (int i = 0; i < n; i++)
+        if (bufs[i].held) PyBuffer_Release(&bufs[i].view);
+}
+
+/* log(x) summed over n positive normal floats, exactly up to double rounding: mantissas multiplied in double
+ * (each in [1, 2), four products of up to 256 each between renormalisations), exponents added as integers. */
+static double log_sum(const float *x, Py_ssize_t n) {
+    double prod[4] = {1.0, 1.0, 1.0, 1.0};
+    int64_t expo = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], 4);
+        expo += (int64_t)((bits >> 23) & 0xff) - 127;
+        bits = (bits & 0x007fffffu) | 0x3f800000u;
+        float m;
+        memcpy(&m, &bits, 4);
+        prod[i & 3] *= (double)m;
+        if ((i & 1023) == 1023) { /* renormalise: keep the running products near 1 */
+            for (int j = 0; j < 4; j++) {
+                int e;
+                prod[j] = frexp(prod[j], &e);
+                expo += e;
+            }
+        }
+    }
+    return log(prod[0] * prod[1]) + log(prod[2] * prod[3]) + (double)expo * 0.69314718055994530942;
+}
+
+/* n_q smallest (lo) and largest (hi) of x[0..n), each kept sorted in a small buffer: their means. */
+static void extremes_mean(const float *x, Py_ssize_t n, int n_q, double *lo_mean, double *hi_mean) {
+    float lo[MAX_NQ], hi[MAX_NQ];
+    int nl = 0, nh = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (nl < n_q || v < lo[nl - 1]) { /* lo ascending: insert */
+            int j = nl < n_q ? nl++ : nl - 1;
+            while (j > 0 && lo[j - 1] > v) { lo[j] = lo[j - 1]; j--; }
+            lo[j] = v;
+        }
+        if (nh < n_q || v > hi[nh - 1]) { /* hi descending */
+            int j = nh < n_q ? nh++ : nh - 1;
+            while (j > 0 && hi[j - 1] < v) { hi[j] = hi[j - 1]; j--; }
+            hi[j] = v;
+        }
+    }
+    /* float32 sums of the sorted values, as numpy's mean of the sorted slice */
+    float sl = 0.f, sh = 0.f;
+    for (int j = 0; j < n_q; j++) sl += lo[j];
+    for (int j = n_q - 1; j >= 0; j--) sh += hi[j];
+    *lo_mean = (double)(sl / (float)n_q);
+    *hi_mean = (double)(sh / (float)n_q);
+}
+
+/* spectral(spec, S, P, Q, D, eframes, freqs, band_starts, band_nq, rows, T, n_bins, n_fft, rolloff, flat_amin,
+ *          db_amin, zcr_threshold)
+ * spec: complex64 (T, n_bins). Writes S = |spec| and P = S * S (float32, (T, n_bins)); into Q (float32, rows x T)
+ * the rows rows[0..5] = centroid, bandwidth, rolloff, flatness, rms, zcr; into D (float64, (2 * nb, T)) the dB
+ * of each band's peak (rows 0..nb-1) and valley (nb..2nb-1). eframes: float32 (T, n_fft), edge-padded frames.
+ * band_starts: int64 (nb), band k = bins [start_k, start_k+1) (the last to n_bins); band_nq: int64 (nb). */
+static PyObject *spectral(PyObject *self, PyObject *args) {
+    PyObject *o_spec, *o_S, *o_P, *o_Q, *o_D, *o_e, *o_freqs, *o_bs, *o_nq, *o_rows;
+    Py_ssize_t T, nbins, nfft, qcols;
+    double rolloff_pct, flat_amin, db_amin, zthr;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOnnnndddd", &o_spec, &o_S, &o_P, &o_Q, &o_D, &o_e, &o_freqs, &o_bs, &o_nq,
+                          &o_rows, &T, &nbins, &nfft, &qcols, &rolloff_pct, &flat_amin, &db_amin, &zthr))
+        return NULL;
+    buf_t b[10];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (get_buf(o_rows, &b[9], 0, 8, 6, "rows") < 0 || get_buf(o_bs, &b[7], 0, 8, 1, "band_starts") < 0)
+        goto done;
+    Py_ssize_t nb = b[7].view.len / 8;
+    if (nb < 1 || nb > MAX_BANDS) { PyErr_SetString(PyExc_ValueError, "band_starts: 1..16 bands"); goto done; }
+    const int64_t *rows = b[9].view.buf, *bs = b[7].view.buf;
+    Py_ssize_t maxrow = 0;
+    for (int i = 0; i < 6; i++) {
+        if (rows[i] < 0) { PyErr_SetString(PyExc_ValueError, "rows: negative"); goto done; }
+        if (rows[i] > maxrow) maxrow = rows[i];
+    }
+    if (get_buf(o_spec, &b[0], 0, 8, T * nbins, "spec") < 0 || get_buf(o_S, &b[1], 1, 4, T * nbins, "S") < 0 ||
+        get_buf(o_P, &b[2], 1, 4, T * nbins, "P") < 0 || get_buf(o_Q, &b[3], 1, 4, (maxrow + 1) * qcols, "Q") < 0 ||
+        get_buf(o_D, &b[4], 1, 8, 2 * nb * T, "D") < 0 || get_buf(o_e, &b[5], 0, 4, T * nfft, "eframes") < 0 ||
+        get_buf(o_freqs, &b[6], 0, 4, nbins, "freqs") < 0 || get_buf(o_nq, &b[8], 0, 8, nb, "band_nq") < 0)
+        goto done;
+    if (T > qcols) { PyErr_SetString(PyExc_ValueError, "Q has fewer columns than frames"); goto done; }
+    const int64_t *nq = b[8].view.buf;
+    for (Py_ssize_t k = 0; k < nb; k++) {
+        Py_ssize_t a = bs[k], e = k + 1 < nb ? bs[k + 1] : nbins;
+        if (a < 0 || e > nbins || e <= a || nq[k] < 1 || nq[k] > MAX_NQ || nq[k] > e - a) {
+            PyErr_SetString(PyExc_ValueError, "contrast bands must tile the bins, each quantile 1..32 bins");
+            goto done;
+        }
+    }
+    const float *spec = b[0].view.buf, *ef = b[5].view.buf, *freqs = b[6].view.buf;
+    float *S = b[1].view.buf, *P = b[2].view.buf, *Q = b[3].view.buf;
+    double *D = b[4].view.buf;
+    const float famin = (float)flat_amin, zt = (float)zthr, tiny = 1.17549435e-38f;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    float *Sp = PyMem_RawMalloc(sizeof(float) * nbins);
+    for (Py_ssize_t t = 0; t < T && Sp; t++) {
+        const float *sp = spec + 2 * t * nbins;
+        float *s = S + t * nbins, *p = P + t * nbins;
+        /* simple loops the compiler vectorises; the sums in double, their order free (omp simd reduction) */
+        for (Py_ssize_t f = 0; f < nbins; f++) {
+            float re = sp[2 * f], im = sp[2 * f + 1];
+            s[f] = sqrtf(re * re + im * im);
+            p[f] = s[f] * s[f];
+            Sp[f] = p[f] > famin ? p[f] : famin;
+        }
+        double total = 0.0, wsum = 0.0, psum = 0.0, spsum = 0.0;
+#pragma omp simd reduction(+ : total, wsum, psum, spsum)
+        for (Py_ssize_t f = 0; f < nbins; f++) {
+            total += s[f];
+            wsum += (double)s[f] * freqs[f];
+            psum += p[f];
+            spsum += Sp[f];
+        }
+        double norm = total > tiny ? total : 1.0;
+        double centroid = wsum / norm, var = 0.0;
+#pragma omp simd reduction(+ : var)
+        for (Py_ssize_t f = 0; f < nbins; f++) {
+            double dv = freqs[f] - centroid;
+            var += s[f] * dv * dv;
+        }
+        var /= norm;
+        /* rolloff: the first bin where numpy's float32 cumulative sum (sequential) reaches fl32(rolloff_pct) times
+         * its last value. Found in double from 8-bin block sums (vectorised); where the double sums pass the
+         * threshold within 2e-4 of the total (float32 rounding of 513 sums stays under 3.1e-5) the float32 sums
+         * decide, bin by bin, so the bin is numpy's in every frame. */
+        double thresh = rolloff_pct * total, csum = 0.0, margin = 2e-4 * total;
+        Py_ssize_t roll = nbins - 1, f0 = 0;
+        for (; f0 + 8 <= nbins; f0 += 8) {
+            double blk = 0.0;
+            for (int j = 0; j < 8; j++) blk += s[f0 + j];
+            if (csum + blk >= thresh) break;
+            csum += blk;
+        }
+        double before = csum;
+        for (Py_ssize_t f = f0; f < nbins; f++) {
+            csum += s[f];
+            if (csum >= thresh) { roll = f; break; }
+            before = csum;
+        }
+        if (csum - thresh < margin || thresh - before < margin) {
+            float total_f = 0.f, cs = 0.f;
+            for (Py_ssize_t f = 0; f < nbins; f++) total_f += s[f];
+            float thresh_f = (float)rolloff_pct * total_f;
+            roll = 0;
+            for (Py_ssize_t f = 0; f < nbins; f++) {
+                cs += s[f];
+                if (cs >= thresh_f) { roll = f; break; }
+            }
+        }
+        psum -= 0.5 * p[0];
+        if (nfft % 2 == 0) psum -= 0.5 * p[nbins - 1];
+        Q[rows[0] * qcols + t] = (float)centroid;
+        Q[rows[1] * qcols + t] = (float)sqrt(var);
+        Q[rows[2] * qcols + t] = freqs[roll];
+        Q[rows[3] * qcols + t] = (float)(exp(log_sum(Sp, nbins) / nbins) / (spsum / nbins));
+        Q[rows[4] * qcols + t] = (float)sqrt(2.0 * psum / ((double)nfft * nfft));
+        const float *x = ef + t * nfft;
+        int changes = 0;
+#pragma omp simd reduction(+ : changes)
+        for (Py_ssize_t i = 1; i < nfft; i++) changes += (x[i] < -zt) != (x[i - 1] < -zt);
+        Q[rows[5] * qcols + t] = (float)changes / (float)nfft;
+        for (Py_ssize_t k = 0; k < nb; k++) {
+            Py_ssize_t a = bs[k], e = k + 1 < nb ? bs[k + 1] : nbins;
+            double lo, hi;
+            extremes_mean(s + a, e - a, (int)nq[k], &lo, &hi);
+            D[k * T + t] = 10.0 * log10(hi > db_amin ? hi : db_amin);
+            D[(nb + k) * T + t] = 10.0 * log10(lo > db_amin ? lo : db_amin);
+        }
+    }
+    failed = Sp == NULL;
+    PyMem_RawFree(Sp);
+    Py_END_ALLOW_THREADS
+    if (failed) { PyErr_NoMemory(); goto done; }
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 10);
+    return ret;
+}
+
+/* bands(M, C, tonnetz, Q, mel_row, tonnetz_row, T, n_mels, n_chroma, qcols, db_amin)
+ * M: float32 (T, n_mels) mel power -> Q rows mel_row.. (dB, 10 log10 max(amin, M)); C: float32 (T, n_chroma)
+ * chroma -> normalised by its max, then L1, projected by tonnetz (float32 (6, n_chroma)) -> Q rows tonnetz_row.. */
+static PyObject *bands(PyObject *self, PyObject *args) {
+    PyObject *o_M, *o_C, *o_tz, *o_Q;
+    Py_ssize_t mel_row, tz_row, T, nmels, nchroma, qcols;
+    double db_amin;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnnd", &o_M, &o_C, &o_tz, &o_Q, &mel_row, &tz_row, &T, &nmels, &nchroma,
+                          &qcols, &db_amin))
+        return NULL;
+    buf_t b[4];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    Py_ssize_t need = (mel_row + nmels > tz_row + 6 ? mel_row + nmels : tz_row + 6) * qcols;
+    if (mel_row < 0 || tz_row < 0 || T > qcols || nchroma < 1 || nchroma > 64) {
+        PyErr_SetString(PyExc_ValueError, "bands: bad rows or sizes");
+        goto done;
+    }
+    if (get_buf(o_M, &b[0], 0, 4, T * nmels, "M") < 0 || get_buf(o_C, &b[1], 0, 4, T * nchroma, "C") < 0 ||
+        get_buf(o_tz, &b[2], 0, 4, 6 * nchroma, "tonnetz") < 0 || get_buf(o_Q, &b[3], 1, 4, need, "Q") < 0)
+        goto done;
+    const float *M = b[0].view.buf, *C = b[1].view.buf, *tzm = b[2].view.buf;
+    float *Q = b[3].view.buf;
+    const float amin = (float)db_amin, tiny = 1.17549435e-38f;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const float *m = M + t * nmels, *c = C + t * nchroma;
+        for (Py_ssize_t j = 0; j < nmels; j++)
+            Q[(mel_row + j) * qcols + t] = 10.0f * log10f(m[j] > amin ? m[j] : amin);
+        float cmax = 0.f, cn[64];
+        for (Py_ssize_t j = 0; j < nchroma; j++) cmax = fabsf(c[j]) > cmax ? fabsf(c[j]) : cmax;
+        float den = cmax > tiny ? cmax : 1.0f, l1 = 0.f;
+        for (Py_ssize_t j = 0; j < nchroma; j++) { cn[j] = c[j] / den; l1 += fabsf(cn[j]); }
+        float den1 = l1 > tiny ? l1 : 1.0f;
+        for (int r = 0; r < 6; r++) {
+            float acc = 0.f;
+            for (Py_ssize_t j = 0; j < nchroma; j++) acc += cn[j] / den1 * tzm[r * nchroma + j];
+            Q[(tz_row + r) * qcols + t] = acc;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 4);
+    return ret;
+}
+
+/* yin(acf, frames, f0, periodicity, T, acf_stride, frame_len, lo, hi, trough_threshold, sr)
+ * acf: float32 (T, acf_stride), lags 0..hi used; frames: float32 (T, frame_len), the pitch frames. librosa.yin's
+ * difference function, cumulative mean normalisation, first trough under the threshold (else the global
+ * minimum), parabolic interpolation at it; f0 and 1 - min CMNDF (float32, T each). float32 arithmetic in numpy's
+ * order (cumulative sums are sequential in both). */
+static PyObject *yin(PyObject *self, PyObject *args) {
+    PyObject *o_acf, *o_fr, *o_f0, *o_per;
+    Py_ssize_t T, astride, flen, lo, hi;
+    double thr, sr;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnndd", &o_acf, &o_fr, &o_f0, &o_per, &T, &astride, &flen, &lo, &hi, &thr, &sr))
+        return NULL;
+    buf_t b[4];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (lo < 1 || hi <= lo + 2 || hi >= astride || hi > flen) {
+        PyErr_SetString(PyExc_ValueError, "yin: need 1 <= lo < hi - 2, hi < acf length, hi <= frame length");
+        goto done;
+    }
+    if (get_buf(o_acf, &b[0], 0, 4, T * astride, "acf") < 0 || get_buf(o_fr, &b[1], 0, 4, T * flen, "frames") < 0 ||
+        get_buf(o_f0, &b[2], 1, 4, T, "f0") < 0 || get_buf(o_per, &b[3], 1, 4, T, "periodicity") < 0)
+        goto done;
+    const float *A = b[0].view.buf, *X = b[1].view.buf;
+    float *f0 = b[2].view.buf, *per = b[3].view.buf;
+    const float tiny = 1.17549435e-38f, fthr = (float)thr;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t K = hi - lo + 1;
+    float *cm = PyMem_RawMalloc(sizeof(float) * K);
+    failed = cm == NULL;
+    for (Py_ssize_t t = 0; t < T && cm; t++) {
+        const float *acf = A + t * astride, *x = X + t * flen;
+        /* lag k subtracts energy[k-1], numpy's float32 cumsum of x^2 (sequential) with energy[0] zeroed */
+        float energy = x[0] * x[0], csum = 0.f;
+        for (Py_ssize_t k = 1; k <= hi; k++) {
+            if (k >= 2) energy += x[k - 1] * x[k - 1];
+            float dk = 2.0f * (acf[0] - acf[k]) - (k == 1 ? 0.f : energy);
+            csum += dk;
+            if (k >= lo) {
+                float cmean = csum / (float)k;
+                cm[k - lo] = dk / (cmean + tiny);
+            }
+        }
+        Py_ssize_t period = -1, amin = 0;
+        for (Py_ssize_t i = 0; i < K; i++) {
+            if (cm[i] < cm[amin]) amin = i;
+            if (period < 0 && cm[i] < fthr) {
+                int trough;
+                if (i == 0) trough = cm[0] < cm[1];
+                else if (i == K - 1) trough = cm[i] < cm[i - 1];
+                else trough = cm[i] < cm[i - 1] && cm[i] <= cm[i + 1];
+                if (trough) period = i;
+            }
+        }
+        if (period < 0) period = amin;
+        double shift = 0.0;
+        if (period >= 1 && period <= K - 2) {
+            float c0 = cm[period - 1], c1 = cm[period], c2 = cm[period + 1];
+            float a = c2 + c0 - 2 * c1, bb = (c2 - c0) / 2;
+            if (fabsf(bb) < fabsf(a)) shift = -bb / a;
+        }
+        f0[t] = (float)(sr / ((double)(lo + period) + shift));
+        float c = cm[period];
+        per[t] = 1.0f - (c < 0.f ? 0.f : c > 1.f ? 1.f : c);
+    }
+    PyMem_RawFree(cm);
+    Py_END_ALLOW_THREADS
+    if (failed) { PyErr_NoMemory(); goto done; }
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 4);
+    return ret;
+}
+
+/* summaries(m, out, rows, cols) -> out (float64, rows x 4): each row's mean, min, max and std (population) over
+ * its cols values; m: float32 (rows, cols). */
+static PyObject *summaries(PyObject *self, PyObject *args) {
+    PyObject *o_m, *o_out;
+    Py_ssize_t R, C;
+    if (!PyArg_ParseTuple(args, "OOnn", &o_m, &o_out, &R, &C)) return NULL;
+    buf_t b[2];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (C < 1) { PyErr_SetString(PyExc_ValueError, "summaries: no columns"); goto done; }
+    if (get_buf(o_m, &b[0], 0, 4, R * C, "m") < 0 || get_buf(o_out, &b[1], 1, 8, R * 4, "out") < 0) goto done;
+    const float *m = b[0].view.buf;
+    double *out = b[1].view.buf;
+    for (Py_ssize_t r = 0; r < R; r++) {
+        const float *x = m + r * C;
+        double s = 0.0, mn = x[0], mx = x[0];
+        for (Py_ssize_t i = 0; i < C; i++) {
+            s += x[i];
+            mn = x[i] < mn ? x[i] : mn;
+            mx = x[i] > mx ? x[i] : mx;
+        }
+        double mean = s / C, v = 0.0;
+        for (Py_ssize_t i = 0; i < C; i++) v += (x[i] - mean) * (x[i] - mean);
+        out[4 * r] = mean;
+        out[4 * r + 1] = mn;
+        out[4 * r + 2] = mx;
+        out[4 * r + 3] = sqrt(v / C);
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 2);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"spectral", spectral, METH_VARARGS, "Per-frame magnitude, power and spectral quantities (see the source)."},
+    {"bands", bands, METH_VARARGS, "Mel dB and tonnetz rows from the mel and chroma products."},
+    {"yin", yin, METH_VARARGS, "YIN F0 and periodicity from the autocorrelation of the pitch frames."},
+    {"summaries", summaries, METH_VARARGS, "Mean, min, max and std of each row."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_featurekernel",
+                                    "Compiled loops of realtime.features (the numpy code there is the reference).",
+                                    -1, methods};
+
+PyMODINIT_FUNC PyInit__featurekernel(void) { return PyModule_Create(&module); }
