@@ -69,6 +69,32 @@ static double log_sum(const float *x, Py_ssize_t n) {
     return log(prod[0] * prod[1]) + log(prod[2] * prod[3]) + (double)expo * 0.69314718055994530942;
 }
 
+/* The same for n positive normal doubles x[i] * x[i] + y[i] * y[i] + eps, x and y interleaved in c (complex64). */
+static double log_sum_power(const float *c, Py_ssize_t n, double eps, double *sum) {
+    double prod[4] = {1.0, 1.0, 1.0, 1.0}, total = 0.0;
+    int64_t expo = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double pw = (double)c[2 * i] * c[2 * i] + (double)c[2 * i + 1] * c[2 * i + 1] + eps;
+        total += pw;
+        uint64_t bits;
+        memcpy(&bits, &pw, 8);
+        expo += (int64_t)((bits >> 52) & 0x7ff) - 1023;
+        bits = (bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull;
+        double m;
+        memcpy(&m, &bits, 8);
+        prod[i & 3] *= m;
+        if ((i & 1023) == 1023) {
+            for (int j = 0; j < 4; j++) {
+                int e;
+                prod[j] = frexp(prod[j], &e);
+                expo += e;
+            }
+        }
+    }
+    *sum = total;
+    return log(prod[0] * prod[1]) + log(prod[2] * prod[3]) + (double)expo * 0.69314718055994530942;
+}
+
 /* n_q smallest (lo) and largest (hi) of x[0..n), each kept sorted in a small buffer: their means. */
 static void extremes_mean(const float *x, Py_ssize_t n, int n_q, double *lo_mean, double *hi_mean) {
     float lo[MAX_NQ], hi[MAX_NQ];
@@ -379,11 +405,47 @@ done:
     return ret;
 }
 
+/* vad_measures(frames, spec, mean_square, flatness, T, n, n_bins, lo, eps)
+ * The speech gate's two checks per frame (realtime/vad.py): mean square of the float32 samples (T, n), and the
+ * spectral flatness (geometric / arithmetic mean) of the power + eps of spec (complex64 (T, n_bins)) from bin lo
+ * up. Both float64 (T). */
+static PyObject *vad_measures(PyObject *self, PyObject *args) {
+    PyObject *o_fr, *o_spec, *o_ms, *o_fl;
+    Py_ssize_t T, n, nbins, lo;
+    double eps;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnd", &o_fr, &o_spec, &o_ms, &o_fl, &T, &n, &nbins, &lo, &eps)) return NULL;
+    buf_t b[4];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (lo < 0 || lo >= nbins || n < 1) { PyErr_SetString(PyExc_ValueError, "vad_measures: bad sizes"); goto done; }
+    if (get_buf(o_fr, &b[0], 0, 4, T * n, "frames") < 0 || get_buf(o_spec, &b[1], 0, 8, T * nbins, "spec") < 0 ||
+        get_buf(o_ms, &b[2], 1, 8, T, "mean_square") < 0 || get_buf(o_fl, &b[3], 1, 8, T, "flatness") < 0)
+        goto done;
+    const float *X = b[0].view.buf, *sp = b[1].view.buf;
+    double *ms = b[2].view.buf, *fl = b[3].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const float *x = X + t * n, *c = sp + 2 * t * nbins;
+        double e = 0.0, psum;
+#pragma omp simd reduction(+ : e)
+        for (Py_ssize_t i = 0; i < n; i++) e += (double)x[i] * x[i];
+        double lsum = log_sum_power(c + 2 * lo, nbins - lo, eps, &psum);
+        ms[t] = e / n;
+        fl[t] = exp(lsum / (nbins - lo)) / (psum / (nbins - lo));
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 4);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"spectral", spectral, METH_VARARGS, "Per-frame magnitude, power and spectral quantities (see the source)."},
     {"bands", bands, METH_VARARGS, "Mel dB and tonnetz rows from the mel and chroma products."},
     {"yin", yin, METH_VARARGS, "YIN F0 and periodicity from the autocorrelation of the pitch frames."},
     {"summaries", summaries, METH_VARARGS, "Mean, min, max and std of each row."},
+    {"vad_measures", vad_measures, METH_VARARGS, "The speech gate's mean square and spectral flatness per frame."},
     {NULL, NULL, 0, NULL},
 };
 
