@@ -371,37 +371,98 @@ done:
     return ret;
 }
 
-/* summaries(m, out, rows, cols) -> out (float64, rows x 4): each row's mean, min, max and std (population) over
- * its cols values; m: float32 (rows, cols). */
-static PyObject *summaries(PyObject *self, PyObject *args) {
-    PyObject *o_m, *o_out;
-    Py_ssize_t R, C;
-    if (!PyArg_ParseTuple(args, "OOnn", &o_m, &o_out, &R, &C)) return NULL;
-    buf_t b[2];
+/* mean, min, max, std (population) of x[0..n), in double */
+static void row_summary(const float *x, Py_ssize_t n, double out[4]) {
+    double s = 0.0, mn = x[0], mx = x[0];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        s += x[i];
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    double mean = s / n, v = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) v += (x[i] - mean) * (x[i] - mean);
+    out[0] = mean;
+    out[1] = mn;
+    out[2] = mx;
+    out[3] = sqrt(v / n);
+}
+
+/* np.percentile(a, 100 q), method 'linear', of sorted a[0..n) */
+static double percentile(const float *a, Py_ssize_t n, double q) {
+    double vi = (n - 1) * q;
+    Py_ssize_t prev = (Py_ssize_t)vi, nxt = prev + 1 < n ? prev + 1 : n - 1;
+    double g = vi - prev, lo = a[prev], hi = a[nxt], diff = (double)(a[nxt] - a[prev]);
+    return g >= 0.5 ? hi - diff * (1 - g) : lo + diff * g;
+}
+
+/* assemble(Q, mfcc, f0, periodicity, cols, out, T, n_summarised, n_coeffs, n_pitch, fmin, fmax, voicing_threshold)
+ * The stats vector of one window (realtime.features.FeatureExtractor._assemble) into out (float32):
+ * for each of the first n_summarised rows of Q (float32 (rows, T)) the summaries cols (int64: 0 mean, 1 min,
+ * 2 max, 3 std) in that order; then the pitch summary of the n_pitch frames (f0, periodicity float32):
+ * median, mean, std, p10 and p90 of log2 F0 over the voiced frames (periodicity > 1 - voicing_threshold, F0 in
+ * [fmin, fmax]; all 0 with fewer than 3), voiced fraction, mean periodicity; then mean and std of each of the
+ * first n_coeffs rows of mfcc (float32 (rows, T)). */
+static PyObject *assemble(PyObject *self, PyObject *args) {
+    PyObject *o_Q, *o_m, *o_f0, *o_per, *o_cols, *o_out;
+    Py_ssize_t T, nsum, ncoef, np_;
+    double fmin, fmax, vthr;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnddd", &o_Q, &o_m, &o_f0, &o_per, &o_cols, &o_out, &T, &nsum, &ncoef, &np_,
+                          &fmin, &fmax, &vthr))
+        return NULL;
+    buf_t b[6];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
-    if (C < 1) { PyErr_SetString(PyExc_ValueError, "summaries: no columns"); goto done; }
-    if (get_buf(o_m, &b[0], 0, 4, R * C, "m") < 0 || get_buf(o_out, &b[1], 1, 8, R * 4, "out") < 0) goto done;
-    const float *m = b[0].view.buf;
-    double *out = b[1].view.buf;
-    for (Py_ssize_t r = 0; r < R; r++) {
-        const float *x = m + r * C;
-        double s = 0.0, mn = x[0], mx = x[0];
-        for (Py_ssize_t i = 0; i < C; i++) {
-            s += x[i];
-            mn = x[i] < mn ? x[i] : mn;
-            mx = x[i] > mx ? x[i] : mx;
+    float sorted[1024];
+    if (T < 1 || np_ < 1 || np_ > 1024) { PyErr_SetString(PyExc_ValueError, "assemble: 1..1024 pitch frames, T >= 1"); goto done; }
+    if (get_buf(o_cols, &b[4], 0, 8, 1, "cols") < 0) goto done;
+    Py_ssize_t k = b[4].view.len / 8;
+    const int64_t *cols = b[4].view.buf;
+    for (Py_ssize_t j = 0; j < k; j++)
+        if (cols[j] < 0 || cols[j] > 3) { PyErr_SetString(PyExc_ValueError, "cols: 0..3"); goto done; }
+    if (get_buf(o_Q, &b[0], 0, 4, nsum * T, "Q") < 0 || get_buf(o_m, &b[1], 0, 4, ncoef * T, "mfcc") < 0 ||
+        get_buf(o_f0, &b[2], 0, 4, np_, "f0") < 0 || get_buf(o_per, &b[3], 0, 4, np_, "periodicity") < 0 ||
+        get_buf(o_out, &b[5], 1, 4, nsum * k + 7 + 2 * ncoef, "out") < 0)
+        goto done;
+    const float *Q = b[0].view.buf, *M = b[1].view.buf, *f0 = b[2].view.buf, *per = b[3].view.buf;
+    float *out = b[5].view.buf;
+    double sm[4];
+    for (Py_ssize_t r = 0; r < nsum; r++) {
+        row_summary(Q + r * T, T, sm);
+        for (Py_ssize_t j = 0; j < k; j++) *out++ = (float)sm[cols[j]];
+    }
+    const float vmin = (float)(1.0 - vthr), lo = (float)fmin, hi = (float)fmax;
+    Py_ssize_t nv = 0;
+    double psum = 0.0;
+    for (Py_ssize_t i = 0; i < np_; i++) {
+        psum += per[i];
+        if (per[i] > vmin && f0[i] >= lo && f0[i] <= hi) { /* insertion sort of log2 F0 */
+            float v = (float)log2((double)f0[i]);
+            Py_ssize_t j = nv++;
+            while (j > 0 && sorted[j - 1] > v) { sorted[j] = sorted[j - 1]; j--; }
+            sorted[j] = v;
         }
-        double mean = s / C, v = 0.0;
-        for (Py_ssize_t i = 0; i < C; i++) v += (x[i] - mean) * (x[i] - mean);
-        out[4 * r] = mean;
-        out[4 * r + 1] = mn;
-        out[4 * r + 2] = mx;
-        out[4 * r + 3] = sqrt(v / C);
+    }
+    if (nv < 3) {
+        for (int j = 0; j < 5; j++) *out++ = 0.f;
+    } else {
+        double lm[4];
+        row_summary(sorted, nv, lm);
+        *out++ = (float)percentile(sorted, nv, 0.5);
+        *out++ = (float)lm[0];
+        *out++ = (float)lm[3];
+        *out++ = (float)percentile(sorted, nv, 0.1);
+        *out++ = (float)percentile(sorted, nv, 0.9);
+    }
+    *out++ = (float)((double)nv / np_);
+    *out++ = (float)(psum / np_);
+    for (Py_ssize_t r = 0; r < ncoef; r++) {
+        row_summary(M + r * T, T, sm);
+        *out++ = (float)sm[0];
+        *out++ = (float)sm[3];
     }
     ret = Py_NewRef(Py_None);
 done:
-    release(b, 2);
+    release(b, 6);
     return ret;
 }
 
@@ -444,7 +505,7 @@ static PyMethodDef methods[] = {
     {"spectral", spectral, METH_VARARGS, "Per-frame magnitude, power and spectral quantities (see the source)."},
     {"bands", bands, METH_VARARGS, "Mel dB and tonnetz rows from the mel and chroma products."},
     {"yin", yin, METH_VARARGS, "YIN F0 and periodicity from the autocorrelation of the pitch frames."},
-    {"summaries", summaries, METH_VARARGS, "Mean, min, max and std of each row."},
+    {"assemble", assemble, METH_VARARGS, "The stats vector of one window from its per-frame rows (see the source)."},
     {"vad_measures", vad_measures, METH_VARARGS, "The speech gate's mean square and spectral flatness per frame."},
     {NULL, NULL, 0, NULL},
 };

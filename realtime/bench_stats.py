@@ -36,7 +36,8 @@ def dist(values, qs=(50, 95, 99)) -> dict:
 
 
 def machine() -> dict:
-    """CPU model, cores, Python, numpy and onnxruntime versions, platform, load average now."""
+    """CPU model, cores, Python, numpy and onnxruntime versions, platform, which feature code ran (the compiled
+    kernel or the numpy reference), load average now."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,8 +48,11 @@ def machine() -> dict:
         pass
     import onnxruntime
 
+    from .features import KERNEL_AVAILABLE
+
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(terse=True)}
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(terse=True),
+            "feature_kernel": "compiled" if KERNEL_AVAILABLE else "numpy"}
     if hasattr(os, "getloadavg"):
         info["loadavg_start"] = loadavg()
     return info

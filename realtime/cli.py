@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m realtime",
         description="Real-time speaker-gender classification (female / male, with calibrated confidence) "
                     "from a microphone, files, stdin or sockets, with the ONNX model bundle in models/.")
-    parser.add_argument("--version", action="version", version=f"voicegender {__version__}")
+    parser.add_argument("--version", action="version", version=f"voicegender {__version__} (features: {_feature_code()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("live", help="live console on the microphone (the main job)",
@@ -314,6 +314,16 @@ def _quiet_broken_pipe() -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _feature_code() -> str:
+    import os
+
+    from .features import KERNEL_AVAILABLE, KERNEL_ENV
+
+    if KERNEL_AVAILABLE:
+        return "compiled kernel"
+    return f"numpy, {KERNEL_ENV}=0" if os.environ.get(KERNEL_ENV, "").strip() == "0" else "numpy, kernel not built"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -335,7 +335,7 @@ class FeatureExtractor:
         self._band_starts64 = self._band_starts.astype(np.int64)
         self._kernel_rows = np.array([self.rows[n].start for n in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
                                                                    "zcr")], dtype=np.int64)
-        self._summary_cols = [("mean", "min", "max", "std").index(s) for s in d.summaries]
+        self._summary_cols = np.array([("mean", "min", "max", "std").index(s) for s in d.summaries], dtype=np.int64)
         self.stat_names = self._make_names()
         self.n_stats = len(self.stat_names)
 
@@ -595,12 +595,10 @@ class FeatureExtractor:
         mfcc = self._mfcc(Q)
         self._contrast(Q, D)
         if self.kernel:
-            n = self._n_summarised
-            frame, coeffs = np.empty((n, 4)), np.empty((d.mfcc_summary_coeffs, 4))
-            _kernel.summaries(Q, frame, n, Q.shape[1])
-            _kernel.summaries(mfcc, coeffs, d.mfcc_summary_coeffs, mfcc.shape[1])
-            return np.concatenate((frame[:, self._summary_cols].ravel(), self._pitch_summary(F[0], F[1]),
-                                   coeffs[:, [0, 3]].ravel())).astype(np.float32), mfcc
+            stats = np.empty(self.n_stats, dtype=np.float32)
+            _kernel.assemble(Q, mfcc, F[0], F[1], self._summary_cols, stats, Q.shape[1], self._n_summarised,
+                             d.mfcc_summary_coeffs, F.shape[1], d.pitch_fmin, d.pitch_fmax, d.voicing_threshold)
+            return stats, mfcc
         # (rows, T) in FRAME_FEATURES order. Column-major, as the reference implementation happened to stack it:
         # numpy then sums each row frame by frame rather than pairwise, and these are the bits the models know.
         m = np.asfortranarray(Q[: self._n_summarised])
