@@ -120,6 +120,42 @@ static void extremes_mean(const float *x, Py_ssize_t n, int n_q, double *lo_mean
     *hi_mean = (double)(sh / (float)n_q);
 }
 
+/* frames(x, index, out, T, n, hop, n_fft, edge)
+ * Frames of a window x (float32, n samples), centred: frame j = x[j * hop - n_fft / 2 ...] for j in index
+ * (int64, T), padded with zeros (edge = 0) or the edge samples (edge = 1) where it reaches past x, copied into
+ * out (float32 (T, n_fft)). */
+static PyObject *frames(PyObject *self, PyObject *args) {
+    PyObject *o_x, *o_idx, *o_out;
+    Py_ssize_t T, n, hop, nfft;
+    int edge;
+    if (!PyArg_ParseTuple(args, "OOOnnnnp", &o_x, &o_idx, &o_out, &T, &n, &hop, &nfft, &edge)) return NULL;
+    buf_t b[3];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (nfft < 2 || n < nfft || hop < 1) { PyErr_SetString(PyExc_ValueError, "frames: bad sizes"); goto done; }
+    if (get_buf(o_x, &b[0], 0, 4, n, "x") < 0 || get_buf(o_idx, &b[1], 0, 8, T, "index") < 0 ||
+        get_buf(o_out, &b[2], 1, 4, T * nfft, "out") < 0)
+        goto done;
+    const float *x = b[0].view.buf;
+    const int64_t *idx = b[1].view.buf;
+    float *out = b[2].view.buf;
+    for (Py_ssize_t t = 0; t < T; t++)
+        if (idx[t] < 0 || idx[t] * hop > n) { PyErr_SetString(PyExc_ValueError, "frames: index past the window"); goto done; }
+    for (Py_ssize_t t = 0; t < T; t++) {
+        Py_ssize_t a = idx[t] * hop - nfft / 2, lo = a < 0 ? -a : 0, hi = a + nfft > n ? n - a : nfft;
+        float *o = out + t * nfft;
+        if (hi > lo) memcpy(o + lo, x + a + lo, sizeof(float) * (hi - lo));
+        else lo = hi = 0;
+        float head = edge ? x[0] : 0.f, tail = edge ? x[n - 1] : 0.f;
+        for (Py_ssize_t i = 0; i < lo; i++) o[i] = head;
+        for (Py_ssize_t i = hi > lo ? hi : lo; i < nfft; i++) o[i] = tail;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 3);
+    return ret;
+}
+
 /* spectral(spec, S, P, Q, D, eframes, freqs, band_starts, band_nq, rows, T, n_bins, n_fft, rolloff, flat_amin,
  *          db_amin, zcr_threshold)
  * spec: complex64 (T, n_bins). Writes S = |spec| and P = S * S (float32, (T, n_bins)); into Q (float32, rows x T)
@@ -248,6 +284,48 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
     ret = Py_NewRef(Py_None);
 done:
     release(b, 10);
+    return ret;
+}
+
+/* mel(P, weights, first, count, offset, M, T, n_bins, n_mels)
+ * The mel filterbank product P @ mel.T, filter by filter over its nonzero bins only (a triangle covers a few
+ * bins): P float32 (T, n_bins); filter k has count[k] weights (float32, at weights[offset[k]..]) for the bins
+ * first[k]..; M float32 (T, n_mels). */
+static PyObject *mel(PyObject *self, PyObject *args) {
+    PyObject *o_P, *o_w, *o_first, *o_count, *o_off, *o_M;
+    Py_ssize_t T, nbins, nmels;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnn", &o_P, &o_w, &o_first, &o_count, &o_off, &o_M, &T, &nbins, &nmels))
+        return NULL;
+    buf_t b[6];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (get_buf(o_P, &b[0], 0, 4, T * nbins, "P") < 0 || get_buf(o_w, &b[1], 0, 4, 1, "weights") < 0 ||
+        get_buf(o_first, &b[2], 0, 8, nmels, "first") < 0 || get_buf(o_count, &b[3], 0, 8, nmels, "count") < 0 ||
+        get_buf(o_off, &b[4], 0, 8, nmels, "offset") < 0 || get_buf(o_M, &b[5], 1, 4, T * nmels, "M") < 0)
+        goto done;
+    const int64_t *first = b[2].view.buf, *count = b[3].view.buf, *off = b[4].view.buf;
+    Py_ssize_t nw = b[1].view.len / 4;
+    for (Py_ssize_t k = 0; k < nmels; k++)
+        if (first[k] < 0 || count[k] < 0 || first[k] + count[k] > nbins || off[k] < 0 || off[k] + count[k] > nw) {
+            PyErr_SetString(PyExc_ValueError, "mel: a filter reaches past the bins or the weights");
+            goto done;
+        }
+    const float *P = b[0].view.buf, *w = b[1].view.buf;
+    float *M = b[5].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const float *p = P + t * nbins;
+        for (Py_ssize_t k = 0; k < nmels; k++) {
+            const float *pk = p + first[k], *wk = w + off[k];
+            double acc = 0.0;
+            for (Py_ssize_t j = 0; j < count[k]; j++) acc += (double)pk[j] * wk[j];
+            M[t * nmels + k] = (float)acc;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 6);
     return ret;
 }
 
@@ -503,6 +581,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"spectral", spectral, METH_VARARGS, "Per-frame magnitude, power and spectral quantities (see the source)."},
+    {"frames", frames, METH_VARARGS, "Centred frames of a window by index, zero- or edge-padded."},
+    {"mel", mel, METH_VARARGS, "The mel filterbank product over each filter's nonzero bins."},
     {"bands", bands, METH_VARARGS, "Mel dB and tonnetz rows from the mel and chroma products."},
     {"yin", yin, METH_VARARGS, "YIN F0 and periodicity from the autocorrelation of the pitch frames."},
     {"assemble", assemble, METH_VARARGS, "The stats vector of one window from its per-frame rows (see the source)."},

@@ -43,7 +43,7 @@ from .audio import AudioError
 #: set to 0 to compute with the numpy reference code even where the compiled kernel is installed (benchmarks, checks)
 KERNEL_ENV = "VOICEGENDER_FEATURE_KERNEL"
 try:  # the compiled loops (realtime/_featurekernel.c, built by pip install); the numpy code below is their reference
-    from . import _featurekernel as _kernel
+    import realtime._featurekernel as _kernel
 except ImportError:  # not compiled (no C compiler at install time): numpy alone, same definition, slower
     _kernel = None
 if os.environ.get(KERNEL_ENV, "").strip() == "0":
@@ -328,6 +328,7 @@ class FeatureExtractor:
             raise ValueError(f"pitch_hop_length ({d.pitch_hop_length}) must be a whole multiple of hop_length "
                              f"({d.hop_length})")
         self._frame_index = np.arange(d.n_pitch_frames)
+        self._all_frames, self._all_pitch_frames = np.arange(d.n_frames), np.arange(d.n_pitch_frames)
         self._neighbours = np.array([-1, 0, 1])
         self.rows = self._make_rows()
         # the compiled loops' arguments: band starts and quantile sizes, and the Q rows each per-frame value goes to
@@ -335,6 +336,12 @@ class FeatureExtractor:
         self._band_starts64 = self._band_starts.astype(np.int64)
         self._kernel_rows = np.array([self.rows[n].start for n in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
                                                                    "zcr")], dtype=np.int64)
+        nz = [np.flatnonzero(row) for row in self._mel]  # each mel triangle's bins (contiguous), for the kernel
+        self._mel_first = np.array([z[0] if z.size else 0 for z in nz], dtype=np.int64)
+        self._mel_count = np.array([z[-1] - z[0] + 1 if z.size else 0 for z in nz], dtype=np.int64)
+        self._mel_offset = np.concatenate(([0], np.cumsum(self._mel_count)[:-1])).astype(np.int64)
+        self._mel_weights = np.concatenate([row[a:a + n] for row, a, n in zip(self._mel, self._mel_first,
+                                                                               self._mel_count)] + [np.zeros(1, np.float32)])
         self._summary_cols = np.array([("mean", "min", "max", "std").index(s) for s in d.summaries], dtype=np.int64)
         self.stat_names = self._make_names()
         self.n_stats = len(self.stat_names)
@@ -420,6 +427,26 @@ class FeatureExtractor:
         zframes = np.ndarray(shape, np.float32, zpad, 0, strides)
         return zframes, np.ndarray(shape, np.float32, epad, 0, strides), zframes[:: self.pitch_stride]
 
+    def _frames(self, x: np.ndarray, todo: np.ndarray | None = None, ptodo: np.ndarray | None = None):
+        """The frames of a window that are to be computed: ``(zframes, eframes, pframes)`` as :meth:`_frame_views`
+        gives them, only those at ``todo`` (STFT frames) and ``ptodo`` (pitch frames; None: all of each). The
+        compiled kernel copies just those frames out of the window; numpy indexes the padded views."""
+        d = self.definition
+        if not (self.kernel and d.center):
+            zv, ev, pv = self._frame_views(x)
+            return ((zv, ev) if todo is None else (zv[todo], ev[todo])) + (pv if ptodo is None else pv[ptodo],)
+        if todo is None:
+            todo = self._all_frames
+        if ptodo is None:
+            ptodo = self._all_pitch_frames
+        out = []
+        for idx, hop, edge in ((todo, d.hop_length, False), (todo, d.hop_length, True),
+                               (ptodo, d.pitch_hop_length, False)):
+            f = np.empty((len(idx), d.n_fft), dtype=np.float32)
+            _kernel.frames(x, idx, f, len(idx), x.size, hop, d.n_fft, edge)
+            out.append(f)
+        return tuple(out)
+
     def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, pframes: np.ndarray, *,
                      keep_spectrum: bool = False, segments: np.ndarray | None = None):
         """Per-frame quantities of the given frames: Q's rows (``self.rows``) for those columns, D, the dB of
@@ -493,8 +520,10 @@ class FeatureExtractor:
         _kernel.spectral(spec, S, P, out, D, np.ascontiguousarray(eframes), self.freqs, self._band_starts64,
                          self._band_nq, self._kernel_rows, T, n_bins, d.n_fft, T, d.rolloff_percent, d.flatness_amin,
                          d.db_amin, d.zcr_threshold)
-        _kernel.bands(_by_rows(P, self._mel.T, segments), _by_rows(P, self._chroma.T, segments), self._tonnetz, out,
-                      R["mel_db"].start, R["tonnetz"].start, T, d.n_mels, d.n_chroma, T, d.db_amin)
+        M = np.empty((T, d.n_mels), dtype=np.float32)
+        _kernel.mel(P, self._mel_weights, self._mel_first, self._mel_count, self._mel_offset, M, T, n_bins, d.n_mels)
+        _kernel.bands(M, _by_rows(P, self._chroma.T, segments), self._tonnetz, out, R["mel_db"].start,
+                      R["tonnetz"].start, T, d.n_mels, d.n_chroma, T, d.db_amin)
         F = np.empty((2, pframes.shape[0]), dtype=np.float32)
         if pframes.shape[0]:
             frames = np.ascontiguousarray(pframes)
@@ -507,7 +536,7 @@ class FeatureExtractor:
     def frame_features(self, window: np.ndarray) -> dict[str, np.ndarray]:
         """Every per-frame feature of one window in librosa's orientation, {name: (rows, n_frames)}:
         the stat features, 'mfcc', 'S' (magnitude spectrogram), 'f0' and 'periodicity'."""
-        Q, D, F, S = self._frame_block(*self._frame_views(self._check(window)), keep_spectrum=True)
+        Q, D, F, S = self._frame_block(*self._frames(self._check(window)), keep_spectrum=True)
         self._contrast(Q, D)
         out = {name: Q[self.rows[name]].copy() for name in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
                                                              "tonnetz", "zcr", "contrast")}
@@ -611,7 +640,7 @@ class FeatureExtractor:
         return np.concatenate((frame_stats, pitch, mfcc_stats)), mfcc
 
     def _window_block(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self._frame_block(*self._frame_views(x))
+        return self._frame_block(*self._frames(x))
 
     def extract(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One window -> (stats (n_stats,), mfcc (n_mfcc, n_frames)), both float32."""
@@ -683,14 +712,13 @@ class StreamingExtractor:
         shift = None
         if start is not None and self._start is not None and start >= self._start and (start - self._start) % self.hop == 0:
             shift = (start - self._start) // self.hop
-        zv, ev, pv = fe._frame_views(x)
         if shift is None or shift >= len(self._interior):
-            return FramePlan(start, None, None, zv, ev, None, pv)
+            zframes, eframes, pframes = fe._frames(x)
+            return FramePlan(start, None, None, zframes, eframes, None, pframes)
         todo = self._fresh(False, shift)
-        if shift % fe.pitch_stride:
-            return FramePlan(start, shift, todo, zv[todo], ev[todo], None, pv)
-        ptodo = self._fresh(True, shift // fe.pitch_stride)
-        return FramePlan(start, shift, todo, zv[todo], ev[todo], ptodo, pv[ptodo])
+        ptodo = None if shift % fe.pitch_stride else self._fresh(True, shift // fe.pitch_stride)
+        zframes, eframes, pframes = fe._frames(x, todo, ptodo)
+        return FramePlan(start, shift, todo, zframes, eframes, ptodo, pframes)
 
     def complete(self, plan: FramePlan, Q: np.ndarray, D: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``extract``'s result from its plan and the fresh frames' (Q, D, F) (``FeatureExtractor._frame_block`` of

@@ -41,7 +41,7 @@ def _cli(*args, env=None, timeout=300):
 
 def test_version():
     out = _cli("--version")
-    assert out.returncode == 0 and re.fullmatch(r"voicegender \d+\.\d+\.\d+\s*", out.stdout)
+    assert out.returncode == 0 and re.fullmatch(r"voicegender \d+\.\d+\.\d+ \(features: compiled kernel\)\s*", out.stdout)
 
 
 def test_stream_and_live_take_a_positional_path(voices):
