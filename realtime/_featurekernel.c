@@ -120,54 +120,88 @@ static void extremes_mean(const float *x, Py_ssize_t n, int n_q, double *lo_mean
     *hi_mean = (double)(sh / (float)n_q);
 }
 
-/* frames(x, index, out, T, n, hop, n_fft, edge)
+/* frames(x, index, out, win, zcr, T, n, hop, n_fft, zcr_threshold)
  * Frames of a window x (float32, n samples), centred: frame j = x[j * hop - n_fft / 2 ...] for j in index
- * (int64, T), padded with zeros (edge = 0) or the edge samples (edge = 1) where it reaches past x, copied into
- * out (float32 (T, n_fft)). */
+ * (int64, T), zero-padded where it reaches past x, copied into out (float32 (T, n_fft)), times win (float32
+ * n_fft) unless win is None. Unless zcr is None, also each frame's zero-crossing rate (float32 (T)) as librosa
+ * counts it on the edge-padded frame: sign changes of x < -zcr_threshold, over n_fft. The edge padding repeats
+ * the first / last sample, which adds no change, so the count runs over the frame's samples inside x. */
 static PyObject *frames(PyObject *self, PyObject *args) {
-    PyObject *o_x, *o_idx, *o_out;
+    PyObject *o_x, *o_idx, *o_out, *o_win, *o_zcr;
     Py_ssize_t T, n, hop, nfft;
-    int edge;
-    if (!PyArg_ParseTuple(args, "OOOnnnnp", &o_x, &o_idx, &o_out, &T, &n, &hop, &nfft, &edge)) return NULL;
-    buf_t b[3];
+    double zthr;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnnd", &o_x, &o_idx, &o_out, &o_win, &o_zcr, &T, &n, &hop, &nfft, &zthr))
+        return NULL;
+    buf_t b[5];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
     if (nfft < 2 || n < nfft || hop < 1) { PyErr_SetString(PyExc_ValueError, "frames: bad sizes"); goto done; }
     if (get_buf(o_x, &b[0], 0, 4, n, "x") < 0 || get_buf(o_idx, &b[1], 0, 8, T, "index") < 0 ||
-        get_buf(o_out, &b[2], 1, 4, T * nfft, "out") < 0)
+        get_buf(o_out, &b[2], 1, 4, T * nfft, "out") < 0 ||
+        (o_win != Py_None && get_buf(o_win, &b[3], 0, 4, nfft, "win") < 0) ||
+        (o_zcr != Py_None && get_buf(o_zcr, &b[4], 1, 4, T, "zcr") < 0))
         goto done;
-    const float *x = b[0].view.buf;
+    const float *x = b[0].view.buf, *win = b[3].held ? b[3].view.buf : NULL;
     const int64_t *idx = b[1].view.buf;
-    float *out = b[2].view.buf;
+    float *out = b[2].view.buf, *zcr = b[4].held ? b[4].view.buf : NULL;
+    const float zt = (float)zthr;
     for (Py_ssize_t t = 0; t < T; t++)
         if (idx[t] < 0 || idx[t] * hop > n) { PyErr_SetString(PyExc_ValueError, "frames: index past the window"); goto done; }
     for (Py_ssize_t t = 0; t < T; t++) {
+        /* samples a + lo .. a + hi - 1 of x fill the frame's positions lo .. hi - 1 (0 < hi - lo) */
         Py_ssize_t a = idx[t] * hop - nfft / 2, lo = a < 0 ? -a : 0, hi = a + nfft > n ? n - a : nfft;
         float *o = out + t * nfft;
-        if (hi > lo) memcpy(o + lo, x + a + lo, sizeof(float) * (hi - lo));
-        else lo = hi = 0;
-        float head = edge ? x[0] : 0.f, tail = edge ? x[n - 1] : 0.f;
-        for (Py_ssize_t i = 0; i < lo; i++) o[i] = head;
-        for (Py_ssize_t i = hi > lo ? hi : lo; i < nfft; i++) o[i] = tail;
+        const float *src = x + a;
+        for (Py_ssize_t i = 0; i < lo; i++) o[i] = 0.f;
+        if (win)
+            for (Py_ssize_t i = lo; i < hi; i++) o[i] = src[i] * win[i];
+        else
+            memcpy(o + lo, src + lo, sizeof(float) * (hi - lo));
+        for (Py_ssize_t i = hi; i < nfft; i++) o[i] = 0.f;
+        if (zcr) {
+            int changes = 0;
+#pragma omp simd reduction(+ : changes)
+            for (Py_ssize_t i = lo + 1; i < hi; i++) changes += (src[i] < -zt) != (src[i - 1] < -zt);
+            zcr[t] = (float)changes / (float)nfft;
+        }
     }
     ret = Py_NewRef(Py_None);
 done:
-    release(b, 3);
+    release(b, 5);
     return ret;
 }
 
-/* spectral(spec, S, P, Q, D, eframes, freqs, band_starts, band_nq, rows, T, n_bins, n_fft, rolloff, flat_amin,
- *          db_amin, zcr_threshold)
+/* power(spec, out, n): out = |spec|^2 (float32) of n complex64 values */
+static PyObject *power(PyObject *self, PyObject *args) {
+    PyObject *o_spec, *o_out;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OOn", &o_spec, &o_out, &n)) return NULL;
+    buf_t b[2];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (get_buf(o_spec, &b[0], 0, 8, n, "spec") < 0 || get_buf(o_out, &b[1], 1, 4, n, "out") < 0) goto done;
+    const float *c = b[0].view.buf;
+    float *o = b[1].view.buf;
+    for (Py_ssize_t i = 0; i < n; i++) o[i] = c[2 * i] * c[2 * i] + c[2 * i + 1] * c[2 * i + 1];
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 2);
+    return ret;
+}
+
+/* spectral(spec, S, P, Q, D, zcr, freqs, band_starts, band_nq, rows, T, n_bins, n_fft, qcols, rolloff, flat_amin,
+ *          db_amin)
  * spec: complex64 (T, n_bins). Writes S = |spec| and P = S * S (float32, (T, n_bins)); into Q (float32, rows x T)
- * the rows rows[0..5] = centroid, bandwidth, rolloff, flatness, rms, zcr; into D (float64, (2 * nb, T)) the dB
- * of each band's peak (rows 0..nb-1) and valley (nb..2nb-1). eframes: float32 (T, n_fft), edge-padded frames.
+ * the rows rows[0..5] = centroid, bandwidth, rolloff, flatness, rms, zcr (the last copied from zcr, float32 (T),
+ * as frames() counts it); into D (float64, (2 * nb, T)) the dB of each band's peak (rows 0..nb-1) and valley
+ * (nb..2nb-1).
  * band_starts: int64 (nb), band k = bins [start_k, start_k+1) (the last to n_bins); band_nq: int64 (nb). */
 static PyObject *spectral(PyObject *self, PyObject *args) {
     PyObject *o_spec, *o_S, *o_P, *o_Q, *o_D, *o_e, *o_freqs, *o_bs, *o_nq, *o_rows;
     Py_ssize_t T, nbins, nfft, qcols;
-    double rolloff_pct, flat_amin, db_amin, zthr;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOnnnndddd", &o_spec, &o_S, &o_P, &o_Q, &o_D, &o_e, &o_freqs, &o_bs, &o_nq,
-                          &o_rows, &T, &nbins, &nfft, &qcols, &rolloff_pct, &flat_amin, &db_amin, &zthr))
+    double rolloff_pct, flat_amin, db_amin;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOnnnnddd", &o_spec, &o_S, &o_P, &o_Q, &o_D, &o_e, &o_freqs, &o_bs, &o_nq,
+                          &o_rows, &T, &nbins, &nfft, &qcols, &rolloff_pct, &flat_amin, &db_amin))
         return NULL;
     buf_t b[10];
     memset(b, 0, sizeof b);
@@ -184,7 +218,7 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
     }
     if (get_buf(o_spec, &b[0], 0, 8, T * nbins, "spec") < 0 || get_buf(o_S, &b[1], 1, 4, T * nbins, "S") < 0 ||
         get_buf(o_P, &b[2], 1, 4, T * nbins, "P") < 0 || get_buf(o_Q, &b[3], 1, 4, (maxrow + 1) * qcols, "Q") < 0 ||
-        get_buf(o_D, &b[4], 1, 8, 2 * nb * T, "D") < 0 || get_buf(o_e, &b[5], 0, 4, T * nfft, "eframes") < 0 ||
+        get_buf(o_D, &b[4], 1, 8, 2 * nb * T, "D") < 0 || get_buf(o_e, &b[5], 0, 4, T, "zcr") < 0 ||
         get_buf(o_freqs, &b[6], 0, 4, nbins, "freqs") < 0 || get_buf(o_nq, &b[8], 0, 8, nb, "band_nq") < 0)
         goto done;
     if (T > qcols) { PyErr_SetString(PyExc_ValueError, "Q has fewer columns than frames"); goto done; }
@@ -196,10 +230,10 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    const float *spec = b[0].view.buf, *ef = b[5].view.buf, *freqs = b[6].view.buf;
+    const float *spec = b[0].view.buf, *zcr = b[5].view.buf, *freqs = b[6].view.buf;
     float *S = b[1].view.buf, *P = b[2].view.buf, *Q = b[3].view.buf;
     double *D = b[4].view.buf;
-    const float famin = (float)flat_amin, zt = (float)zthr, tiny = 1.17549435e-38f;
+    const float famin = (float)flat_amin, tiny = 1.17549435e-38f;
     int failed;
     Py_BEGIN_ALLOW_THREADS
     float *Sp = PyMem_RawMalloc(sizeof(float) * nbins);
@@ -264,11 +298,7 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
         Q[rows[2] * qcols + t] = freqs[roll];
         Q[rows[3] * qcols + t] = (float)(exp(log_sum(Sp, nbins) / nbins) / (spsum / nbins));
         Q[rows[4] * qcols + t] = (float)sqrt(2.0 * psum / ((double)nfft * nfft));
-        const float *x = ef + t * nfft;
-        int changes = 0;
-#pragma omp simd reduction(+ : changes)
-        for (Py_ssize_t i = 1; i < nfft; i++) changes += (x[i] < -zt) != (x[i - 1] < -zt);
-        Q[rows[5] * qcols + t] = (float)changes / (float)nfft;
+        Q[rows[5] * qcols + t] = zcr[t];
         for (Py_ssize_t k = 0; k < nb; k++) {
             Py_ssize_t a = bs[k], e = k + 1 < nb ? bs[k + 1] : nbins;
             double lo, hi;
@@ -581,7 +611,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"spectral", spectral, METH_VARARGS, "Per-frame magnitude, power and spectral quantities (see the source)."},
-    {"frames", frames, METH_VARARGS, "Centred frames of a window by index, zero- or edge-padded."},
+    {"frames", frames, METH_VARARGS, "Centred frames of a window by index, windowed, and their zero-crossing rates."},
+    {"power", power, METH_VARARGS, "The power of complex64 values."},
     {"mel", mel, METH_VARARGS, "The mel filterbank product over each filter's nonzero bins."},
     {"bands", bands, METH_VARARGS, "Mel dB and tonnetz rows from the mel and chroma products."},
     {"yin", yin, METH_VARARGS, "YIN F0 and periodicity from the autocorrelation of the pitch frames."},

@@ -427,25 +427,23 @@ class FeatureExtractor:
         zframes = np.ndarray(shape, np.float32, zpad, 0, strides)
         return zframes, np.ndarray(shape, np.float32, epad, 0, strides), zframes[:: self.pitch_stride]
 
-    def _frames(self, x: np.ndarray, todo: np.ndarray | None = None, ptodo: np.ndarray | None = None):
-        """The frames of a window that are to be computed: ``(zframes, eframes, pframes)`` as :meth:`_frame_views`
-        gives them, only those at ``todo`` (STFT frames) and ``ptodo`` (pitch frames; None: all of each). The
-        compiled kernel copies just those frames out of the window; numpy indexes the padded views."""
+    def _frames(self, x: np.ndarray, todo: np.ndarray | None = None, ptodo: np.ndarray | None = None) -> tuple:
+        """What :meth:`_frame_block` takes for the frames of a window that are to be computed, those at ``todo``
+        (STFT frames) and ``ptodo`` (pitch frames; None: all of each): the numpy code takes the zero- and the
+        edge-padded frames (:meth:`_frame_views`, indexed) and the pitch frames; the compiled kernel copies the
+        frames out of the window already windowed, with their zero-crossing rates, and the pitch frames."""
         d = self.definition
         if not (self.kernel and d.center):
             zv, ev, pv = self._frame_views(x)
             return ((zv, ev) if todo is None else (zv[todo], ev[todo])) + (pv if ptodo is None else pv[ptodo],)
-        if todo is None:
-            todo = self._all_frames
-        if ptodo is None:
-            ptodo = self._all_pitch_frames
-        out = []
-        for idx, hop, edge in ((todo, d.hop_length, False), (todo, d.hop_length, True),
-                               (ptodo, d.pitch_hop_length, False)):
-            f = np.empty((len(idx), d.n_fft), dtype=np.float32)
-            _kernel.frames(x, idx, f, len(idx), x.size, hop, d.n_fft, edge)
-            out.append(f)
-        return tuple(out)
+        todo = self._all_frames if todo is None else todo
+        ptodo = self._all_pitch_frames if ptodo is None else ptodo
+        frames = np.empty((len(todo), d.n_fft), dtype=np.float32)
+        zcr = np.empty(len(todo), dtype=np.float32)
+        pframes = np.empty((len(ptodo), d.n_fft), dtype=np.float32)
+        _kernel.frames(x, todo, frames, self._win, zcr, len(todo), x.size, d.hop_length, d.n_fft, d.zcr_threshold)
+        _kernel.frames(x, ptodo, pframes, None, None, len(ptodo), x.size, d.pitch_hop_length, d.n_fft, 0.0)
+        return frames, zcr, pframes
 
     def _frame_block(self, zframes: np.ndarray, eframes: np.ndarray, pframes: np.ndarray, *,
                      keep_spectrum: bool = False, segments: np.ndarray | None = None):
@@ -455,7 +453,8 @@ class FeatureExtractor:
         they need the whole window. Returns (Q, D, F), and S if asked.
 
         ``zframes`` are zero-padded frames (STFT), ``eframes`` the same frames edge-padded (ZCR), ``pframes``
-        zero-padded pitch frames (YIN), not necessarily the same frames' pitch.
+        zero-padded pitch frames (YIN), not necessarily the same frames' pitch (:meth:`_frames`; with the
+        compiled kernel the first two are the windowed frames and their zero-crossing rates).
         Each quantity is the arithmetic of the definition, operation for operation, row by row, so the
         elementwise and per-row work does not depend on which frames are computed together. The four matrix
         products (mel, centroid, chroma, tonnetz) are the exception: BLAS rounds by the shape of the call.
@@ -506,30 +505,31 @@ class FeatureExtractor:
             self._yin(pframes, F[0], F[1])
         return (out, D, F, S) if keep_spectrum else (out, D, F)
 
-    def _frame_block_compiled(self, zframes, eframes, pframes, keep_spectrum, segments):
-        """:meth:`_frame_block` by the compiled loops: the same quantities from the same FFTs and matrix products,
-        four calls instead of ~60 (sums accumulate in double: equal to the numpy code up to float32 rounding)."""
+    def _frame_block_compiled(self, frames, zcr, pframes, keep_spectrum, segments):
+        """:meth:`_frame_block` by the compiled loops, from the windowed frames and their zero-crossing rates: the
+        same quantities from the same FFTs, ~10 calls instead of ~60 (sums accumulate in double: equal to the
+        numpy code up to float32 rounding)."""
         d, R = self.definition, self.rows
-        T = zframes.shape[0]
+        T = frames.shape[0]
         out = np.empty((self._n_rows, T), dtype=np.float32)
-        spec = scipy.fft.rfft(zframes * self._win, axis=1)
+        spec = scipy.fft.rfft(frames, axis=1)
         n_bins = spec.shape[1]
         S = np.empty((T, n_bins), dtype=np.float32)
         P = np.empty_like(S)
         D = np.empty((2 * len(self._contrast_bands), T))
-        _kernel.spectral(spec, S, P, out, D, np.ascontiguousarray(eframes), self.freqs, self._band_starts64,
-                         self._band_nq, self._kernel_rows, T, n_bins, d.n_fft, T, d.rolloff_percent, d.flatness_amin,
-                         d.db_amin, d.zcr_threshold)
+        _kernel.spectral(spec, S, P, out, D, zcr, self.freqs, self._band_starts64, self._band_nq, self._kernel_rows, T,
+                         n_bins, d.n_fft, T, d.rolloff_percent, d.flatness_amin, d.db_amin)
         M = np.empty((T, d.n_mels), dtype=np.float32)
         _kernel.mel(P, self._mel_weights, self._mel_first, self._mel_count, self._mel_offset, M, T, n_bins, d.n_mels)
         _kernel.bands(M, _by_rows(P, self._chroma.T, segments), self._tonnetz, out, R["mel_db"].start,
                       R["tonnetz"].start, T, d.n_mels, d.n_chroma, T, d.db_amin)
         F = np.empty((2, pframes.shape[0]), dtype=np.float32)
         if pframes.shape[0]:
-            frames = np.ascontiguousarray(pframes)
-            spec = scipy.fft.rfft(frames, n=self._acf_n, axis=1)
-            acf = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=self._acf_n, axis=1)
-            _kernel.yin(acf, frames, F[0], F[1], len(frames), self._acf_n, d.n_fft, self._min_period,
+            spec = scipy.fft.rfft(pframes, n=self._acf_n, axis=1)
+            power = np.empty(spec.shape, dtype=np.float32)
+            _kernel.power(spec, power, spec.size)
+            acf = scipy.fft.irfft(power, n=self._acf_n, axis=1)
+            _kernel.yin(acf, pframes, F[0], F[1], len(pframes), self._acf_n, d.n_fft, self._min_period,
                         self._max_period, d.yin_trough_threshold, d.sr)
         return (out, D, F, S) if keep_spectrum else (out, D, F)
 
@@ -713,16 +713,14 @@ class StreamingExtractor:
         if start is not None and self._start is not None and start >= self._start and (start - self._start) % self.hop == 0:
             shift = (start - self._start) // self.hop
         if shift is None or shift >= len(self._interior):
-            zframes, eframes, pframes = fe._frames(x)
-            return FramePlan(start, None, None, zframes, eframes, None, pframes)
+            return FramePlan(start, None, None, None, fe._frames(x))
         todo = self._fresh(False, shift)
         ptodo = None if shift % fe.pitch_stride else self._fresh(True, shift // fe.pitch_stride)
-        zframes, eframes, pframes = fe._frames(x, todo, ptodo)
-        return FramePlan(start, shift, todo, zframes, eframes, ptodo, pframes)
+        return FramePlan(start, shift, todo, ptodo, fe._frames(x, todo, ptodo))
 
     def complete(self, plan: FramePlan, Q: np.ndarray, D: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``extract``'s result from its plan and the fresh frames' (Q, D, F) (``FeatureExtractor._frame_block`` of
-        ``plan.zframes, plan.eframes, plan.pframes``); keeps this window's frames for the next one."""
+        ``*plan.frames``); keeps this window's frames for the next one."""
         if plan.todo is None:
             Q, D = np.ascontiguousarray(Q), np.ascontiguousarray(D)  # a batch's columns become this window's own
             self.computed_frames += Q.shape[1]
@@ -741,7 +739,7 @@ class StreamingExtractor:
     def extract(self, window: np.ndarray, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(stats, mfcc) of this window of the stream (``start``: its first sample's position; None: unknown)."""
         plan = self.plan(window, start)
-        return self.complete(plan, *self.fe._frame_block(plan.zframes, plan.eframes, plan.pframes))
+        return self.complete(plan, *self.fe._frame_block(*plan.frames))
 
 
 def _moved(old: np.ndarray, fresh: np.ndarray, shift: int, todo: np.ndarray) -> np.ndarray:
@@ -760,10 +758,9 @@ class FramePlan(NamedTuple):
     start: int | None
     shift: int | None  # STFT hops since the previous window; None: every frame is new
     todo: np.ndarray | None  # the indices of the new STFT frames; None: all
-    zframes: np.ndarray  # those frames, zero-padded (T, n_fft)
-    eframes: np.ndarray  # the same, edge-padded
     ptodo: np.ndarray | None  # the indices of the new pitch frames; None: all
-    pframes: np.ndarray  # those pitch frames, zero-padded (P, n_fft)
+    frames: tuple  # those frames as ``FeatureExtractor._frame_block`` takes them (``_frames``): STFT frames first,
+    # pitch frames last, each with one row per frame
 
 
 #: fresh frames per ``_frame_block`` call in :func:`extract_streams`: a few windows' worth share the per-call cost
@@ -791,11 +788,11 @@ def extract_streams(items) -> list[tuple[np.ndarray, np.ndarray]]:
     frames = 0
     for sx, window, start in items:  # consecutive windows, up to BLOCK_FRAMES fresh frames a call
         plan = sx.plan(window, start)
-        if group and frames + len(plan.zframes) > BLOCK_FRAMES:
+        if group and frames + len(plan.frames[0]) > BLOCK_FRAMES:
             out += _complete_block(fe, group)
             group, frames = [], 0
         group.append((sx, plan))
-        frames += len(plan.zframes)
+        frames += len(plan.frames[0])
     return out + _complete_block(fe, group)
 
 
@@ -803,11 +800,10 @@ def _complete_block(fe: FeatureExtractor, group: list[tuple[StreamingExtractor, 
     """The fresh frames of a few windows in one ``_frame_block`` call, then each window completed by its stream."""
     if len(group) == 1:
         sx, plan = group[0]
-        return [sx.complete(plan, *fe._frame_block(plan.zframes, plan.eframes, plan.pframes))]
-    segments = np.cumsum([0] + [len(plan.zframes) for _, plan in group])
-    psegments = np.cumsum([0] + [len(plan.pframes) for _, plan in group])
-    Q, D, F = fe._frame_block(np.concatenate([plan.zframes for _, plan in group]),
-                              np.concatenate([plan.eframes for _, plan in group]),
-                              np.concatenate([plan.pframes for _, plan in group]), segments=segments)
+        return [sx.complete(plan, *fe._frame_block(*plan.frames))]
+    segments = np.cumsum([0] + [len(plan.frames[0]) for _, plan in group])
+    psegments = np.cumsum([0] + [len(plan.frames[-1]) for _, plan in group])
+    Q, D, F = fe._frame_block(*(np.concatenate(part) for part in zip(*(plan.frames for _, plan in group))),
+                              segments=segments)
     return [sx.complete(plan, Q[:, lo:hi], D[:, lo:hi], F[:, plo:phi])
             for (sx, plan), lo, hi, plo, phi in zip(group, segments[:-1], segments[1:], psegments[:-1], psegments[1:])]

@@ -131,19 +131,24 @@ def test_bad_buffers_are_refused_not_read_past():
     spec = np.zeros((T, n_bins), np.complex64)
     S, P = np.zeros((T, n_bins), np.float32), np.zeros((T, n_bins), np.float32)
     Q, D = np.zeros((fe._n_rows, T), np.float32), np.zeros((14, T))
-    ef = np.zeros((T, 1024), np.float32)
-    args = [spec, S, P, Q, D, ef, fe.freqs, fe._band_starts64, fe._band_nq, fe._kernel_rows, T, n_bins, 1024, T,
-            0.85, 1e-10, 1e-10, 1e-10]
+    zcr = np.zeros(T, np.float32)
+    args = [spec, S, P, Q, D, zcr, fe.freqs, fe._band_starts64, fe._band_nq, fe._kernel_rows, T, n_bins, 1024, T,
+            0.85, 1e-10, 1e-10]
     k.spectral(*args)  # the right buffers pass
     for i, bad, err in [(0, spec[:2], ValueError),  # too few frames
                         (1, S.astype(np.float64), ValueError),  # wrong item size
                         (3, Q[:, ::2], (ValueError, BufferError)),  # not contiguous
-                        (5, ef[:, :512], ValueError),
+                        (5, zcr[:2], ValueError),
                         (0, b"\x00" * 8, ValueError)]:
         with pytest.raises(err):
             k.spectral(*args[:i], bad, *args[i + 1:])
     with pytest.raises(BufferError):
         k.spectral(*args[:4], np.zeros((14, T)).tobytes(), *args[5:])  # read-only where the kernel writes
+    x, out = np.zeros(32000, np.float32), np.zeros((2, 1024), np.float32)
+    with pytest.raises(ValueError, match="past the window"):  # a frame index beyond the window's end
+        k.frames(x, np.array([0, 87], np.int64), out, None, None, 2, x.size, 368, 1024, 0.0)
+    with pytest.raises(ValueError, match="index"):
+        k.frames(x, np.array([0], np.int64), out, None, None, 2, x.size, 368, 1024, 0.0)  # fewer indices than frames
     with pytest.raises(ValueError, match="yin"):
         k.yin(np.zeros((1, 300), np.float32), np.zeros((1, 1024), np.float32), np.zeros(1, np.float32),
               np.zeros(1, np.float32), 1, 300, 1024, 40, 300, 0.1, 16000.0)  # lags past the autocorrelation
