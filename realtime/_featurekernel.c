@@ -45,54 +45,53 @@ static void release(buf_t *bufs, int n) {
         if (bufs[i].held) PyBuffer_Release(&bufs[i].view);
 }
 
-/* log(x) summed over n positive normal floats, exactly up to double rounding: mantissas multiplied in double
- * (each in [1, 2), four products of up to 256 each between renormalisations), exponents added as integers. */
-static double log_sum(const float *x, Py_ssize_t n) {
-    double prod[4] = {1.0, 1.0, 1.0, 1.0};
-    int64_t expo = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], 4);
-        expo += (int64_t)((bits >> 23) & 0xff) - 127;
-        bits = (bits & 0x007fffffu) | 0x3f800000u;
-        float m;
-        memcpy(&m, &bits, 4);
-        prod[i & 3] *= (double)m;
-        if ((i & 1023) == 1023) { /* renormalise: keep the running products near 1 */
-            for (int j = 0; j < 4; j++) {
-                int e;
-                prod[j] = frexp(prod[j], &e);
-                expo += e;
-            }
+/* A sum of logarithms of positive normal doubles, exact up to double rounding and without a log per value:
+ * mantissas (in [1, 2)) multiplied in four independent products, exponents added as integers, the products
+ * renormalised every 1024 values (a product of 256 mantissas stays under 2^256). */
+typedef struct {
+    double prod[4];
+    int64_t expo;
+    Py_ssize_t n;
+} logsum_t;
+
+static inline void logsum_add(logsum_t *a, double v) {
+    uint64_t bits;
+    memcpy(&bits, &v, 8);
+    a->expo += (int64_t)((bits >> 52) & 0x7ff) - 1023;
+    bits = (bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull;
+    double m;
+    memcpy(&m, &bits, 8);
+    a->prod[a->n & 3] *= m;
+    if ((++a->n & 1023) == 0)
+        for (int j = 0; j < 4; j++) {
+            int e;
+            a->prod[j] = frexp(a->prod[j], &e);
+            a->expo += e;
         }
-    }
-    return log(prod[0] * prod[1]) + log(prod[2] * prod[3]) + (double)expo * 0.69314718055994530942;
 }
 
-/* The same for n positive normal doubles x[i] * x[i] + y[i] * y[i] + eps, x and y interleaved in c (complex64). */
+static inline double logsum_value(const logsum_t *a) {
+    return log(a->prod[0] * a->prod[1]) + log(a->prod[2] * a->prod[3]) + (double)a->expo * 0.69314718055994530942;
+}
+
+/* log(x) summed over n positive normal floats */
+static double log_sum(const float *x, Py_ssize_t n) {
+    logsum_t a = {{1.0, 1.0, 1.0, 1.0}, 0, 0};
+    for (Py_ssize_t i = 0; i < n; i++) logsum_add(&a, (double)x[i]);
+    return logsum_value(&a);
+}
+
+/* log summed over the n values re^2 + im^2 + eps of c (complex64), and (*sum) their sum */
 static double log_sum_power(const float *c, Py_ssize_t n, double eps, double *sum) {
-    double prod[4] = {1.0, 1.0, 1.0, 1.0}, total = 0.0;
-    int64_t expo = 0;
+    logsum_t a = {{1.0, 1.0, 1.0, 1.0}, 0, 0};
+    double total = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
         double pw = (double)c[2 * i] * c[2 * i] + (double)c[2 * i + 1] * c[2 * i + 1] + eps;
         total += pw;
-        uint64_t bits;
-        memcpy(&bits, &pw, 8);
-        expo += (int64_t)((bits >> 52) & 0x7ff) - 1023;
-        bits = (bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull;
-        double m;
-        memcpy(&m, &bits, 8);
-        prod[i & 3] *= m;
-        if ((i & 1023) == 1023) {
-            for (int j = 0; j < 4; j++) {
-                int e;
-                prod[j] = frexp(prod[j], &e);
-                expo += e;
-            }
-        }
+        logsum_add(&a, pw);
     }
     *sum = total;
-    return log(prod[0] * prod[1]) + log(prod[2] * prod[3]) + (double)expo * 0.69314718055994530942;
+    return logsum_value(&a);
 }
 
 /* n_q smallest (lo) and largest (hi) of x[0..n), each kept sorted in a small buffer: their means. */
