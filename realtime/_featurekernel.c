@@ -190,10 +190,10 @@ done:
 
 /* spectral(spec, S, P, Q, D, zcr, freqs, band_starts, band_nq, rows, T, n_bins, n_fft, qcols, rolloff, flat_amin,
  *          db_amin)
- * spec: complex64 (T, n_bins). Writes S = |spec| and P = S * S (float32, (T, n_bins)); into Q (float32, rows x T)
- * the rows rows[0..5] = centroid, bandwidth, rolloff, flatness, rms, zcr (the last copied from zcr, float32 (T),
- * as frames() counts it); into D (float64, (2 * nb, T)) the dB of each band's peak (rows 0..nb-1) and valley
- * (nb..2nb-1).
+ * spec: complex64 (T, n_bins). Writes S = |spec| (unless S is None) and P = S * S (float32, (T, n_bins)); into
+ * Q (float32, rows x T) the rows rows[0..5] = centroid, bandwidth, rolloff, flatness, rms, zcr (the last copied
+ * from zcr, float32 (T), as frames() counts it); into D (float64, (2 * nb, T)) the dB of each band's peak (rows
+ * 0..nb-1) and valley (nb..2nb-1).
  * band_starts: int64 (nb), band k = bins [start_k, start_k+1) (the last to n_bins); band_nq: int64 (nb). */
 static PyObject *spectral(PyObject *self, PyObject *args) {
     PyObject *o_spec, *o_S, *o_P, *o_Q, *o_D, *o_e, *o_freqs, *o_bs, *o_nq, *o_rows;
@@ -215,7 +215,7 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
         if (rows[i] < 0) { PyErr_SetString(PyExc_ValueError, "rows: negative"); goto done; }
         if (rows[i] > maxrow) maxrow = rows[i];
     }
-    if (get_buf(o_spec, &b[0], 0, 8, T * nbins, "spec") < 0 || get_buf(o_S, &b[1], 1, 4, T * nbins, "S") < 0 ||
+    if (get_buf(o_spec, &b[0], 0, 8, T * nbins, "spec") < 0 || (o_S != Py_None && get_buf(o_S, &b[1], 1, 4, T * nbins, "S") < 0) ||
         get_buf(o_P, &b[2], 1, 4, T * nbins, "P") < 0 || get_buf(o_Q, &b[3], 1, 4, (maxrow + 1) * qcols, "Q") < 0 ||
         get_buf(o_D, &b[4], 1, 8, 2 * nb * T, "D") < 0 || get_buf(o_e, &b[5], 0, 4, T, "zcr") < 0 ||
         get_buf(o_freqs, &b[6], 0, 4, nbins, "freqs") < 0 || get_buf(o_nq, &b[8], 0, 8, nb, "band_nq") < 0)
@@ -230,15 +230,15 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
         }
     }
     const float *spec = b[0].view.buf, *zcr = b[5].view.buf, *freqs = b[6].view.buf;
-    float *S = b[1].view.buf, *P = b[2].view.buf, *Q = b[3].view.buf;
+    float *S = b[1].held ? b[1].view.buf : NULL, *P = b[2].view.buf, *Q = b[3].view.buf;
     double *D = b[4].view.buf;
     const float famin = (float)flat_amin, tiny = 1.17549435e-38f;
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    float *Sp = PyMem_RawMalloc(sizeof(float) * nbins);
+    float *Sp = PyMem_RawMalloc(sizeof(float) * 2 * nbins), *scratch = Sp + nbins;  /* S of one frame if not kept */
     for (Py_ssize_t t = 0; t < T && Sp; t++) {
         const float *sp = spec + 2 * t * nbins;
-        float *s = S + t * nbins, *p = P + t * nbins;
+        float *s = S ? S + t * nbins : scratch, *p = P + t * nbins;
         /* simple loops the compiler vectorises; the sums in double, their order free (omp simd reduction) */
         for (Py_ssize_t f = 0; f < nbins; f++) {
             float re = sp[2 * f], im = sp[2 * f + 1];
@@ -624,4 +624,17 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_featurekernel",
                                     "Compiled loops of realtime.features (the numpy code there is the reference).",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit__featurekernel(void) { return PyModule_Create(&module); }
+/* The calling convention's version: realtime/features.py uses the module only when it matches its own
+ * KERNEL_VERSION (an extension built from older sources, left behind by a checkout that was not reinstalled,
+ * is ignored, with a warning, rather than called with the wrong arguments). Bump both on any change of a
+ * function's arguments or of what it computes. */
+#define KERNEL_VERSION 1
+
+PyMODINIT_FUNC PyInit__featurekernel(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "VERSION", KERNEL_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

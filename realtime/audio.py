@@ -13,6 +13,7 @@ the one decoding path of the live package:
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +92,10 @@ def as_mono_float(chunk) -> np.ndarray:
         raise AudioError(f"audio must be (N,) or (N, channels), got shape {x.shape}")
     x = to_mono(x)
     if x.size:
-        finite = np.isfinite(x)
-        if not finite.all():
-            bad = x.size - int(finite.sum())
+        peak = max(float(np.max(x)), -float(np.min(x)))  # NaN propagates; no temporaries (this runs every push)
+        if not math.isfinite(peak):
+            bad = x.size - int(np.count_nonzero(np.isfinite(x)))
             raise AudioError(f"audio contains NaN or infinite samples ({bad} of {x.size})")
-        peak = float(np.max(np.abs(x)))
         if peak > 2.0:
             raise AudioError(f"float audio must lie in [-1, 1], got a peak of {peak:g} "
                              f"(int16 values as floats? divide by 32768 or pass the int16 array)")

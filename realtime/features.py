@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -42,12 +43,26 @@ from .audio import AudioError
 
 #: set to 0 to compute with the numpy reference code even where the compiled kernel is installed (benchmarks, checks)
 KERNEL_ENV = "VOICEGENDER_FEATURE_KERNEL"
+#: the compiled kernel's calling convention this module speaks (``VERSION`` in realtime/_featurekernel.c)
+KERNEL_VERSION = 1
+
+
+def _usable_kernel(module):
+    """The compiled kernel module if it speaks this module's ``KERNEL_VERSION``, else None (with a warning: an
+    extension built from other sources, e.g. a checkout updated without ``pip install -e .``)."""
+    if module is None or getattr(module, "VERSION", None) == KERNEL_VERSION:
+        return module
+    warnings.warn(f"realtime/_featurekernel was built from other sources (version {getattr(module, 'VERSION', None)}, "
+                  f"this code needs {KERNEL_VERSION}): using the numpy features; rebuild with `pip install -e .`",
+                  RuntimeWarning, stacklevel=2)
+    return None
+
+
 try:  # the compiled loops (realtime/_featurekernel.c, built by pip install); the numpy code below is their reference
     import realtime._featurekernel as _kernel
 except ImportError:  # not compiled (no C compiler at install time): numpy alone, same definition, slower
     _kernel = None
-if os.environ.get(KERNEL_ENV, "").strip() == "0":
-    _kernel = None
+_kernel = None if os.environ.get(KERNEL_ENV, "").strip() == "0" else _usable_kernel(_kernel)
 
 #: whether the compiled feature kernel is installed (``FeatureExtractor(kernel=None)`` then uses it)
 KERNEL_AVAILABLE = _kernel is not None
@@ -514,8 +529,8 @@ class FeatureExtractor:
         out = np.empty((self._n_rows, T), dtype=np.float32)
         spec = scipy.fft.rfft(frames, axis=1)
         n_bins = spec.shape[1]
-        S = np.empty((T, n_bins), dtype=np.float32)
-        P = np.empty_like(S)
+        S = np.empty((T, n_bins), dtype=np.float32) if keep_spectrum else None
+        P = np.empty((T, n_bins), dtype=np.float32)
         D = np.empty((2 * len(self._contrast_bands), T))
         _kernel.spectral(spec, S, P, out, D, zcr, self.freqs, self._band_starts64, self._band_nq, self._kernel_rows, T,
                          n_bins, d.n_fft, T, d.rolloff_percent, d.flatness_amin, d.db_amin)

@@ -160,6 +160,18 @@ def test_kernel_true_without_the_kernel_says_how_to_get_it(monkeypatch):
         FeatureExtractor(kernel=True)
 
 
+def test_a_kernel_built_from_other_sources_is_not_called():
+    """A checkout updated without reinstalling leaves an extension of another calling convention: it is
+    ignored, with a warning that says how to rebuild, and the numpy code runs."""
+    class Stale:
+        VERSION = features.KERNEL_VERSION - 1
+
+    with pytest.warns(RuntimeWarning, match="pip install -e"):
+        assert features._usable_kernel(Stale()) is None
+    assert features._usable_kernel(features._kernel) is features._kernel
+    assert features._kernel.VERSION == features.KERNEL_VERSION
+
+
 def test_the_environment_switch_selects_the_numpy_reference():
     code = ("import realtime.features as f; "
             "print(f.KERNEL_AVAILABLE, f.FeatureExtractor().kernel)")
