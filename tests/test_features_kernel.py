@@ -155,6 +155,12 @@ def test_bad_buffers_are_refused_not_read_past():
 
 
 def test_kernel_true_without_the_kernel_says_how_to_get_it(monkeypatch):
+    import dataclasses
+
+    uncentred = dataclasses.replace(DEFAULT, center=False)
+    assert not FeatureExtractor(uncentred).kernel  # the kernel frames centred windows only: numpy there
+    with pytest.raises(ValueError, match="centred"):
+        FeatureExtractor(uncentred, kernel=True)
     monkeypatch.setattr(features, "_kernel", None)
     with pytest.raises(RuntimeError, match="pip install"):
         FeatureExtractor(kernel=True)
