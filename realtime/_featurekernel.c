@@ -4,11 +4,12 @@
  * reference this kernel is tested against (tests/test_features_kernel.py). Each loop here computes the same
  * quantity with the same float32 inputs; it differs from numpy only in rounding (sums accumulate in double,
  * not float32 pairwise), which moves a summary by ~1e-6 relative. It replaces ~60 numpy calls per hop, each
- * with a few microseconds of Python overhead, by four calls. The FFTs and the matrix products (mel, chroma,
- * tonnetz, DCT) stay in scipy / BLAS.
+ * with a few microseconds of Python overhead, by ~10 calls. The FFTs and two matrix products (chroma, the
+ * MFCC's DCT) stay in scipy / BLAS. Also the speech gate's two per-frame measures (realtime/vad.py).
  *
- * Interface: plain CPython, buffers through the buffer protocol (numpy arrays, C-contiguous), sizes passed
- * explicitly and checked against each buffer's length. Every function releases the GIL while it loops.
+ * Interface: plain CPython, buffers through the buffer protocol (numpy arrays, C-contiguous), their types
+ * and sizes checked (a ValueError naming the argument, never a read past a buffer); the per-frame loops
+ * release the GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,13 +25,21 @@ typedef struct {
     int held;
 } buf_t;
 
-static int get_buf(PyObject *obj, buf_t *b, int writable, Py_ssize_t itemsize, Py_ssize_t count, const char *name) {
+/* A C-contiguous buffer of at least count items of one type: 'f' float32, 'd' float64, 'q' int64, 'F'
+ * complex64 (numpy's formats f, d, l or q, Zf); anything else is a ValueError naming the argument. */
+static int get_buf(PyObject *obj, buf_t *b, int writable, char type, Py_ssize_t count, const char *name) {
     b->held = 0;
     if (PyObject_GetBuffer(obj, &b->view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
         return -1;
     b->held = 1;
-    if (b->view.itemsize != itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s: items of %zd bytes expected, got %zd", name, itemsize, b->view.itemsize);
+    const char *fmt = b->view.format ? b->view.format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+    Py_ssize_t itemsize = type == 'f' ? 4 : 8;
+    const char *want = type == 'f' ? "f" : type == 'd' ? "d" : type == 'F' ? "Zf" : "q";
+    const char *what = type == 'f' ? "float32" : type == 'd' ? "float64" : type == 'F' ? "complex64" : "int64";
+    int ok = strcmp(fmt, want) == 0 || (type == 'q' && strcmp(fmt, "l") == 0 && sizeof(long) == 8);
+    if (!ok || b->view.itemsize != itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: %s values expected, got format '%s'", name, what, b->view.format);
         return -1;
     }
     if (b->view.len < itemsize * count) {
@@ -190,10 +199,10 @@ static PyObject *frames(PyObject *self, PyObject *args) {
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
     if (nfft < 2 || n < nfft || hop < 1) { PyErr_SetString(PyExc_ValueError, "frames: bad sizes"); goto done; }
-    if (get_buf(o_x, &b[0], 0, 4, n, "x") < 0 || get_buf(o_idx, &b[1], 0, 8, T, "index") < 0 ||
-        get_buf(o_out, &b[2], 1, 4, T * nfft, "out") < 0 ||
-        (o_win != Py_None && get_buf(o_win, &b[3], 0, 4, nfft, "win") < 0) ||
-        (o_zcr != Py_None && get_buf(o_zcr, &b[4], 1, 4, T, "zcr") < 0))
+    if (get_buf(o_x, &b[0], 0, 'f', n, "x") < 0 || get_buf(o_idx, &b[1], 0, 'q', T, "index") < 0 ||
+        get_buf(o_out, &b[2], 1, 'f', T * nfft, "out") < 0 ||
+        (o_win != Py_None && get_buf(o_win, &b[3], 0, 'f', nfft, "win") < 0) ||
+        (o_zcr != Py_None && get_buf(o_zcr, &b[4], 1, 'f', T, "zcr") < 0))
         goto done;
     const float *x = b[0].view.buf, *win = b[3].held ? b[3].view.buf : NULL;
     const int64_t *idx = b[1].view.buf;
@@ -233,7 +242,7 @@ static PyObject *power(PyObject *self, PyObject *args) {
     buf_t b[2];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
-    if (get_buf(o_spec, &b[0], 0, 8, n, "spec") < 0 || get_buf(o_out, &b[1], 1, 4, n, "out") < 0) goto done;
+    if (get_buf(o_spec, &b[0], 0, 'F', n, "spec") < 0 || get_buf(o_out, &b[1], 1, 'f', n, "out") < 0) goto done;
     const float *c = b[0].view.buf;
     float *o = b[1].view.buf;
     for (Py_ssize_t i = 0; i < n; i++) o[i] = c[2 * i] * c[2 * i] + c[2 * i + 1] * c[2 * i + 1];
@@ -260,7 +269,7 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
     buf_t b[10];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
-    if (get_buf(o_rows, &b[9], 0, 8, 6, "rows") < 0 || get_buf(o_bs, &b[7], 0, 8, 1, "band_starts") < 0)
+    if (get_buf(o_rows, &b[9], 0, 'q', 6, "rows") < 0 || get_buf(o_bs, &b[7], 0, 'q', 1, "band_starts") < 0)
         goto done;
     Py_ssize_t nb = b[7].view.len / 8;
     if (nb < 1 || nb > MAX_BANDS) { PyErr_SetString(PyExc_ValueError, "band_starts: 1..16 bands"); goto done; }
@@ -270,10 +279,10 @@ static PyObject *spectral(PyObject *self, PyObject *args) {
         if (rows[i] < 0) { PyErr_SetString(PyExc_ValueError, "rows: negative"); goto done; }
         if (rows[i] > maxrow) maxrow = rows[i];
     }
-    if (get_buf(o_spec, &b[0], 0, 8, T * nbins, "spec") < 0 || (o_S != Py_None && get_buf(o_S, &b[1], 1, 4, T * nbins, "S") < 0) ||
-        get_buf(o_P, &b[2], 1, 4, T * nbins, "P") < 0 || get_buf(o_Q, &b[3], 1, 4, (maxrow + 1) * qcols, "Q") < 0 ||
-        get_buf(o_D, &b[4], 1, 8, 2 * nb * T, "D") < 0 || get_buf(o_e, &b[5], 0, 4, T, "zcr") < 0 ||
-        get_buf(o_freqs, &b[6], 0, 4, nbins, "freqs") < 0 || get_buf(o_nq, &b[8], 0, 8, nb, "band_nq") < 0)
+    if (get_buf(o_spec, &b[0], 0, 'F', T * nbins, "spec") < 0 || (o_S != Py_None && get_buf(o_S, &b[1], 1, 'f', T * nbins, "S") < 0) ||
+        get_buf(o_P, &b[2], 1, 'f', T * nbins, "P") < 0 || get_buf(o_Q, &b[3], 1, 'f', (maxrow + 1) * qcols, "Q") < 0 ||
+        get_buf(o_D, &b[4], 1, 'd', 2 * nb * T, "D") < 0 || get_buf(o_e, &b[5], 0, 'f', T, "zcr") < 0 ||
+        get_buf(o_freqs, &b[6], 0, 'f', nbins, "freqs") < 0 || get_buf(o_nq, &b[8], 0, 'q', nb, "band_nq") < 0)
         goto done;
     if (T > qcols) { PyErr_SetString(PyExc_ValueError, "Q has fewer columns than frames"); goto done; }
     const int64_t *nq = b[8].view.buf;
@@ -384,9 +393,9 @@ static PyObject *mel(PyObject *self, PyObject *args) {
     buf_t b[6];
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
-    if (get_buf(o_P, &b[0], 0, 4, T * nbins, "P") < 0 || get_buf(o_w, &b[1], 0, 4, 1, "weights") < 0 ||
-        get_buf(o_first, &b[2], 0, 8, nmels, "first") < 0 || get_buf(o_count, &b[3], 0, 8, nmels, "count") < 0 ||
-        get_buf(o_off, &b[4], 0, 8, nmels, "offset") < 0 || get_buf(o_M, &b[5], 1, 4, T * nmels, "M") < 0)
+    if (get_buf(o_P, &b[0], 0, 'f', T * nbins, "P") < 0 || get_buf(o_w, &b[1], 0, 'f', 1, "weights") < 0 ||
+        get_buf(o_first, &b[2], 0, 'q', nmels, "first") < 0 || get_buf(o_count, &b[3], 0, 'q', nmels, "count") < 0 ||
+        get_buf(o_off, &b[4], 0, 'q', nmels, "offset") < 0 || get_buf(o_M, &b[5], 1, 'f', T * nmels, "M") < 0)
         goto done;
     const int64_t *first = b[2].view.buf, *count = b[3].view.buf, *off = b[4].view.buf;
     Py_ssize_t nw = b[1].view.len / 4;
@@ -433,8 +442,8 @@ static PyObject *bands(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bands: bad rows or sizes");
         goto done;
     }
-    if (get_buf(o_M, &b[0], 0, 4, T * nmels, "M") < 0 || get_buf(o_C, &b[1], 0, 4, T * nchroma, "C") < 0 ||
-        get_buf(o_tz, &b[2], 0, 4, 6 * nchroma, "tonnetz") < 0 || get_buf(o_Q, &b[3], 1, 4, need, "Q") < 0)
+    if (get_buf(o_M, &b[0], 0, 'f', T * nmels, "M") < 0 || get_buf(o_C, &b[1], 0, 'f', T * nchroma, "C") < 0 ||
+        get_buf(o_tz, &b[2], 0, 'f', 6 * nchroma, "tonnetz") < 0 || get_buf(o_Q, &b[3], 1, 'f', need, "Q") < 0)
         goto done;
     const float *M = b[0].view.buf, *C = b[1].view.buf, *tzm = b[2].view.buf;
     float *Q = b[3].view.buf;
@@ -480,8 +489,8 @@ static PyObject *yin(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "yin: need 1 <= lo < hi - 2, hi < acf length, hi <= frame length");
         goto done;
     }
-    if (get_buf(o_acf, &b[0], 0, 4, T * astride, "acf") < 0 || get_buf(o_fr, &b[1], 0, 4, T * flen, "frames") < 0 ||
-        get_buf(o_f0, &b[2], 1, 4, T, "f0") < 0 || get_buf(o_per, &b[3], 1, 4, T, "periodicity") < 0)
+    if (get_buf(o_acf, &b[0], 0, 'f', T * astride, "acf") < 0 || get_buf(o_fr, &b[1], 0, 'f', T * flen, "frames") < 0 ||
+        get_buf(o_f0, &b[2], 1, 'f', T, "f0") < 0 || get_buf(o_per, &b[3], 1, 'f', T, "periodicity") < 0)
         goto done;
     const float *A = b[0].view.buf, *X = b[1].view.buf;
     float *f0 = b[2].view.buf, *per = b[3].view.buf;
@@ -578,14 +587,14 @@ static PyObject *assemble(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     float sorted[1024];
     if (T < 1 || np_ < 1 || np_ > 1024) { PyErr_SetString(PyExc_ValueError, "assemble: 1..1024 pitch frames, T >= 1"); goto done; }
-    if (get_buf(o_cols, &b[4], 0, 8, 1, "cols") < 0) goto done;
+    if (get_buf(o_cols, &b[4], 0, 'q', 1, "cols") < 0) goto done;
     Py_ssize_t k = b[4].view.len / 8;
     const int64_t *cols = b[4].view.buf;
     for (Py_ssize_t j = 0; j < k; j++)
         if (cols[j] < 0 || cols[j] > 3) { PyErr_SetString(PyExc_ValueError, "cols: 0..3"); goto done; }
-    if (get_buf(o_Q, &b[0], 0, 4, nsum * T, "Q") < 0 || get_buf(o_m, &b[1], 0, 4, ncoef * T, "mfcc") < 0 ||
-        get_buf(o_f0, &b[2], 0, 4, np_, "f0") < 0 || get_buf(o_per, &b[3], 0, 4, np_, "periodicity") < 0 ||
-        get_buf(o_out, &b[5], 1, 4, nsum * k + 7 + 2 * ncoef, "out") < 0)
+    if (get_buf(o_Q, &b[0], 0, 'f', nsum * T, "Q") < 0 || get_buf(o_m, &b[1], 0, 'f', ncoef * T, "mfcc") < 0 ||
+        get_buf(o_f0, &b[2], 0, 'f', np_, "f0") < 0 || get_buf(o_per, &b[3], 0, 'f', np_, "periodicity") < 0 ||
+        get_buf(o_out, &b[5], 1, 'f', nsum * k + 7 + 2 * ncoef, "out") < 0)
         goto done;
     const float *Q = b[0].view.buf, *M = b[1].view.buf, *f0 = b[2].view.buf, *per = b[3].view.buf;
     float *out = b[5].view.buf;
@@ -643,8 +652,8 @@ static PyObject *vad_measures(PyObject *self, PyObject *args) {
     memset(b, 0, sizeof b);
     PyObject *ret = NULL;
     if (lo < 0 || lo >= nbins || n < 1) { PyErr_SetString(PyExc_ValueError, "vad_measures: bad sizes"); goto done; }
-    if (get_buf(o_fr, &b[0], 0, 4, T * n, "frames") < 0 || get_buf(o_spec, &b[1], 0, 8, T * nbins, "spec") < 0 ||
-        get_buf(o_ms, &b[2], 1, 8, T, "mean_square") < 0 || get_buf(o_fl, &b[3], 1, 8, T, "flatness") < 0)
+    if (get_buf(o_fr, &b[0], 0, 'f', T * n, "frames") < 0 || get_buf(o_spec, &b[1], 0, 'F', T * nbins, "spec") < 0 ||
+        get_buf(o_ms, &b[2], 1, 'd', T, "mean_square") < 0 || get_buf(o_fl, &b[3], 1, 'd', T, "flatness") < 0)
         goto done;
     const float *X = b[0].view.buf, *sp = b[1].view.buf;
     double *ms = b[2].view.buf, *fl = b[3].view.buf;

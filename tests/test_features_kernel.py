@@ -137,6 +137,7 @@ def test_bad_buffers_are_refused_not_read_past():
     k.spectral(*args)  # the right buffers pass
     for i, bad, err in [(0, spec[:2], ValueError),  # too few frames
                         (1, S.astype(np.float64), ValueError),  # wrong item size
+                        (1, S.view(np.int32), ValueError),  # right size, wrong type
                         (3, Q[:, ::2], (ValueError, BufferError)),  # not contiguous
                         (5, zcr[:2], ValueError),
                         (0, b"\x00" * 8, ValueError)]:
