@@ -267,3 +267,15 @@ def test_walker_refuses_a_computed_import(tmp_path):
     _write(tmp_path, {"pkg/__init__.py": "", "pkg/m.py": "import importlib\nname = 'x'\nimportlib.import_module(name)\n"})
     _, unresolved = import_graph(tmp_path, ("pkg",))
     assert unresolved == ["pkg/m.py:3: importlib.import_module(name)"]
+
+
+def test_every_package_is_in_the_install():
+    """`pip install .` (not editable) installs only the packages pyproject.toml lists: each folder of the
+    project's packages that holds Python modules must be listed (realtime.server once was not, and a
+    non-editable install could not import the CLI)."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {_module_name(p.parent / "__init__.py", REPO) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    assert found <= listed, f"packages missing from pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
