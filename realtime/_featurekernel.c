@@ -26,7 +26,7 @@ typedef struct {
 } buf_t;
 
 /* A C-contiguous buffer of at least count items of one type: 'f' float32, 'd' float64, 'q' int64, 'F'
- * complex64 (numpy's formats f, d, l or q, Zf); anything else is a ValueError naming the argument. */
+ * complex64, 'h' int16 (numpy's formats f, d, l or q, Zf, h); anything else is a ValueError naming it. */
 static int get_buf(PyObject *obj, buf_t *b, int writable, char type, Py_ssize_t count, const char *name) {
     b->held = 0;
     if (PyObject_GetBuffer(obj, &b->view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
@@ -34,9 +34,13 @@ static int get_buf(PyObject *obj, buf_t *b, int writable, char type, Py_ssize_t 
     b->held = 1;
     const char *fmt = b->view.format ? b->view.format : "B";
     if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
-    Py_ssize_t itemsize = type == 'f' ? 4 : 8;
-    const char *want = type == 'f' ? "f" : type == 'd' ? "d" : type == 'F' ? "Zf" : "q";
-    const char *what = type == 'f' ? "float32" : type == 'd' ? "float64" : type == 'F' ? "complex64" : "int64";
+    Py_ssize_t itemsize = type == 'f' ? 4 : type == 'h' ? 2 : 8;
+    const char *want = type == 'f' ? "f" : type == 'd' ? "d" : type == 'F' ? "Zf" : type == 'h' ? "h" : "q";
+    const char *what = type == 'f'   ? "float32"
+                       : type == 'd' ? "float64"
+                       : type == 'F' ? "complex64"
+                       : type == 'h' ? "int16"
+                                     : "int64";
     int ok = strcmp(fmt, want) == 0 || (type == 'q' && strcmp(fmt, "l") == 0 && sizeof(long) == 8);
     if (!ok || b->view.itemsize != itemsize) {
         PyErr_Format(PyExc_ValueError, "%s: %s values expected, got format '%s'", name, what, b->view.format);
@@ -674,6 +678,28 @@ done:
     return ret;
 }
 
+/* to_s16(x, out, n): float32 samples -> int16 PCM as realtime.audio.float_to_s16 makes it (clipped to [-1, 1],
+ * times 32767 in float32, truncated toward zero), for webrtcvad */
+static PyObject *to_s16(PyObject *self, PyObject *args) {
+    PyObject *o_x, *o_out;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OOn", &o_x, &o_out, &n)) return NULL;
+    buf_t b[2];
+    memset(b, 0, sizeof b);
+    PyObject *ret = NULL;
+    if (get_buf(o_x, &b[0], 0, 'f', n, "x") < 0 || get_buf(o_out, &b[1], 1, 'h', n, "out") < 0) goto done;
+    const float *x = b[0].view.buf;
+    int16_t *o = b[1].view.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float v = x[i] < -1.f ? -1.f : x[i] > 1.f ? 1.f : x[i];
+        o[i] = (int16_t)(v * 32767.0f);
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    release(b, 2);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"spectral", spectral, METH_VARARGS, "Per-frame magnitude, power and spectral quantities (see the source)."},
     {"frames", frames, METH_VARARGS, "Centred frames of a window by index, windowed, and their zero-crossing rates."},
@@ -682,6 +708,7 @@ static PyMethodDef methods[] = {
     {"bands", bands, METH_VARARGS, "Mel dB and tonnetz rows from the mel and chroma products."},
     {"yin", yin, METH_VARARGS, "YIN F0 and periodicity from the autocorrelation of the pitch frames."},
     {"assemble", assemble, METH_VARARGS, "The stats vector of one window from its per-frame rows (see the source)."},
+    {"to_s16", to_s16, METH_VARARGS, "float32 samples to int16 PCM, as realtime.audio.float_to_s16."},
     {"vad_measures", vad_measures, METH_VARARGS, "The speech gate's mean square and spectral flatness per frame."},
     {NULL, NULL, 0, NULL},
 };

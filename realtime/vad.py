@@ -117,22 +117,26 @@ class VadGate:
         if n_frames == 0:
             return np.zeros(0, dtype=bool)
         frames = x[:used].reshape(n_frames, self.frame_samples)
-        pcm = memoryview(float_to_s16(frames).tobytes())
+        if _kernel is not None:
+            s16 = np.empty(used, dtype=np.int16)
+            _kernel.to_s16(frames, s16, used)
+        else:
+            s16 = float_to_s16(frames)
+        pcm = memoryview(s16).cast("B")
         is_speech = self._vad.is_speech
         rate, size = self.sample_rate, 2 * self.frame_samples
-        raw = np.fromiter((is_speech(pcm[i:i + size], rate) for i in range(0, len(pcm), size)), dtype=bool,
-                          count=n_frames)
-        out = raw.copy()
-        if raw.any():
+        raw = [is_speech(pcm[i:i + size], rate) for i in range(0, len(pcm), size)]
+        out = np.array(raw, dtype=bool)
+        if any(raw):
             mean_square, flat = self._measures(frames)
             if self._ms_floor is not None:
-                quiet = mean_square < self._ms_floor
-                self.rejected_energy += int(np.count_nonzero(out & quiet))
-                out &= ~quiet
-            if self.flatness_max is not None and out.any():
+                quiet = out & (mean_square < self._ms_floor)
+                self.rejected_energy += int(np.count_nonzero(quiet))
+                out ^= quiet
+            if self.flatness_max is not None:
                 too_flat = out & (flat > self.flatness_max)
                 self.rejected_flatness += int(np.count_nonzero(too_flat))
-                out &= ~too_flat
+                out ^= too_flat
         self.frames += n_frames
         self.speech_frames += int(np.count_nonzero(out))
         return out

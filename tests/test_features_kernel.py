@@ -191,7 +191,7 @@ def test_the_environment_switch_selects_the_numpy_reference():
 
 
 def test_speech_gate_measures_equal_numpy(voices, monkeypatch):
-    """The gate's mean square and flatness through the kernel and through numpy, and the same decisions."""
+    """The gate's PCM, mean square and flatness through the kernel and through numpy, and the same decisions."""
     import realtime.vad as vad
 
     frames = np.concatenate([y[: 480 * 40].reshape(40, 480) for y in voices])
@@ -199,6 +199,12 @@ def test_speech_gate_measures_equal_numpy(voices, monkeypatch):
     gate = VadGate()
     ms, flat = gate._measures(frames)
     decisions = [VadGate().process(y) for y in voices]
+    from realtime.audio import float_to_s16
+
+    x = np.concatenate((frames.ravel(), np.array([1.5, -1.5, 1.0, -1.0, 0.99999, -0.99999, 3e-5, -3e-5], np.float32)))
+    s16 = np.empty(x.size, np.int16)
+    features._kernel.to_s16(x, s16, x.size)
+    np.testing.assert_array_equal(s16, float_to_s16(x))  # the PCM webrtcvad hears, to the bit
     monkeypatch.setattr(vad, "_kernel", None)
     ms_ref, flat_ref = gate._measures(frames)
     np.testing.assert_allclose(ms, ms_ref, rtol=1e-12)
