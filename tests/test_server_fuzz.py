@@ -24,8 +24,9 @@ from .data import readers_by_gender
 from .test_server import read_until_closed
 
 EVENT_KEYS = set(EVENT_FIELDS)  # the one event schema (realtime.events)
-FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                        HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=60, deadline=None, database=None,  # large frames on purpose: data_too_large
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                       HealthCheck.data_too_large])
 
 
 @pytest.fixture(scope="module")

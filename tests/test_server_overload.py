@@ -65,13 +65,13 @@ def spin(seconds: float) -> None:
 
 class Starve:
     """Keep the server overloaded from another thread until stopped: ``"loop"`` makes its event loop compute
-    for 0.3 s (CPU time), free it for 0.05 s, again; ``"pool"`` keeps its (one) worker thread computing in
-    0.3 s jobs; ``"sleep"`` blocks its event loop as ``"loop"`` does but in ``time.sleep``: late, using no
-    CPU (as when other processes take the cores). One block at a time: on a machine busy with other work
-    they take longer, they do not pile up."""
+    for ``block_s`` (0.3 s of CPU time), free it for 0.05 s, again; ``"pool"`` keeps its (one) worker thread
+    computing in ``block_s`` jobs; ``"sleep"`` blocks its event loop as ``"loop"`` does but in ``time.sleep``:
+    late, using no CPU (as when other processes take the cores). One block at a time: on a machine busy with
+    other work they take longer, they do not pile up."""
 
-    def __init__(self, srv, where: str):
-        self.srv, self.where = srv, where
+    def __init__(self, srv, where: str, block_s: float = 0.3):
+        self.srv, self.where, self.block_s = srv, where, block_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -80,11 +80,11 @@ class Starve:
             if self.where in ("loop", "sleep"):
                 done = threading.Event()
                 block = spin if self.where == "loop" else time.sleep
-                self.srv.loop.call_soon_threadsafe(lambda: (block(0.3), done.set()))
+                self.srv.loop.call_soon_threadsafe(lambda: (block(self.block_s), done.set()))
                 done.wait(10)
                 time.sleep(0.05)
             else:
-                self.srv.server.executor.submit(spin, 0.3).result()
+                self.srv.server.executor.submit(spin, self.block_s).result()
 
     def __enter__(self):
         self.thread.start()
@@ -338,7 +338,9 @@ def test_stream_lag_shows_audio_waiting_in_the_sockets(make_server, pcm):
     time.sleep(1.5)
     before = healthz(srv)[1]["processes_load"][0]["stream_lag_ms"]
     assert before < 250, before
-    with Starve(srv, "pool"):
+    # 0.8 s jobs: a stream's push waits behind one, its audio meanwhile unread (with 0.3 s jobs a stream's push
+    # of a hop, a few ms since the compiled feature kernel, slips in between them and the lag stays ~0.3 s)
+    with Starve(srv, "pool", block_s=0.8):
         assert wait_for(lambda: healthz(srv)[1]["processes_load"][0]["stream_lag_ms"] > 500, 10), srv.server.health()
         assert wait_for(lambda: healthz(srv)[1]["lag_ms"] > 400, 10), srv.server.health()  # (averaged over ~1 s)
     for t in senders:
