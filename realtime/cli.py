@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m realtime",
         description="Real-time speaker-gender classification (female / male, with calibrated confidence) "
                     "from a microphone, files, stdin or sockets, with the ONNX model bundle in models/.")
-    parser.add_argument("--version", action="version", version=f"voicegender {__version__} (features: {_feature_code()})")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and which feature code runs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("live", help="live console on the microphone (the main job)",
@@ -314,6 +314,14 @@ def _quiet_broken_pipe() -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+class _Version(argparse.Action):
+    """``--version``, computed when asked (it imports the features to see whether the compiled kernel is built)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"voicegender {__version__} (features: {_feature_code()})")
+        parser.exit()
 
 
 def _feature_code() -> str:
