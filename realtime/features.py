@@ -334,7 +334,7 @@ class FeatureExtractor:
         self._tonnetz = tonnetz_matrix(d.n_chroma)
         self._contrast_bands = self._make_contrast_bands()
         # contrast bands are consecutive runs of bins; those whose quantile is a single bin reduce to min / max
-        self._band_starts = np.array([rows[0] for rows, _ in self._contrast_bands])
+        self._band_starts = np.array([rows[0] for rows, _ in self._contrast_bands], dtype=np.int64)
         self._sorted_bands = [(k, rows[0], rows[-1] + 1, n_q) for k, (rows, n_q) in enumerate(self._contrast_bands) if n_q > 1]
         self._min_period = int(np.floor(d.sr / d.pitch_fmax))
         self._max_period = min(int(np.ceil(d.sr / d.pitch_fmin)), d.n_fft - 1)
@@ -347,12 +347,11 @@ class FeatureExtractor:
             raise ValueError(f"pitch_hop_length ({d.pitch_hop_length}) must be a whole multiple of hop_length "
                              f"({d.hop_length})")
         self._frame_index = np.arange(d.n_pitch_frames)
-        self._all_frames, self._all_pitch_frames = np.arange(d.n_frames), np.arange(d.n_pitch_frames)
+        self._all_frames = np.arange(d.n_frames)
         self._neighbours = np.array([-1, 0, 1])
         self.rows = self._make_rows()
         # the compiled loops' arguments: band starts and quantile sizes, and the Q rows each per-frame value goes to
         self._band_nq = np.array([n_q for _, n_q in self._contrast_bands], dtype=np.int64)
-        self._band_starts64 = self._band_starts.astype(np.int64)
         self._kernel_rows = np.array([self.rows[n].start for n in ("centroid", "bandwidth", "rolloff", "flatness", "rms",
                                                                    "zcr")], dtype=np.int64)
         nz = [np.flatnonzero(row) for row in self._mel]  # each mel triangle's bins (contiguous), for the kernel
@@ -456,7 +455,7 @@ class FeatureExtractor:
             zv, ev, pv = self._frame_views(x)
             return ((zv, ev) if todo is None else (zv[todo], ev[todo])) + (pv if ptodo is None else pv[ptodo],)
         todo = self._all_frames if todo is None else todo
-        ptodo = self._all_pitch_frames if ptodo is None else ptodo
+        ptodo = self._frame_index if ptodo is None else ptodo
         frames = np.empty((len(todo), d.n_fft), dtype=np.float32)
         zcr = np.empty(len(todo), dtype=np.float32)
         pframes = np.empty((len(ptodo), d.n_fft), dtype=np.float32)
@@ -536,7 +535,7 @@ class FeatureExtractor:
         S = np.empty((T, n_bins), dtype=np.float32) if keep_spectrum else None
         P = np.empty((T, n_bins), dtype=np.float32)
         D = np.empty((2 * len(self._contrast_bands), T))
-        _kernel.spectral(spec, S, P, out, D, zcr, self.freqs, self._band_starts64, self._band_nq, self._kernel_rows, T,
+        _kernel.spectral(spec, S, P, out, D, zcr, self.freqs, self._band_starts, self._band_nq, self._kernel_rows, T,
                          n_bins, d.n_fft, T, d.rolloff_percent, d.flatness_amin, d.db_amin)
         M = np.empty((T, d.n_mels), dtype=np.float32)
         _kernel.mel(P, self._mel_weights, self._mel_first, self._mel_count, self._mel_offset, M, T, n_bins, d.n_mels)

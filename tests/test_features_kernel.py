@@ -132,7 +132,7 @@ def test_bad_buffers_are_refused_not_read_past():
     S, P = np.zeros((T, n_bins), np.float32), np.zeros((T, n_bins), np.float32)
     Q, D = np.zeros((fe._n_rows, T), np.float32), np.zeros((14, T))
     zcr = np.zeros(T, np.float32)
-    args = [spec, S, P, Q, D, zcr, fe.freqs, fe._band_starts64, fe._band_nq, fe._kernel_rows, T, n_bins, 1024, T,
+    args = [spec, S, P, Q, D, zcr, fe.freqs, fe._band_starts, fe._band_nq, fe._kernel_rows, T, n_bins, 1024, T,
             0.85, 1e-10, 1e-10]
     k.spectral(*args)  # the right buffers pass
     for i, bad, err in [(0, spec[:2], ValueError),  # too few frames
