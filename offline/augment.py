@@ -1,6 +1,7 @@
 """Training-time augmentation: coloured noise at an exact SNR, small pitch shifts, gain, and real capture
-channels (a source sampled at 8 or 11.025 kHz, a telephone line, low-bitrate MP3 and Opus); room
-reverberation (``reverb``) and the phone codecs AAC and AMR-NB (``phone_codec``) for evaluation.
+channels (a source sampled at 8 or 11.025 kHz, a telephone line, low-bitrate MP3 and Opus), a microphone's
+frequency response (``mic_response``); room reverberation (``reverb``) and the phone codecs AAC and AMR-NB
+(``phone_codec``) for evaluation.
 
 Never used on the live path. All outputs are finite float32 in [-1, 1].
 """
@@ -145,6 +146,44 @@ def reverb(x: np.ndarray, rt60: float = 0.6, drr_db: float = 3.0, rng: np.random
         return x.copy()
     h = room_response(rt60, drr_db, rng if rng is not None else np.random.default_rng(0), sr)
     y = fftconvolve(x.astype(np.float64), h)[: x.size]
+    p_x, p_y = float(np.mean(np.square(x, dtype=np.float64))), float(np.mean(y * y))
+    if p_y > 0:
+        y *= np.sqrt(p_x / p_y)
+    return _finite_clip(y.astype(np.float32))
+
+
+MIC_KNOTS_HZ = (100.0, 7000.0)  # the band a microphone curve's random knots span (log-spaced)
+MIC_KNOTS = 6
+
+
+def mic_curve(freqs: np.ndarray, rng: np.random.Generator, *, max_db: float = 6.0, max_tilt_db: float = 2.0,
+              highpass_range: tuple[float, float] = (50.0, 300.0)) -> np.ndarray:
+    """A random microphone's magnitude response in dB at ``freqs`` (Hz): a smooth curve through ``MIC_KNOTS``
+    log-spaced knots each drawn from +-``max_db`` (resonances, dips, presence peaks), a tilt of up to
+    +-``max_tilt_db`` per octave around 1 kHz (bright or dull capsules), and a 12 dB/octave roll-off below a
+    corner drawn from ``highpass_range`` (small capsules and phone voice paths lose the lows)."""
+    knots = np.geomspace(*MIC_KNOTS_HZ, MIC_KNOTS)
+    knot_db = rng.uniform(-max_db, max_db, MIC_KNOTS)
+    tilt = rng.uniform(-max_tilt_db, max_tilt_db)
+    corner = rng.uniform(*highpass_range)
+    octaves = np.log2(np.maximum(np.asarray(freqs, dtype=np.float64), 1.0) / 1000.0)
+    db = np.interp(octaves, np.log2(knots / 1000.0), knot_db) + tilt * octaves
+    below = np.asarray(freqs) < corner
+    db[below] -= 12.0 * np.log2(corner / np.maximum(np.asarray(freqs, dtype=np.float64)[below], 1.0))
+    return db
+
+
+def mic_response(x: np.ndarray, rng: np.random.Generator, sr: int = SAMPLE_RATE, **curve) -> np.ndarray:
+    """``x`` as a different microphone would have heard it: filtered (zero phase, in one FFT of the whole
+    signal) by a random ``mic_curve`` (``curve``: its keyword options), at its own length and RMS level.
+    Moves the long-term spectrum the way devices do, and neither pitch nor formant spacing."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    n = x.size
+    spec = np.fft.rfft(x.astype(np.float64))
+    spec *= 10.0 ** (mic_curve(np.fft.rfftfreq(n, 1.0 / sr), rng, **curve) / 20.0)
+    y = np.fft.irfft(spec, n)
     p_x, p_y = float(np.mean(np.square(x, dtype=np.float64))), float(np.mean(y * y))
     if p_y > 0:
         y *= np.sqrt(p_x / p_y)
@@ -320,7 +359,8 @@ class AugmentOptions:
     Pitch shift of up to ``max_semitones`` (probability ``p_pitch``), or instead with probability ``p_voice``
     a WORLD re-synthesis (``world_voice``: median F0 moved into ``voice_f0_range``, formants warped by
     ``1 +- voice_warp``); with probability ``p_room`` a room (``reverb``, RT60 and direct-to-reverberant ratio
-    from ``room_rt60_range`` / ``room_drr_range``); a gain from ``gain_db_range`` (never clipping); noise of a
+    from ``room_rt60_range`` / ``room_drr_range``); with probability ``p_mic`` another microphone's frequency
+    response (``mic_response`` with ``mic_db``, ``mic_tilt_db``, ``mic_highpass_range``); a gain from ``gain_db_range`` (never clipping); noise of a
     colour from ``colors`` at an SNR from ``snr_range`` (probability ``p_noise``); a capture channel from
     ``channels`` (probability ``p_channel``). Shared by ``Augmenter`` (which draws them) and ``AugmentConfig`` (the
     training recipe's choice)."""
@@ -339,6 +379,10 @@ class AugmentOptions:
     p_room: float = 0.0                        # share of copies heard across a room (``reverb``)
     room_rt60_range: tuple[float, float] = (0.2, 0.9)   # reverberation time, seconds
     room_drr_range: tuple[float, float] = (0.0, 12.0)   # direct-to-reverberant ratio, dB (0: as much echo as voice)
+    p_mic: float = 0.0                         # share of copies heard through another microphone (``mic_response``)
+    mic_db: float = 6.0                        # its curve's knots drawn from +- mic_db
+    mic_tilt_db: float = 2.0                   # its tilt, dB per octave, from +- mic_tilt_db
+    mic_highpass_range: tuple[float, float] = (50.0, 300.0)  # its low roll-off's corner, Hz
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_semitones <= MAX_SEMITONES:
@@ -349,12 +393,16 @@ class AugmentOptions:
         if any(c not in ALL_CHANNELS for c in self.channels) or not self.channels:
             raise ValueError(f"channels must be a non-empty subset of {ALL_CHANNELS} (default "
                              f"{CHANNELS}), got {self.channels}")
-        for name in ("p_noise", "p_pitch", "p_channel", "p_voice", "p_room"):
+        for name in ("p_noise", "p_pitch", "p_channel", "p_voice", "p_room", "p_mic"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.room_rt60_range[0]:
             raise ValueError(f"room_rt60_range must be > 0 s, got {self.room_rt60_range}")
-        for name in ("snr_range", "gain_db_range", "voice_f0_range", "room_rt60_range", "room_drr_range"):
+        if not (self.mic_db >= 0.0 and self.mic_tilt_db >= 0.0 and self.mic_highpass_range[0] > 0.0):
+            raise ValueError(f"mic_db and mic_tilt_db must be >= 0 and mic_highpass_range > 0 Hz, got "
+                             f"{self.mic_db}, {self.mic_tilt_db}, {self.mic_highpass_range}")
+        for name in ("snr_range", "gain_db_range", "voice_f0_range", "room_rt60_range", "room_drr_range",
+                     "mic_highpass_range"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name} must be (low, high), got {(lo, hi)}")
@@ -365,6 +413,7 @@ class AugmentOptions:
         object.__setattr__(self, "voice_f0_range", tuple(map(float, self.voice_f0_range)))
         object.__setattr__(self, "room_rt60_range", tuple(map(float, self.room_rt60_range)))
         object.__setattr__(self, "room_drr_range", tuple(map(float, self.room_drr_range)))
+        object.__setattr__(self, "mic_highpass_range", tuple(map(float, self.mic_highpass_range)))
 
     def options(self) -> dict:
         """The ``AugmentOptions`` fields only, by name."""
@@ -411,6 +460,8 @@ class Augmenter(AugmentOptions):
             del d["p_voice"], d["voice_f0_range"], d["voice_warp"]
         if not self.p_room:  # and for rooms
             del d["p_room"], d["room_rt60_range"], d["room_drr_range"]
+        if not self.p_mic:  # and for microphones
+            del d["p_mic"], d["mic_db"], d["mic_tilt_db"], d["mic_highpass_range"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def rng_for(self, key: str, copy: int = 0, extra_seed: int = 0) -> np.random.Generator:
@@ -438,6 +489,9 @@ class Augmenter(AugmentOptions):
         do_room = self.p_room > 0.0 and rng.random() < self.p_room
         room = (rng.uniform(*self.room_rt60_range), rng.uniform(*self.room_drr_range),
                 int(rng.integers(2**31))) if self.p_room > 0.0 else None
+        # drawn only when microphones are on (same reason)
+        do_mic = self.p_mic > 0.0 and rng.random() < self.p_mic
+        mic_seed = int(rng.integers(2**31)) if self.p_mic > 0.0 else None
         y = np.asarray(x, dtype=np.float32)
         if do_voice:
             y = world_voice(y, f0_target, warp, sr)
@@ -446,6 +500,9 @@ class Augmenter(AugmentOptions):
         if do_room:  # the room before the gain, the microphone's noise and the channel
             rt60, drr, room_seed = room
             y = reverb(y, rt60, drr, np.random.default_rng(room_seed), sr)
+        if do_mic:  # the microphone hears the room; its own noise and the channel come after
+            y = mic_response(y, np.random.default_rng(mic_seed), sr, max_db=self.mic_db,
+                             max_tilt_db=self.mic_tilt_db, highpass_range=self.mic_highpass_range)
         peak = float(np.max(np.abs(y))) if y.size else 0.0
         if peak > 0.0:  # never let the gain itself clip: cap it at the clip's headroom
             db = min(db, -20.0 * np.log10(peak))

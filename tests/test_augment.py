@@ -290,3 +290,40 @@ def test_reverb_smears_speech_over_time_and_keeps_length_and_level(female):
     assert np.sum(h[1:] ** 2) == pytest.approx(10 ** (-0.3), rel=1e-6)  # direct / reverberant = 3 dB
     with pytest.raises(ValueError, match="rt60"):
         room_response(0.0, 3.0, np.random.default_rng(0))
+
+
+def test_mic_response_follows_its_curve_and_keeps_pitch_length_and_level(female):
+    """Another microphone: the band energies of a real voice move as the drawn curve says (to within 0.5 dB once
+    the level is restored), the length, RMS and F0 stay, the generator reproduces it; p_mic=0 keeps the earlier
+    outputs and cache key."""
+    import librosa
+
+    from offline.augment import mic_curve, mic_response
+
+    x = female[: 4 * SR]
+    y = mic_response(x, np.random.default_rng(3), max_db=6.0)
+    assert y.shape == x.shape and y.dtype == np.float32 and np.all(np.isfinite(y))
+    assert np.sqrt(np.mean(y.astype(np.float64) ** 2)) == pytest.approx(np.sqrt(np.mean(x.astype(np.float64) ** 2)),
+                                                                      rel=1e-4)
+    assert np.array_equal(y, mic_response(x, np.random.default_rng(3), max_db=6.0))
+    f = np.fft.rfftfreq(x.size, 1 / SR)
+    want = mic_curve(f, np.random.default_rng(3), max_db=6.0)
+    X, Y = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2, np.abs(np.fft.rfft(y.astype(np.float64))) ** 2
+    got_db, want_db = [], []
+    for lo, hi in ((300, 500), (500, 900), (900, 1600), (1600, 2800), (2800, 5000)):
+        band = (f >= lo) & (f < hi)
+        got_db.append(10 * np.log10(Y[band].sum() / X[band].sum()))
+        want_db.append(10 * np.log10(np.sum(X[band] * 10 ** (want[band] / 10)) / X[band].sum()))
+    offset = np.mean(np.subtract(got_db, want_db))  # the level restored after filtering
+    assert np.allclose(np.subtract(got_db, want_db), offset, atol=0.5), (got_db, want_db)
+    assert np.ptp(want_db) > 2.0  # the curve does move the spectrum
+    f0 = [np.nanmedian(librosa.pyin(z, fmin=80, fmax=400, sr=SR, frame_length=1024)[0]) for z in (x, y)]
+    assert f0[1] == pytest.approx(f0[0], rel=0.02)
+    plain, mic_off = Augmenter(seed=1, p_noise=1.0), Augmenter(seed=1, p_noise=1.0, p_mic=0.0, mic_db=2.0)
+    assert mic_off.to_dict() == plain.to_dict()
+    assert np.array_equal(plain(x, plain.rng_for("u", 0)), mic_off(x, mic_off.rng_for("u", 0)))
+    on = Augmenter(seed=1, p_noise=0.0, p_pitch=0.0, p_mic=1.0)
+    assert on.to_dict()["p_mic"] == 1.0 and np.array_equal(on(x, on.rng_for("u", 0)), on(x, on.rng_for("u", 0)))
+    assert not np.allclose(on(x, on.rng_for("u", 0)), Augmenter(seed=1, p_noise=0.0, p_pitch=0.0)(x, on.rng_for("u", 0)))
+    with pytest.raises(ValueError, match="mic_db"):
+        Augmenter(mic_db=-1.0)
