@@ -255,9 +255,13 @@ def test_recipe_augmenter_keeps_its_cache_key():
     aug = AugmentConfig().augmenter(seed=0)
     assert aug.to_dict() == {"seed": 0, "snr_range": [5.0, 30.0], "colors": ["white", "pink", "brown"],
                              "max_semitones": 1.0, "gain_db_range": [-6.0, 6.0], "p_noise": 0.8, "p_pitch": 0.5,
-                             "p_channel": 0.4, "channels": ["8k", "11k", "telephone", "mp3", "opus"]}
+                             "p_channel": 0.4, "channels": ["8k", "11k", "telephone", "mp3", "opus"],
+                             "p_voice": 0.5, "voice_f0_range": [140.0, 210.0], "voice_warp": 0.06}
     assert AugmentConfig(copies=1).augmenter(seed=0) == aug  # copies is the recipe's, not the augmenter's
-    assert AugmentConfig(p_channel=0.0).augmenter(seed=0) == Augmenter(seed=0)
+    assert AugmentConfig(p_channel=0.0, p_voice=0.0).augmenter(seed=0) == Augmenter(seed=0)
+    # without WORLD the recipe's augmenter has the key it had before p_voice joined the recipe
+    assert set(AugmentConfig(p_voice=0.0).augmenter(seed=0).to_dict()) == set(aug.to_dict()) - {
+        "p_voice", "voice_f0_range", "voice_warp"}
     with pytest.raises(ValueError, match="copies must be a whole number"):
         AugmentConfig(copies=-1)
     with pytest.raises(ValueError, match="p_noise must be in"):

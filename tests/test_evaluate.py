@@ -217,7 +217,8 @@ def test_recorded_training_config_reads_back():
     assert shipped["augment"]["p_channel"] == 0.4 and not any(k.startswith("aug_") for k in shipped)
     assert TrainConfig.from_dict(shipped) == TrainConfig()
     flat = {**{k: v for k, v in shipped.items() if k != "augment"}, **_FLAT_AUGMENT}
-    assert TrainConfig.from_dict(flat) == TrainConfig()
+    assert TrainConfig.from_dict(flat) == TrainConfig(augment={"p_voice": 0.0})  # that release had no WORLD copies
+    assert TrainConfig.from_dict({**flat, "aug_p_voice": 0.5}) == TrainConfig()
     config = TrainConfig.quick(seed=3, **TrainConfig.parse_overrides(["augment.p_voice=0.5"]))
     record = json.loads(json.dumps(config.to_dict()))
     assert record["augment"]["copies"] == 1 and record["augment"]["p_voice"] == 0.5
