@@ -748,7 +748,8 @@ def fit_speech_model(pos_fit: np.ndarray, pos_cal: np.ndarray, neg: np.ndarray, 
 
 
 def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float) -> dict:
-    """Symmetric uncertain band 0.5 +- delta: the smallest delta whose confident windows reach ``target`` accuracy."""
+    """Symmetric uncertain band 0.5 +- delta: the smallest delta whose confident windows reach ``target`` accuracy;
+    0.4 (0.10 / 0.90), the widest, when none does (``band_accuracy`` says how close it came)."""
     y = np.asarray(y).astype(bool)
     p = np.asarray(p)
     chosen = 0.40
@@ -762,6 +763,21 @@ def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float) -> dict:
             break
     chosen = round(chosen, 2)
     return {"female": round(0.5 + chosen, 2), "male": round(0.5 - chosen, 2)}
+
+
+def band_accuracy(y: np.ndarray, p: np.ndarray, thresholds: dict) -> dict:
+    """How ``thresholds`` sort windows of known gender ``y`` scored ``p``: the share left uncertain and the
+    accuracy of the rest (None when every window is uncertain)."""
+    y, p = np.asarray(y).astype(bool), np.asarray(p)
+    conf = (p >= thresholds["female"]) | (p <= thresholds["male"])
+    accuracy = float(((p[conf] >= 0.5) == y[conf]).mean()) if conf.any() else None
+    return {"uncertain_fraction": float(1.0 - conf.mean()) if len(p) else 0.0, "confident_accuracy": accuracy}
+
+
+def _band_text(validation: dict) -> str:
+    acc = validation["confident_accuracy"]
+    return (f"{100 * validation['uncertain_fraction']:.1f} % of calibration windows uncertain, "
+            f"{'-' if acc is None else f'{100 * acc:.1f}'} % right outside, target {100 * validation['band_target']:g} %")
 
 
 def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bool = True,
@@ -897,7 +913,11 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
         | {"ensemble": balanced_accuracy(cal.y[clean_cal], p_cal[clean_cal])},
         "balanced_accuracy_all": {n: balanced_accuracy(cal.y, comps[n]) for n in MODEL_NAMES}
         | {"ensemble": balanced_accuracy(cal.y, p_cal)},
-        "uncertain_fraction": float(((p_cal > trained.thresholds["male"]) & (p_cal < trained.thresholds["female"])).mean()),
+        # the live band on all calibration windows (augmented copies too, which chose it) and on the clean ones:
+        # its uncertain share and the accuracy outside it, against the target (``confident_accuracy``)
+        **band_accuracy(cal.y, p_cal, trained.thresholds),
+        "band_clean": band_accuracy(cal.y[clean_cal], p_cal[clean_cal], trained.thresholds),
+        "band_target": config.confident_accuracy,
     }
     if config.refit:
         # the weights, thresholds and stopping points were chosen on held-out readers; now give the models
@@ -923,7 +943,7 @@ def fit_all(train: WindowSet, *, config: TrainConfig | None = None, progress: bo
                     "train_readers": sorted(fit_readers | cal_readers),
                     "calibration_reader_ids": sorted(cal_readers), "excluded_readers": excluded}
     _log(progress, f"[train] ensemble weights {np.round(trained.weights, 3).tolist()} bias {trained.bias:.3f}; "
-                   f"thresholds {trained.thresholds}; calibration balanced accuracy (clean) "
+                   f"thresholds {trained.thresholds} ({_band_text(trained.validation)}); calibration balanced accuracy (clean) "
                    f"{trained.validation['balanced_accuracy_clean']}; total {timings['total_s']} s")
     return trained
 

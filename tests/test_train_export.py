@@ -69,10 +69,35 @@ def test_fit_all_components_and_ensemble(trained):
     assert p.shape == (len(ws),) and np.all((p >= 0) & (p <= 1))
     assert models.weights.shape == (3,) and np.all(np.isfinite(models.weights))
     assert 0 < models.thresholds["male"] <= 0.5 <= models.thresholds["female"] < 1
+    # the band is scored on the calibration windows that chose it: it reaches the target, or it is the widest
+    v = models.validation
+    assert 0.0 <= v["uncertain_fraction"] <= 1.0 and v["band_target"] == models.config.confident_accuracy
+    assert v["confident_accuracy"] is None or 0.0 <= v["confident_accuracy"] <= 1.0
+    if v["confident_accuracy"] is None or v["confident_accuracy"] < v["band_target"]:
+        assert models.thresholds == {"female": 0.9, "male": 0.1}
+    assert set(v["band_clean"]) == {"uncertain_fraction", "confident_accuracy"}
     assert models.mfcc_mean.shape == (40,) and np.all(models.mfcc_std > 0)
     # calibration readers are held out of fitting, gender-balanced
     assert models.data["calibration_readers"] >= 2 and models.data["fit_readers"] >= 2
     assert set(models.xgb_importance) <= set(models.stat_names)
+
+
+def test_band_is_the_narrowest_that_reaches_the_target():
+    from offline.train import band_accuracy, choose_thresholds
+
+    # 10 windows: confident and right far from 0.5, two wrong ones at 0.30 (female) and 0.72 (male)
+    y = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.95, 0.92, 0.88, 0.61, 0.30, 0.05, 0.08, 0.12, 0.45, 0.72])
+    band = choose_thresholds(y, p, 0.98)
+    assert band == {"female": 0.75, "male": 0.25}  # 0.5 +- 0.25 leaves both mistakes inside
+    scored = band_accuracy(y, p, band)
+    assert scored == {"uncertain_fraction": 0.4, "confident_accuracy": 1.0}
+    # a target no band reaches: the widest band, and its accuracy says it fell short
+    y_bad = 1 - y
+    band = choose_thresholds(y_bad, p, 0.98)
+    assert band == {"female": 0.9, "male": 0.1}
+    assert band_accuracy(y_bad, p, band)["confident_accuracy"] == 0.0
+    assert band_accuracy(y, np.full(10, 0.5), band) == {"uncertain_fraction": 1.0, "confident_accuracy": None}
 
 
 def test_bundle_files_and_json(trained):
