@@ -100,7 +100,7 @@ def roc_curve(y, p) -> tuple[np.ndarray, np.ndarray]:
 
 def binary_metrics(y, p, *, thresholds=None) -> dict:
     """balanced_accuracy, recall_female, recall_male, accuracy, auc, confusion, n, n_female, n_male
-    (+ uncertain, decided_balanced_accuracy with ``thresholds``). Floats are plain Python floats."""
+    (+ uncertain, decided_balanced_accuracy, decided_accuracy with ``thresholds``). Floats are plain Python floats."""
     y, p = _check(y, p)
     cm = confusion(y, p)
     n_f, n_m = int(cm[0].sum()), int(cm[1].sum())
@@ -123,8 +123,9 @@ def binary_metrics(y, p, *, thresholds=None) -> dict:
         t_male, t_female = t
         decided = (p <= t_male) | (p >= t_female)
         out["uncertain"] = float(1.0 - decided.mean()) if y.size else math.nan
-        out["decided_balanced_accuracy"] = (binary_metrics(y[decided], p[decided])["balanced_accuracy"]
-                                            if decided.any() else math.nan)
+        sub = binary_metrics(y[decided], p[decided]) if decided.any() else {}
+        out["decided_balanced_accuracy"] = sub.get("balanced_accuracy", math.nan)
+        out["decided_accuracy"] = sub.get("accuracy", math.nan)
         out["thresholds"] = {"male": t_male, "female": t_female}
     return out
 

@@ -59,6 +59,7 @@ from realtime.logodds import logit, sigmoid
 from .augment import AugmentConfig, Augmenter
 from .dataset import WindowSet, cache_file, extract_corpus
 from .label_audit import suspect_readers
+from .metrics import binary_metrics
 from .models import keras_forward
 from .splits import per_speaker_weights
 
@@ -766,12 +767,13 @@ def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float) -> dict:
 
 
 def band_accuracy(y: np.ndarray, p: np.ndarray, thresholds: dict) -> dict:
-    """How ``thresholds`` sort windows of known gender ``y`` scored ``p``: the share left uncertain and the
-    accuracy of the rest (None when every window is uncertain)."""
-    y, p = np.asarray(y).astype(bool), np.asarray(p)
-    conf = (p >= thresholds["female"]) | (p <= thresholds["male"])
-    accuracy = float(((p[conf] >= 0.5) == y[conf]).mean()) if conf.any() else None
-    return {"uncertain_fraction": float(1.0 - conf.mean()) if len(p) else 0.0, "confident_accuracy": accuracy}
+    """How ``thresholds`` sort windows of known gender ``y`` scored ``p`` (``offline.metrics.binary_metrics``):
+    the share left uncertain and the accuracy of the rest (None when every window is uncertain)."""
+    if not len(p):
+        return {"uncertain_fraction": 0.0, "confident_accuracy": None}
+    m = binary_metrics(y, p, thresholds=thresholds)
+    return {"uncertain_fraction": m["uncertain"],
+            "confident_accuracy": None if np.isnan(m["decided_accuracy"]) else m["decided_accuracy"]}
 
 
 def _band_text(validation: dict) -> str:
